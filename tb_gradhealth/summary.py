@@ -1,0 +1,150 @@
+"""Framework-neutral writer of Gradient Health summaries: numpy and TensorBoard only, no TensorFlow."""
+
+from __future__ import annotations
+
+import time
+from typing import Mapping, Sequence
+
+import numpy as np
+from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+from tb_gradhealth import metadata
+
+# Keeps our event files apart from those of other writers in the same run
+# directory (e.g. keras.callbacks.TensorBoard writing `<log_dir>/train`).
+FILENAME_SUFFIX = ".gradient_health"
+
+
+def layer_values_tensor(values: Sequence[float] | np.ndarray) -> tensor_pb2.TensorProto:
+    """Returns the float32 `[n_layers]` tensor proto of one step of one statistic."""
+    vector = np.asarray(values, dtype=np.float32)
+    if vector.ndim != 1 or vector.size == 0:
+        raise ValueError("values must be a non-empty 1-D sequence, got shape %s" % (vector.shape,))
+    return tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=vector.size)]
+        ),
+        tensor_content=vector.astype("<f4", copy=False).tobytes(),
+    )
+
+
+def layer_stat_summary(
+    stat: str,
+    layers: Sequence[str],
+    values: Sequence[float] | np.ndarray,
+    include_metadata: bool = True,
+) -> summary_pb2.Summary:
+    """Returns a `Summary` holding one step of one per-layer statistic.
+
+    Args:
+      stat: statistic name, e.g. `grad_norm` or one of your own.
+      layers: layer names in model order, input -> output.
+      values: one value per layer, in the order of `layers`.
+      include_metadata: TensorBoard keeps the first metadata it sees per tag,
+        so writers attach it to the first value of a tag only.
+    """
+    tensor = layer_values_tensor(values)
+    if tensor.tensor_shape.dim[0].size != len(layers):
+        raise ValueError(
+            "%s: got %d values for %d layers" % (stat, tensor.tensor_shape.dim[0].size, len(layers))
+        )
+    value = summary_pb2.Summary.Value(tag=metadata.tag_for_stat(stat), tensor=tensor)
+    if include_metadata:
+        value.metadata.CopyFrom(metadata.create_summary_metadata(stat, layers))
+    return summary_pb2.Summary(value=[value])
+
+
+class GradientHealthFileWriter:
+    """Writes per-layer statistics of a run into a TensorBoard event file.
+
+    Usable from any framework (PyTorch, JAX, numpy):
+
+        with GradientHealthFileWriter("logs/run1") as writer:
+            writer.write(step, {"grad_norm": norms}, layers=["fc1", "fc2"])
+
+    The tab reads every statistic written this way, built-in or not.
+    """
+
+    def __init__(self, logdir: str, max_queue: int = 1024, flush_secs: int = 30):
+        self._writer = EventFileWriter(
+            logdir, max_queue_size=max_queue, flush_secs=flush_secs, filename_suffix=FILENAME_SUFFIX
+        )
+        self._layers_by_tag: dict[str, tuple[str, ...]] = {}
+
+    @property
+    def logdir(self) -> str:
+        return self._writer.get_logdir()
+
+    def write_stat(
+        self,
+        step: int,
+        stat: str,
+        values: Sequence[float] | np.ndarray,
+        layers: Sequence[str],
+        wall_time: float | None = None,
+    ) -> None:
+        """Writes one statistic (one value per layer) for one step.
+
+        Raises:
+          ValueError: bad name or shape, or layers differ from those already
+            written under this statistic (the tab relies on a fixed order).
+        """
+        self.write(step, {stat: values}, layers, wall_time)
+
+    def write(
+        self,
+        step: int,
+        stats: Mapping[str, Sequence[float] | np.ndarray],
+        layers: Sequence[str],
+        wall_time: float | None = None,
+    ) -> None:
+        """Writes several statistics of one step, each one value per layer."""
+        layers = tuple(str(name) for name in layers)
+        wall_time = time.time() if wall_time is None else float(wall_time)
+        values = []
+        for stat, stat_values in stats.items():
+            tag = metadata.tag_for_stat(stat)
+            known = self._layers_by_tag.get(tag)
+            if known is not None and known != layers:
+                raise ValueError(
+                    "%s: layers changed from %r to %r within one run" % (stat, list(known), list(layers))
+                )
+            values.extend(
+                layer_stat_summary(stat, layers, stat_values, include_metadata=known is None).value
+            )
+        for value in values:
+            self._layers_by_tag.setdefault(value.tag, layers)
+        event = event_pb2.Event(
+            wall_time=wall_time, step=int(step), summary=summary_pb2.Summary(value=values)
+        )
+        self._writer.add_event(event)
+
+    def flush(self) -> None:
+        self._writer.flush()
+
+    def close(self) -> None:
+        self._writer.close()
+
+    def __enter__(self) -> "GradientHealthFileWriter":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+def write_layer_stats(
+    logdir: str,
+    step: int,
+    stats: Mapping[str, Sequence[float] | np.ndarray],
+    layers: Sequence[str],
+    wall_time: float | None = None,
+) -> None:
+    """One-shot helper: writes one step of statistics into a new event file.
+
+    Prefer a long-lived `GradientHealthFileWriter` in a training loop; this
+    opens and closes a file per call.
+    """
+    with GradientHealthFileWriter(logdir) as writer:
+        writer.write(step, stats, layers, wall_time)
