@@ -1,0 +1,40 @@
+"""In-memory form of one run's per-layer statistic over steps, shared by the reader, the diagnosis and the CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class StatSeries:
+    """One statistic of one run: a `[n_steps, n_layers]` table in step order.
+
+    Attributes:
+      stat: statistic name, e.g. `grad_norm`.
+      layers: layer names in model order, input -> output (the columns).
+      steps: int64 `[n_steps]`, strictly increasing.
+      wall_times: float64 `[n_steps]`, seconds since the epoch.
+      values: float64 `[n_steps, n_layers]`; NaN and +-Inf are kept as such.
+    """
+
+    stat: str
+    layers: tuple[str, ...]
+    steps: np.ndarray
+    wall_times: np.ndarray
+    values: np.ndarray
+
+    def __post_init__(self):
+        n_steps = len(self.steps)
+        if self.values.shape != (n_steps, len(self.layers)):
+            raise ValueError(
+                "%s: values of shape %s do not match %d steps x %d layers"
+                % (self.stat, self.values.shape, n_steps, len(self.layers))
+            )
+        if len(self.wall_times) != n_steps:
+            raise ValueError("%s: %d wall times for %d steps" % (self.stat, len(self.wall_times), n_steps))
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.steps)
