@@ -1,0 +1,563 @@
+"""The Gradient Health tab in a real Chromium against real TensorBoard servers: runs, verdicts, charts, states, safety."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from urllib.parse import urlencode
+
+import numpy as np
+import pytest
+from werkzeug import serving
+
+from tb_gradhealth.summary import GradientHealthFileWriter
+from tb_server import HOST, STARTUP_TIMEOUT_S, STOP_TIMEOUT_S, TENSORBOARD_BIN, TensorBoardServer, free_port, wsgi_client
+
+playwright_sync = pytest.importorskip("playwright.sync_api")
+
+pytestmark = pytest.mark.slow
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+REPO = pathlib.Path(__file__).resolve().parent.parent
+SCREENSHOT = REPO / "docs" / "gradient_health_tab.png"
+SCREENSHOT_IN_TENSORBOARD = REPO / "docs" / "gradient_health_in_tensorboard.png"
+# Serving under a prefix proves every URL of the tab is relative.
+PATH_PREFIX = "/tb"
+ENTRY = "/data/plugin_entry.html?name=gradient_health"
+ROUTES = "/data/plugin/gradient_health"
+VIEWPORT = {"width": 1600, "height": 1000}
+LOAD_TIMEOUT_MS = 60_000
+# TensorBoard's reload reaches the tab after its own requests.
+RELOAD_WAIT_MS = 3000
+EPOCHS = 1  # the demo's models, one epoch each on generated data
+HOSTILE_RUN = "<img src=x onerror=alert(1)>"
+HOSTILE_LAYERS = ["<b>bold</b>", "dense_1"]
+USER_STAT = "my_stat"
+HOSTILE_STEPS = 20
+# A run that grows during a test, as while training runs.
+LIVE_RUN = "live"
+LIVE_STEPS = 30
+LIVE_POLLS = 30
+LIVE_POLL_MS = 1000
+# colormap.js: the colour of NaN/Inf cells, bars and marks.
+NONFINITE_RGB = (228, 26, 28)
+# view_heatmap.js: rows start this far below the canvas top.
+HEATMAP_TOP_PX = 9
+# Coloured pixels a chart with data has at least (axes, grid and text are grey: none).
+MIN_DRAWN_PIXELS = 500
+
+
+def user_stat_value(step: int) -> float:
+    return 1.0 + 0.5 * step
+
+
+def write_live_steps(logdir: pathlib.Path, steps) -> None:
+    layers = ["dense", "dense_1", "dense_2"]
+    with GradientHealthFileWriter(str(logdir / LIVE_RUN)) as writer:
+        for step in steps:
+            # Periodic values: new steps leave the value (and colour) scales as they were.
+            writer.write(step, {"grad_norm": [0.1 * (1 + step % 7), 0.3, 0.2 + 0.01 * (step % LIVE_STEPS)]}, layers)
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def demo_logdir(tmp_path_factory):
+    """The demo's runs: its models, one epoch each on generated data (the slow part of these tests)."""
+    from demo import train as demo_train
+
+    root = tmp_path_factory.mktemp("demo_logdir")
+    demo_train.run_all(str(root), epochs=EPOCHS, dataset="synthetic", verbose=0, log=lambda message: None)
+    return root
+
+
+@pytest.fixture(scope="module")
+def logdir(demo_logdir, tmp_path_factory):
+    """The demo's runs, a run whose names are HTML with a stat of its own, and a run that grows."""
+    root = tmp_path_factory.mktemp("frontend_logdir")
+    shutil.copytree(demo_logdir, root, dirs_exist_ok=True)
+    rng = np.random.default_rng(0)
+    with GradientHealthFileWriter(str(root / HOSTILE_RUN)) as writer:
+        for step in range(HOSTILE_STEPS):
+            norms = np.abs(0.5 + 0.05 * rng.standard_normal(len(HOSTILE_LAYERS)))
+            writer.write(step, {"grad_norm": norms, USER_STAT: np.full(len(HOSTILE_LAYERS), user_stat_value(step))}, HOSTILE_LAYERS)
+    write_live_steps(root, range(LIVE_STEPS))
+    return root
+
+
+@contextlib.contextmanager
+def tensorboard_process(logdir: pathlib.Path, path_prefix: str):
+    """Runs `tensorboard --path_prefix path_prefix` on a free localhost port until the block ends."""
+    port = free_port()
+    log_path = pathlib.Path(tempfile.mkdtemp(prefix="tb_frontend_")) / "tensorboard.log"
+    command = [str(TENSORBOARD_BIN), "--logdir", str(logdir), "--host", HOST, "--port", str(port), "--path_prefix", path_prefix]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+    server = TensorBoardServer(process, port, log_path)
+    try:
+        server.wait_until(
+            lambda: server.get(path_prefix + "/data/plugins_listing", timeout=5)[0] == 200,
+            STARTUP_TIMEOUT_S,
+            "tensorboard on port %d" % port,
+        )
+        yield server
+    finally:
+        # Its own session: the process and its data server go together.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=STOP_TIMEOUT_S)
+
+
+@pytest.fixture(scope="module")
+def server(logdir):
+    with tensorboard_process(logdir, PATH_PREFIX) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def demo_server(demo_logdir):
+    """TensorBoard over the demo's runs only: what the README's screenshots show."""
+    with tensorboard_process(demo_logdir, PATH_PREFIX) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def browser():
+    with playwright_sync.sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
+
+
+class Page:
+    """A browser page that records console errors, page errors and dialogs."""
+
+    def __init__(self, browser):
+        self.page = browser.new_page(viewport=VIEWPORT)
+        self.errors = []
+        self.dialogs = []
+        self.page.on("console", self._console)
+        self.page.on("pageerror", lambda error: self.errors.append("page error: %s" % error))
+        self.page.on("dialog", self._dialog)
+
+    def _console(self, message):
+        if message.type != "error":
+            return
+        url = message.location.get("url", "")
+        # A top-level page (no TensorBoard around it) asks for /favicon.ico, which no
+        # TensorBoard serves under a path prefix: the browser's doing, not the tab's.
+        if url.endswith("/favicon.ico"):
+            return
+        self.errors.append("console: %s (%s)" % (message.text, url))
+
+    def tab_errors(self):
+        """Errors of our tab: TensorBoard's own page has its own (e.g. fonts under a path prefix)."""
+        return [error for error in self.errors if not error.startswith("console:") or ROUTES in error or ENTRY.split("?")[0] in error]
+
+    def _dialog(self, dialog):
+        self.dialogs.append(dialog.message)
+        dialog.dismiss()
+
+    def open_tab(self, url: str, state: str = "ready"):
+        self.page.goto(url)
+        self.page.wait_for_selector("body[data-state=%s]" % state, timeout=LOAD_TIMEOUT_MS)
+
+    def set_selection(self, runs):
+        """Ticks exactly `runs` in the run list and waits until their charts are drawn."""
+        for _ in range(20):
+            index = self.page.evaluate(
+                """(runs) => [...document.querySelectorAll('.run-item')].findIndex(
+                    (item) => item.querySelector('input').checked !== runs.includes(item.dataset.run))""",
+                list(runs),
+            )
+            if index < 0:
+                break
+            self.page.locator(".run-item").nth(index).locator("input").click()
+        self.page.wait_for_function(
+            """(runs) => {
+                const cells = [...document.querySelectorAll('.heatmap-cell')].map((cell) => cell.dataset.run);
+                return cells.length === runs.length && runs.every((run) => cells.includes(run)) &&
+                    document.querySelectorAll('.heatmap-cell canvas').length === runs.length;
+            }""",
+            arg=list(runs),
+            timeout=LOAD_TIMEOUT_MS,
+        )
+
+    def pixels(self, section: str, run: str, rgb=None) -> int:
+        """Counts the coloured pixels (or those of exactly `rgb`) of a run's canvases in a section.
+
+        Coloured: clearly not grey (axes, grid and text are grey) and not the red of the
+        non-finite marks, so only drawn data counts: lines, cells, bars.
+        """
+        return self.page.evaluate(
+            """([section, run, rgb]) => {
+                const cell = [...document.querySelectorAll(section)].find((c) => c.dataset.run === run);
+                let count = 0;
+                for (const canvas of cell.querySelectorAll('canvas')) {
+                    const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+                    for (let i = 0; i < data.length; i += 4) {
+                        const [r, g, b, a] = [data[i], data[i + 1], data[i + 2], data[i + 3]];
+                        if (a === 0) continue;
+                        if (rgb !== null) {
+                            if (r === rgb[0] && g === rgb[1] && b === rgb[2]) count++;
+                            continue;
+                        }
+                        const reddish = r > 150 && g < 130 && b < 130;
+                        if (Math.max(r, g, b) - Math.min(r, g, b) > 60 && !reddish) count++;
+                    }
+                }
+                return count;
+            }""",
+            [section, run, list(rgb) if rgb else None],
+        )
+
+    def cell_text(self, section: str, run: str) -> str:
+        return self.page.evaluate(
+            "([section, run]) => [...document.querySelectorAll(section)].find((c) => c.dataset.run === run).textContent",
+            [section, run],
+        )
+
+
+@pytest.fixture
+def page(browser):
+    tab = Page(browser)
+    yield tab
+    tab.page.close()
+
+
+def verdicts(server):
+    return {entry["run"]: entry["verdict"] for entry in server.get_json(PATH_PREFIX + ROUTES + "/health")["runs"]}
+
+
+def run_with_verdict(server, verdict: str) -> str:
+    return sorted(run for run, found in verdicts(server).items() if found == verdict and run not in (HOSTILE_RUN, LIVE_RUN))[0]
+
+
+def series_body(server, run: str, stat: str = "grad_norm") -> dict:
+    return server.get_json(PATH_PREFIX + ROUTES + "/series?" + urlencode({"run": run, "stat": stat}))
+
+
+def first_nonfinite_step(server, run: str) -> int:
+    """The first step with a NaN/Inf grad_norm, computed here from /series."""
+    body = series_body(server, run)
+    values = np.array([[float(v) for v in row] for row in body["values"]])
+    return int(np.array(body["steps"])[~np.isfinite(values).all(axis=1)][0])
+
+
+# ---------------------------------------------------------------- tests over the demo runs
+
+
+def test_every_run_is_listed_with_the_verdict_of_health_and_no_console_error(server, page):
+    page.open_tab(server.url + PATH_PREFIX + ENTRY)
+    listed = page.page.evaluate(
+        "[...document.querySelectorAll('.run-item')].map((item) => [item.dataset.run, item.querySelector('.badge').dataset.verdict])"
+    )
+    expected = verdicts(server)
+    runs = [entry["run"] for entry in server.get_json(PATH_PREFIX + ROUTES + "/runs")["runs"]]
+    assert [run for run, _ in listed] == runs
+    assert dict(listed) == expected
+    # The demo has something to diagnose: the page would also pass with every badge "healthy".
+    assert {"healthy", "nonfinite"} <= set(expected.values())
+    assert page.errors == []
+
+
+def test_heatmap_and_trend_are_drawn_and_the_nonfinite_run_is_marked(server, page):
+    page.open_tab(server.url + PATH_PREFIX + ENTRY)
+    broken = run_with_verdict(server, "nonfinite")
+    healthy = run_with_verdict(server, "healthy")
+    page.set_selection([healthy, broken])
+    for run in (healthy, broken):
+        assert page.pixels(".heatmap-cell", run) > MIN_DRAWN_PIXELS, run
+        assert page.pixels(".trend-cell", run) > MIN_DRAWN_PIXELS, run
+        # The profile shows the latest step: the broken run's bars may all be non-finite (red).
+        bars = page.pixels(".profile-cell", run) + page.pixels(".profile-cell", run, NONFINITE_RGB)
+        assert bars > MIN_DRAWN_PIXELS, run
+    # Non-finite cells and marks have their own colour, and only the broken run has them.
+    assert page.pixels(".heatmap-cell", broken, NONFINITE_RGB) > 0
+    assert page.pixels(".trend-cell", broken, NONFINITE_RGB) > 0
+    assert page.pixels(".heatmap-cell", healthy, NONFINITE_RGB) == 0
+    assert page.pixels(".trend-cell", healthy, NONFINITE_RGB) == 0
+    note = page.cell_text(".trend-cell", broken)
+    assert "first at step %d" % first_nonfinite_step(server, broken) in note
+    assert "NaN or Inf" not in page.cell_text(".trend-cell", healthy)
+    assert page.errors == []
+
+
+def test_hostile_names_stay_text_and_no_dialog_fires(server, page):
+    page.open_tab(server.url + PATH_PREFIX + ENTRY)
+    page.set_selection([HOSTILE_RUN])
+    texts = page.page.evaluate("[...document.querySelectorAll('.run-name, .cell-run')].map((e) => e.textContent)")
+    assert texts.count(HOSTILE_RUN) == 1 + 4  # the run list, and the caption of each of the four panels
+    legend = page.cell_text(".trend-cell", HOSTILE_RUN)
+    assert HOSTILE_LAYERS[0] in legend
+    # Nothing of the names became markup.
+    assert page.page.evaluate("document.querySelectorAll('img, b').length") == 0
+    page.page.wait_for_timeout(300)
+    assert page.dialogs == []
+    assert page.errors == []
+
+
+def test_user_defined_stat_is_offered_and_plotted(server, page):
+    page.open_tab(server.url + PATH_PREFIX + ENTRY)
+    page.set_selection([HOSTILE_RUN])
+    page.page.select_option(".stat-select", USER_STAT)
+    page.page.wait_for_function(
+        "(stat) => [...document.querySelectorAll('.panel-trends .panel-subtitle')].some((e) => e.textContent === stat)",
+        arg=USER_STAT,
+    )
+    # Away from the chart the read-out shows the selected (latest) step's values.
+    last = HOSTILE_STEPS - 1
+    legend = page.cell_text(".trend-cell", HOSTILE_RUN)
+    assert "Step%d" % last in legend.replace(" ", "").replace(":", "")
+    assert ("%s%g" % (HOSTILE_LAYERS[1], user_stat_value(last))) in legend.replace(" ", "").replace(":", "")
+    assert page.pixels(".trend-cell", HOSTILE_RUN) > MIN_DRAWN_PIXELS
+    assert page.errors == []
+
+
+def test_heatmap_hover_reads_out_and_click_selects_a_step(server, page):
+    page.open_tab(server.url + PATH_PREFIX + ENTRY)
+    run = run_with_verdict(server, "healthy")
+    page.set_selection([run])
+    body = series_body(server, run)
+    box = page.page.locator(".heatmap-cell canvas").bounding_box()
+    # Inside the first row (input layer), a little past the middle of the steps.
+    x = box["x"] + box["width"] * 0.55
+    y = box["y"] + HEATMAP_TOP_PX + 3
+    page.page.mouse.move(x, y)
+    tooltip = page.page.locator(".heatmap-cell .tooltip")
+    tooltip.wait_for(state="visible")
+    lines = tooltip.evaluate("(tip) => [...tip.children].map((line) => line.textContent)")
+    layer = body["layers"][0]
+    assert lines[0] == layer
+    step = int(lines[1].removeprefix("step ").replace(",", ""))
+    expected = float(body["values"][body["steps"].index(step)][0])
+    shown = float(lines[2].removeprefix(body["stat"] + " = "))
+    assert math.isclose(shown, expected, rel_tol=5e-3)  # 3 significant digits
+    page.page.mouse.click(x, y)
+    caption = page.page.evaluate(
+        "(run) => [...document.querySelectorAll('.profile-cell')].find((c) => c.dataset.run === run).querySelector('.cell-step').textContent",
+        run,
+    )
+    assert caption == "step %s" % format(step, ",")
+    assert page.errors == []
+
+
+def test_new_steps_appear_on_refresh_keeping_zoom_and_selected_step(server, logdir, page):
+    page.open_tab(server.url + PATH_PREFIX + ENTRY)
+    page.set_selection([LIVE_RUN])
+    heatmap = "document.querySelector('.heatmap-cell canvas').toDataURL()"
+    caption = "document.querySelector('.profile-cell .cell-step').textContent"
+    full = page.page.evaluate(heatmap)
+    # Pick a step on the heatmap, then zoom the trend chart by dragging across it.
+    box = page.page.locator(".heatmap-cell canvas").bounding_box()
+    page.page.mouse.click(box["x"] + box["width"] * 0.4, box["y"] + HEATMAP_TOP_PX + 3)
+    picked = page.page.evaluate(caption)
+    over = page.page.locator(".trend-cell .u-over").bounding_box()
+    y = over["y"] + over["height"] / 2
+    page.page.mouse.move(over["x"] + over["width"] * 0.2, y)
+    page.page.mouse.down()
+    page.page.mouse.move(over["x"] + over["width"] * 0.6, y, steps=5)
+    page.page.mouse.up()
+    zoomed = page.page.evaluate(heatmap)
+    assert zoomed != full  # the heatmap follows the trend chart's zoom
+
+    write_live_steps(logdir, range(LIVE_STEPS, 2 * LIVE_STEPS))
+    last = "step %d" % (2 * LIVE_STEPS - 1)
+    meta = "[...document.querySelectorAll('.run-item')].find((item) => item.dataset.run === %r).textContent" % LIVE_RUN
+    for _ in range(LIVE_POLLS):
+        page.page.click(".refresh-button")
+        page.page.wait_for_function("() => !document.querySelector('.refresh-button').disabled")
+        if last in page.page.evaluate(meta):
+            break
+        page.page.wait_for_timeout(LIVE_POLL_MS)
+    assert last in page.page.evaluate(meta)
+    # Redrawn with the new steps, still zoomed on the same steps and showing the picked one.
+    assert page.page.evaluate(heatmap) == zoomed
+    assert page.page.evaluate(caption) == picked
+    page.page.dblclick(".trend-cell .u-over")
+    page.page.wait_for_timeout(400)
+    # All steps again, now twice as many: the cells are half as wide as at first.
+    assert page.page.evaluate(heatmap) not in (full, zoomed)
+    assert page.errors == []
+
+
+def test_inside_tensorboard_under_a_path_prefix_and_its_reload_button_refreshes_the_tab(demo_server, page):
+    runs_requests = []
+    page.page.on("request", lambda request: request.url.endswith(ROUTES + "/runs") and runs_requests.append(request.url))
+    page.page.goto(demo_server.url + PATH_PREFIX + "/#gradient_health")
+    frame = page.page.wait_for_selector("iframe", timeout=LOAD_TIMEOUT_MS).content_frame()
+    frame.wait_for_selector("body[data-state=ready]", timeout=LOAD_TIMEOUT_MS)
+    assert frame.evaluate("document.querySelectorAll('.run-item').length") == len(verdicts(demo_server))
+    assert runs_requests and all(url.startswith(demo_server.url + PATH_PREFIX + "/") for url in runs_requests)
+    seen = len(runs_requests)
+    page.page.click("button.reload-button")
+    page.page.wait_for_timeout(RELOAD_WAIT_MS)
+    assert len(runs_requests) > seen
+    SCREENSHOT_IN_TENSORBOARD.parent.mkdir(exist_ok=True)
+    page.page.screenshot(path=str(SCREENSHOT_IN_TENSORBOARD))
+    assert page.tab_errors() == []
+
+
+def test_screenshot_of_the_tab_over_the_demo_runs(demo_server, page):
+    page.open_tab(demo_server.url + PATH_PREFIX + ENTRY)
+    shown = [run_with_verdict(demo_server, verdict) for verdict in ("healthy", "vanishing", "nonfinite")]
+    page.set_selection(shown)
+    page.page.wait_for_timeout(300)
+    SCREENSHOT.parent.mkdir(exist_ok=True)
+    page.page.screenshot(path=str(SCREENSHOT), full_page=True)
+    assert SCREENSHOT.stat().st_size > 50_000
+    assert page.errors == []
+
+
+# ---------------------------------------------------------------- empty and error states
+
+
+class QuietHandler(serving.WSGIRequestHandler):
+    """Serves without logging each request."""
+
+    def log_request(self, *args, **kwargs):
+        pass
+
+
+@contextlib.contextmanager
+def in_process_tensorboard(logdir: str):
+    """TensorBoard's own WSGI app with our plugin, over HTTP on a free localhost port, in a thread."""
+    app = wsgi_client(logdir).application
+    http = serving.make_server(HOST, 0, app, threaded=True, request_handler=QuietHandler)
+    thread = threading.Thread(target=http.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield "http://%s:%d" % (HOST, http.server_port), http
+    finally:
+        http.shutdown()
+        thread.join()
+
+
+def test_empty_logdir_shows_the_how_to_and_a_dead_server_shows_an_error(tmp_path, page):
+    with in_process_tensorboard(str(tmp_path)) as (url, http):
+        page.open_tab(url + ENTRY, state="empty")
+        how_to = page.page.text_content(".how-to")
+        assert "GradientHealthCallback" in how_to
+        assert len(how_to.strip().splitlines()) == 3
+        assert page.page.is_hidden(".error-banner")
+        assert page.errors == []
+    # The server is gone: a refresh must say so, not leave a blank or stale tab.
+    page.page.click(".refresh-button")
+    page.page.wait_for_selector("body[data-state=error]")
+    banner = page.page.locator(".error-banner")
+    assert banner.is_visible()
+    assert "Could not reach TensorBoard" in banner.text_content()
+
+
+def test_a_failing_diagnosis_is_reported_and_the_charts_still_show(tmp_path, page):
+    with GradientHealthFileWriter(str(tmp_path / "only")) as writer:
+        for step in range(5):
+            writer.write(step, {"grad_norm": [1.0 + step, 2.0]}, ["dense", "dense_1"])
+    # Our /health never answers 500; injected here to prove the tab degrades gracefully.
+    page.page.route(
+        "**" + ROUTES + "/health",
+        lambda route: route.fulfill(status=500, content_type="application/json", body='{"error": {"code": 500, "message": "disk on fire"}}'),
+    )
+    with in_process_tensorboard(str(tmp_path)) as (url, _):
+        page.open_tab(url + ENTRY)
+        banner = page.page.locator(".error-banner")
+        assert banner.is_visible()
+        assert "Diagnosis unavailable: /health failed (HTTP 500): disk on fire" in banner.text_content()
+        assert page.page.text_content(".run-item .badge") == "no diagnosis"
+        assert page.pixels(".trend-cell", "only") > MIN_DRAWN_PIXELS
+
+
+def test_smoothing_and_heatmap_binning_agree_with_numpy(tmp_path, page):
+    with GradientHealthFileWriter(str(tmp_path / "only")) as writer:
+        writer.write(0, {"grad_norm": [1.0]}, ["dense"])
+    rng = np.random.default_rng(7)
+    values = np.exp(rng.normal(0.0, 2.0, size=200))
+    values[[17, 90]] = [np.nan, np.inf]
+    weight = 0.8
+    steps = np.arange(len(values)) * 3
+    pixels = 37
+    with in_process_tensorboard(str(tmp_path)) as (url, _):
+        page.open_tab(url + ENTRY)
+        smoothed, kinds, binned = page.page.evaluate(
+            """async ([values, weight, steps, pixels]) => {
+                const format = await import('./format.js');
+                const heatmap = await import('./view_heatmap.js');
+                const decoded = values.map(format.decodeNumber);
+                const series = {layers: ['a'], steps: Float64Array.from(steps), columns: [Float64Array.from(decoded)]};
+                const {kinds, values: binned} = heatmap.aggregateColumns(series, steps[0] - 1.5, steps[steps.length - 1] + 1.5, pixels);
+                return [format.smooth(decoded, weight, true), [...kinds], [...binned]];
+            }""",
+            [[v if np.isfinite(v) else ("NaN" if np.isnan(v) else "Infinity") for v in values.tolist()], weight, steps.tolist(), pixels],
+        )
+    # Debiased exponential moving average of log10, skipping non-finite values (TensorBoard's smoothing).
+    expected, last, count = [], 0.0, 0
+    for value in values:
+        if not np.isfinite(value):
+            expected.append(None)
+            continue
+        last, count = last * weight + (1 - weight) * np.log10(value), count + 1
+        expected.append(10 ** (last / (1 - weight**count)))
+    assert [v is None for v in smoothed] == [v is None for v in expected]
+    np.testing.assert_allclose([v for v in smoothed if v is not None], [v for v in expected if v is not None], rtol=1e-9)
+    # Each pixel column covers the steps whose cells (centred on them, 3 steps wide) fall in it:
+    # a non-finite value wins, otherwise the largest value survives.
+    edges = np.linspace(steps[0] - 1.5, steps[-1] + 1.5, pixels + 1)
+    for pixel in range(pixels):
+        inside = (steps + 1.5 > edges[pixel]) & (steps - 1.5 < edges[pixel + 1])
+        cell = values[inside]
+        if not np.isfinite(cell).all():
+            assert kinds[pixel] == 3, pixel
+        else:
+            assert kinds[pixel] == 1 and math.isclose(binned[pixel], cell.max()), pixel
+
+
+def test_runs_side_by_side_share_scales_computed_over_all_their_values(tmp_path, page):
+    with GradientHealthFileWriter(str(tmp_path / "only")) as writer:
+        writer.write(0, {"grad_norm": [1.0]}, ["dense"])
+    first = {"run": "a", "stat": "s", "layers": ["x", "y"], "steps": [0, 5, 10], "wall_times": [0, 1, 2],
+             "values": [[0.02, 3.0], ["NaN", 0.0], [0.5, "Infinity"]]}
+    second = {"run": "b", "stat": "s", "layers": ["z"], "steps": [3, 40], "wall_times": [0, 1],
+              "values": [[7e-6], [250.0]]}
+    with in_process_tensorboard(str(tmp_path)) as (url, _):
+        page.open_tab(url + ENTRY)
+        log_scales, linear_scales, nonfinite = page.page.evaluate(
+            """async (bodies) => {
+                const model = await import('./model.js');
+                const scales = await import('./scales.js');
+                const series = bodies.map(model.decodeSeries);
+                return [scales.sharedScales(series, true), scales.sharedScales(series, false), series.map((s) => s.nonFinite)];
+            }""",
+            [first, second],
+        )
+    values = np.array([0.02, 3.0, np.nan, 0.0, 0.5, np.inf, 7e-6, 250.0])
+    finite = values[np.isfinite(values)]
+    positive = finite[finite > 0]
+    assert log_scales["x"] == [0, 40]
+    # Whole decades around every positive finite value of both runs; zeros and NaN/Inf left out.
+    assert log_scales["y"] == pytest.approx([10.0 ** np.floor(np.log10(positive.min())), 10.0 ** np.ceil(np.log10(positive.max()))])
+    assert log_scales["colour"] == pytest.approx({"lo": np.log10(positive.min()), "hi": np.log10(positive.max())})
+    assert linear_scales["y"] == pytest.approx([min(0.0, finite.min()), finite.max() * 1.05])
+    assert nonfinite == [[1, 2], []]  # step indices with a NaN or Inf in some layer
