@@ -8,6 +8,7 @@ PORT ?= 6006
 LOGDIR ?= logs
 EPOCHS ?=
 CHROMIUM := /usr/bin/chromium
+FASHION_MNIST_DEB := dataset-fashion-mnist
 # apt-get needs root; elsewhere go through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -34,15 +35,17 @@ test: $(INSTALLED) chromium
 test-fast: $(INSTALLED)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-# Fashion-MNIST from Debian is the offline fallback when MNIST is not cached.
-demo-data:
-	@$(PY) -m demo.data --check >/dev/null 2>&1 || test -d /usr/share/datasets/fashion-mnist || \
-		{ echo "No MNIST in the Keras cache: installing Debian's dataset-fashion-mnist as the offline fallback"; \
-		  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq dataset-fashion-mnist; }
+# MNIST from the Keras cache or a short download attempt; else Fashion-MNIST,
+# installing Debian's package when no copy is found.
+demo-data: $(INSTALLED)
+	@$(PY) -m demo.data --check --download || \
+		{ echo "Installing Debian's $(FASHION_MNIST_DEB) as the offline fallback"; \
+		  $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq $(FASHION_MNIST_DEB); }
 
+# demo-data already tried the download, so the demo does not wait for it again.
 demo: $(INSTALLED) demo-data
-	$(PY) -m demo --logdir $(LOGDIR) $(if $(EPOCHS),--epochs $(EPOCHS))
-	@echo "Gradient Health tab: http://127.0.0.1:$(PORT)/#gradient_health"
+	$(PY) -m demo --no-download --logdir $(LOGDIR) --port $(PORT) $(if $(EPOCHS),--epochs $(EPOCHS))
+	@echo "Gradient Health tab: http://127.0.0.1:$(PORT)/#gradient_health  (Ctrl+C stops TensorBoard)"
 	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --host 127.0.0.1 --port $(PORT)
 
 clean:
