@@ -12,7 +12,7 @@ FASHION_MNIST_DEB := dataset-fashion-mnist
 # apt-get needs root; elsewhere go through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test test-fast demo demo-data chromium clean
+.PHONY: install test test-fast demo demo-data chromium clean screenshots
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -50,3 +50,7 @@ demo: $(INSTALLED) demo-data
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+
+# Rewrites the README's screenshots in docs/ from the browser tests.
+screenshots: $(INSTALLED) chromium
+	UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/test_frontend_browser.py -k "screenshot or path_prefix" -q

@@ -1,7 +1,35 @@
-"""Test-wide settings: quiet, deterministic TensorFlow that fits a shared 2-core machine."""
+"""Test-wide settings and shared fixtures: quiet TensorFlow, and the demo's runs trained once per session."""
 
+import dataclasses
 import os
+
+import pytest
 
 # Set before any test imports TensorFlow.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+
+DEMO_EPOCHS = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoRuns:
+    """The demo's default runs trained on synthetic data, shared read-only by several test modules."""
+
+    logdir: object  # pathlib.Path
+    results: list
+    messages: list
+
+
+@pytest.fixture(scope="session")
+def demo_runs(tmp_path_factory) -> DemoRuns:
+    """Trains the demo's models once (one short epoch each, synthetic data): the slowest fixture.
+
+    Tests must not write into `logdir`; copy it first.
+    """
+    from demo import data, train
+
+    logdir = tmp_path_factory.mktemp("demo_logs")
+    messages = []
+    results = train.run_all(logdir, DEMO_EPOCHS, dataset=data.SYNTHETIC, verbose=0, log=messages.append)
+    return DemoRuns(logdir=logdir, results=results, messages=messages)

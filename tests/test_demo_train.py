@@ -11,6 +11,7 @@ import pytest
 from demo import data, models, train
 from tb_gradhealth import metadata
 
+from conftest import DEMO_EPOCHS
 from test_demo_events import read_gradient_health, read_other_tags
 
 EPOCHS = 1
@@ -30,12 +31,10 @@ def _parameter_counts(model) -> dict[str, int]:
 
 
 @pytest.fixture(scope="module")
-def demo_logdir(tmp_path_factory):
-    """The four default runs, one short epoch each on synthetic data."""
-    logdir = tmp_path_factory.mktemp("demo_logs")
-    messages = []
-    results = train.run_all(logdir, EPOCHS, dataset=data.SYNTHETIC, verbose=0, log=messages.append)
-    return logdir, results, messages
+def demo_logdir(demo_runs):
+    """The four default runs, one short epoch each on synthetic data (trained once per session)."""
+    assert EPOCHS == DEMO_EPOCHS
+    return demo_runs.logdir, demo_runs.results, demo_runs.messages
 
 
 def test_models_match_the_notebook():

@@ -36,6 +36,13 @@ CHROMIUM_ARGS = [
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "gradient_health_tab.png"
 SCREENSHOT_IN_TENSORBOARD = REPO / "docs" / "gradient_health_in_tensorboard.png"
+# The README's screenshots are rewritten only on request (`make screenshots`),
+# so a test run leaves the checkout clean; otherwise they go to a temp folder.
+UPDATE_SCREENSHOTS = os.environ.get("UPDATE_SCREENSHOTS") == "1"
+
+
+def screenshot_target(path: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
+    return path if UPDATE_SCREENSHOTS else tmp_path / path.name
 # Serving under a prefix proves every URL of the tab is relative.
 PATH_PREFIX = "/tb"
 ENTRY = "/data/plugin_entry.html?name=gradient_health"
@@ -44,7 +51,6 @@ VIEWPORT = {"width": 1600, "height": 1000}
 LOAD_TIMEOUT_MS = 60_000
 # TensorBoard's reload reaches the tab after its own requests.
 RELOAD_WAIT_MS = 3000
-EPOCHS = 1  # the demo's models, one epoch each on generated data
 HOSTILE_RUN = "<img src=x onerror=alert(1)>"
 HOSTILE_LAYERS = ["<b>bold</b>", "dense_1"]
 USER_STAT = "my_stat"
@@ -78,13 +84,9 @@ def write_live_steps(logdir: pathlib.Path, steps) -> None:
 
 
 @pytest.fixture(scope="session")
-def demo_logdir(tmp_path_factory):
-    """The demo's runs: its models, one epoch each on generated data (the slow part of these tests)."""
-    from demo import train as demo_train
-
-    root = tmp_path_factory.mktemp("demo_logdir")
-    demo_train.run_all(str(root), epochs=EPOCHS, dataset="synthetic", verbose=0, log=lambda message: None)
-    return root
+def demo_logdir(demo_runs):
+    """The demo's runs: its models, one epoch each on generated data (trained once per session)."""
+    return demo_runs.logdir
 
 
 @pytest.fixture(scope="module")
@@ -404,7 +406,7 @@ def test_new_steps_appear_on_refresh_keeping_zoom_and_selected_step(server, logd
     assert page.errors == []
 
 
-def test_inside_tensorboard_under_a_path_prefix_and_its_reload_button_refreshes_the_tab(demo_server, page):
+def test_inside_tensorboard_under_a_path_prefix_and_its_reload_button_refreshes_the_tab(demo_server, page, tmp_path):
     runs_requests = []
     page.page.on("request", lambda request: request.url.endswith(ROUTES + "/runs") and runs_requests.append(request.url))
     page.page.goto(demo_server.url + PATH_PREFIX + "/#gradient_health")
@@ -416,19 +418,22 @@ def test_inside_tensorboard_under_a_path_prefix_and_its_reload_button_refreshes_
     page.page.click("button.reload-button")
     page.page.wait_for_timeout(RELOAD_WAIT_MS)
     assert len(runs_requests) > seen
-    SCREENSHOT_IN_TENSORBOARD.parent.mkdir(exist_ok=True)
-    page.page.screenshot(path=str(SCREENSHOT_IN_TENSORBOARD))
+    target = screenshot_target(SCREENSHOT_IN_TENSORBOARD, tmp_path)
+    target.parent.mkdir(exist_ok=True)
+    page.page.screenshot(path=str(target))
+    assert target.stat().st_size > 50_000
     assert page.tab_errors() == []
 
 
-def test_screenshot_of_the_tab_over_the_demo_runs(demo_server, page):
+def test_screenshot_of_the_tab_over_the_demo_runs(demo_server, page, tmp_path):
     page.open_tab(demo_server.url + PATH_PREFIX + ENTRY)
     shown = [run_with_verdict(demo_server, verdict) for verdict in ("healthy", "vanishing", "nonfinite")]
     page.set_selection(shown)
     page.page.wait_for_timeout(300)
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    page.page.screenshot(path=str(SCREENSHOT), full_page=True)
-    assert SCREENSHOT.stat().st_size > 50_000
+    target = screenshot_target(SCREENSHOT, tmp_path)
+    target.parent.mkdir(exist_ok=True)
+    page.page.screenshot(path=str(target), full_page=True)
+    assert target.stat().st_size > 50_000
     assert page.errors == []
 
 
