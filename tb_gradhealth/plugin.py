@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import gzip
+import json
 import re
 
 from tensorboard import errors, plugin_util
-from tensorboard.backend import http_util
+from tensorboard.backend import http_util, json_util
 from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
-from tb_gradhealth import diagnosis, downsample, metadata, reader, static
+from tb_gradhealth import cache, diagnosis, downsample, event_files, metadata, reader, static
 
 # Rows served by /series when the request gives no `max_points`: a run of up
 # to this many logged steps is served whole (the loader keeps as many).
 DEFAULT_MAX_POINTS = 10_000  # steps per series
+
+# Responses computed from unchanged data are kept: the tab polls /health and
+# the /series of every shown run, and each viewer multiplies that; a burst of
+# identical requests is computed once.
+CACHE_MAX_BYTES = 64 * 2**20  # bytes of gzipped /series bodies and diagnoses
+# Bounds how long a cached response can outlive new data that changes
+# neither the max step nor the max wall time of its tags (not seen so far).
+CACHE_MAX_AGE_S = 60.0  # seconds
+_GZIP_LEVEL = 3  # as http_util.Respond compresses
 
 _JSON = "application/json"
 _UNSIGNED_INT = re.compile(r"[0-9]{1,18}")
@@ -63,9 +75,22 @@ def _parse_max_points(text: str | None) -> int:
         return DEFAULT_MAX_POINTS
     if not _UNSIGNED_INT.fullmatch(text) or int(text) < downsample.MIN_POINTS:
         raise errors.InvalidArgumentError(
-            "max_points must be an integer of at least %d, got %r" % (downsample.MIN_POINTS, text[:100])
+            "max_points must be an integer of at least %d, got %s" % (downsample.MIN_POINTS, reader.quoted_name(text))
         )
     return int(text)
+
+
+def _cleansed_json(value) -> str:
+    """JSON as http_util.Respond writes it: NaN and infinities as strings, ASCII only."""
+    return json.dumps(json_util.Cleanse(value))
+
+
+def _gzipped_json(value) -> bytes:
+    return gzip.compress(_cleansed_json(value).encode("ascii"), compresslevel=_GZIP_LEVEL, mtime=0)
+
+
+def _json_size(value) -> int:
+    return len(_cleansed_json(value))
 
 
 class GradientHealthPlugin(base_plugin.TBPlugin):
@@ -75,6 +100,10 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
 
     def __init__(self, context: base_plugin.TBContext):
         self._provider = context.data_provider
+        # Data that the providers silently stop reading at (a cut or damaged
+        # event file) is found by checking the files themselves.
+        self._file_checker = event_files.RunFileChecker(context.logdir)
+        self._cache = cache.ResponseCache(CACHE_MAX_BYTES, CACHE_MAX_AGE_S)
 
     def get_plugin_apps(self):
         return {
@@ -102,7 +131,12 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
     def runs_impl(self, ctx, experiment_id: str) -> dict:
         """Returns {"runs": [RunInfo JSON, ...]} sorted by run name."""
         runs = reader.list_runs(self._provider, ctx, experiment_id)
+        runs = [dataclasses.replace(info, problems=info.problems + self._file_problems(info.run)) for info in runs]
         return {"runs": [info.to_json() for info in runs]}
+
+    def _file_problems(self, run: str) -> tuple[reader.Problem, ...]:
+        """Returns the problems of run `run`'s event files; each names the file in place of a tag."""
+        return tuple(reader.Problem(problem.file, problem.message) for problem in self._file_checker.problems(run))
 
     def series_impl(self, ctx, experiment_id: str, run: str, stat: str, max_points: int) -> dict:
         """Returns {"run", "stat", "layers", "steps", "wall_times", "values", "total_steps", "problems"}."""
@@ -120,24 +154,42 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             "problems": [problem.to_json() for problem in data.problems],
         }
 
+    def series_body(self, ctx, experiment_id: str, run: str, stat: str, max_points: int) -> bytes:
+        """Returns the gzipped JSON of `series_impl`, cached while the statistic's data is unchanged."""
+        version = reader.tag_versions(self._provider, ctx, experiment_id, run).get(run, {}).get(metadata.TAG_PREFIX + stat)
+
+        def compute() -> bytes:
+            return _gzipped_json(self.series_impl(ctx, experiment_id, run, stat, max_points))
+
+        if version is None:
+            return compute()  # raises the NotFoundError
+        return self._cache.get_or_compute(("series", experiment_id, run, stat, max_points, version), compute, len)
+
     def health_impl(self, ctx, experiment_id: str, run: str | None) -> dict:
         """Returns {"runs": [{"run", "verdict", "findings", "problems"}, ...]}."""
-        if run is None:
-            runs = [info.run for info in reader.list_runs(self._provider, ctx, experiment_id)]
-        else:
-            runs = [run]
+        versions = reader.tag_versions(self._provider, ctx, experiment_id, run)
+        runs = sorted(name for name, tags in versions.items() if tags) if run is None else [run]
         results = []
         for name in runs:
-            data = reader.load_run(self._provider, ctx, experiment_id, name)
-            verdict = diagnosis.diagnose(data.series).to_json()
-            results.append(
-                {
-                    "run": name,
+            tags = versions.get(name)
+
+            def compute(name=name) -> dict:
+                data = reader.load_run(self._provider, ctx, experiment_id, name)
+                verdict = diagnosis.diagnose(data.series).to_json()
+                return {
                     "verdict": verdict["verdict"],
                     "findings": verdict["findings"],
                     "problems": [problem.to_json() for problem in data.problems],
                 }
-            )
+
+            if tags:
+                key = ("health", experiment_id, name, tuple(sorted(tags.items())))
+                diagnosed = self._cache.get_or_compute(key, compute, _json_size)
+            else:
+                diagnosed = compute()  # raises the NotFoundError
+            # The event files are checked afresh: they can break without new data.
+            file_problems = [problem.to_json() for problem in self._file_problems(name)]
+            results.append({"run": name, **diagnosed, "problems": diagnosed["problems"] + file_problems})
         return {"runs": results}
 
     @wrappers.Request.application
@@ -155,8 +207,10 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         stat = _single_arg(request, "stat", required=True)
         max_points = _parse_max_points(_single_arg(request, "max_points", required=False))
         ctx, experiment_id = self._request_scope(request)
-        body = self.series_impl(ctx, experiment_id, run, stat, max_points)
-        return http_util.Respond(request, body, _JSON)
+        body = self.series_body(ctx, experiment_id, run, stat, max_points)
+        # Respond passes the gzipped body on, or unzips it for a client that
+        # does not accept gzip.
+        return http_util.Respond(request, body, _JSON, content_encoding="gzip")
 
     @wrappers.Request.application
     @_json_errors

@@ -31,10 +31,17 @@ _OTHER_TENSORS_KEPT = 1
 _MAX_NAME_IN_MESSAGE = 200
 
 
-def _quoted(name: str) -> str:
-    if len(name) > _MAX_NAME_IN_MESSAGE:
-        return repr(name[:_MAX_NAME_IN_MESSAGE]) + "..."
-    return repr(name)
+def quoted_name(name: str) -> str:
+    """Returns `repr(name)` for an error message, cut to about `_MAX_NAME_IN_MESSAGE` characters.
+
+    The cut applies to the repr too: a name of escaped characters (e.g.
+    astral-plane code points, ten characters each) stays as short.
+    """
+    text = repr(name[:_MAX_NAME_IN_MESSAGE])
+    cut = len(name) > _MAX_NAME_IN_MESSAGE
+    if len(text) > _MAX_NAME_IN_MESSAGE + 2:
+        text, cut = text[: _MAX_NAME_IN_MESSAGE + 1] + text[0], True
+    return text + ("..." if cut else "")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,6 +156,31 @@ def list_runs(
             )
         )
     return runs
+
+
+def tag_versions(
+    provider: tb_provider.DataProvider,
+    ctx: tb_context.RequestContext,
+    experiment_id: str,
+    run: str | None = None,
+) -> dict[str, dict[str, tuple]]:
+    """Returns {run: {tag: (max_step, max_wall_time, plugin_content)}} for every run, or for `run` only.
+
+    From metadata only. New data of a tag changes its max step or wall time
+    (a restarted run preempts later steps, lowering the max step), so the
+    tuple identifies what a read of the tag returns; responses computed from
+    the data are cached under it.
+    """
+    listing = provider.list_tensors(
+        ctx,
+        experiment_id=experiment_id,
+        plugin_name=metadata.PLUGIN_NAME,
+        run_tag_filter=None if run is None else tb_provider.RunTagFilter(runs=[run]),
+    )
+    return {
+        name: {tag: (ts.max_step, ts.max_wall_time, ts.plugin_content) for tag, ts in tags.items()}
+        for name, tags in listing.items()
+    }
 
 
 def series_from_tensors(
@@ -266,7 +298,7 @@ def load_run(
         run_tag_filter=tb_provider.RunTagFilter(runs=[run], tags=tag_filter),
     )
     if not listing.get(run) and (stats is None or not _run_exists(provider, ctx, experiment_id, run)):
-        raise errors.NotFoundError("no gradient health data for run %s" % _quoted(run))
+        raise errors.NotFoundError("no gradient health data for run %s" % quoted_name(run))
     decoded, problems = _decode_tags(listing.get(run, {}))
     data, read_problems = _read_tags(provider, ctx, experiment_id, run, [tag for tag, _ in decoded.values()])
     problems.extend(read_problems)
@@ -288,7 +320,7 @@ def load_run(
         reasons = "; ".join(problem.message for problem in problems)
         raise errors.NotFoundError(
             "run %s has no readable statistic %s%s"
-            % (_quoted(run), _quoted(missing[0]), " (%s)" % reasons if reasons else "")
+            % (quoted_name(run), quoted_name(missing[0]), " (%s)" % reasons if reasons else "")
         )
     return RunData(run=run, series=series, problems=tuple(problems))
 

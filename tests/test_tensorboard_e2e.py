@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import http.client
+import json
 import math
 
 import numpy as np
 import pytest
+from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
 
 from tb_gradhealth import metadata
 from tb_gradhealth.summary import GradientHealthFileWriter
 
-from tb_server import HOST, PLUGIN_ROUTE, json_float, running_tensorboard, strict_json
+from tb_server import HOST, PLUGIN_ROUTE, json_float, running_tensorboard, strict_json, wsgi_client
+from test_plugin_reader import RawWriter
+from test_reliability_corrupt import GARBAGE, age, write_run
 
 RUN = "train"
 CORRUPT_RUN = "corrupt"
+GARBAGE_RUN = "garbage"
+BAD_TENSORS_RUN = "bad_tensors"
+BAD_LAYERS = ("in", "hidden", "out")
 LAYERS = ("conv", "dense", "dense_1", "logits")
 CUSTOM_STAT = "grad_rms"
 NUM_STEPS = 2_000  # logged steps; far above TensorBoard's default of 10 / 100 samples
@@ -52,7 +59,51 @@ def logdir(tmp_path_factory):
     (event_file,) = (root / CORRUPT_RUN).iterdir()
     data = event_file.read_bytes()
     event_file.write_bytes(data + data[: len(data) // 2])
+    age(event_file)
+    garbage_file, _ = write_run(root / GARBAGE_RUN)
+    with open(garbage_file, "ab") as stream:
+        stream.write(GARBAGE)
+    _write_bad_tensors(root / BAD_TENSORS_RUN)
     return root
+
+
+def _float_tensor(values, content=None):
+    values = np.asarray(values, dtype=np.float32)
+    return tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_FLOAT,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=values.size)]),
+        tensor_content=values.tobytes() if content is None else content,
+    )
+
+
+def _write_bad_tensors(run_dir):
+    """Our tags with a wrong shape, undecodable bytes, bad JSON and an unknown content version."""
+    def with_content(content: bytes):
+        result = metadata.create_summary_metadata("x", BAD_LAYERS)
+        result.plugin_data.content = content
+        return result
+
+    raw = RawWriter(str(run_dir))
+    for step in range(3):
+        raw.write(step, "gradient_health/grad_norm", _float_tensor([step, 1, 2]))
+        raw.write(step, "gradient_health/weight_norm", _float_tensor([1, 2] if step == 1 else [1, 2, 3]))
+        raw.write(step, "gradient_health/update_ratio", _float_tensor([1, 2, 3], content=b"12345"))
+        raw.write(step, "gradient_health/bad_json", _float_tensor([1, 2, 3]), with_content(b"{not json"))
+        future = {"version": 99, "stat": "future", "layers": list(BAD_LAYERS)}
+        raw.write(step, "gradient_health/future", _float_tensor([1, 2, 3]), with_content(json.dumps(future).encode()))
+    raw.close()
+
+
+def _problems_by_run(body):
+    return {run["run"]: run["problems"] for run in body["runs"]}
+
+
+def _expected_problems(logdir):
+    """What the in-process multiplexer reading reports, which both backends must match."""
+    client = wsgi_client(str(logdir))
+    runs = strict_json(client.get(PLUGIN_ROUTE + "/runs").get_data())
+    health = strict_json(client.get(PLUGIN_ROUTE + "/health").get_data())
+    return _problems_by_run(runs), _problems_by_run(health)
 
 
 def _expected_series(stat):
@@ -68,17 +119,33 @@ def _expected_series(stat):
     }
 
 
-def _raw_get_status(port: int, raw_path: str) -> int:
-    """GETs a path byte for byte, without any client-side normalisation."""
+def _raw_get(port: int, raw_path: str):
+    """GETs a path byte for byte, without any client-side normalisation; returns (status, headers, body)."""
     connection = http.client.HTTPConnection(HOST, port, timeout=30)
     try:
         connection.putrequest("GET", raw_path, skip_accept_encoding=True)
         connection.endheaders()
         response = connection.getresponse()
-        response.read()
-        return response.status
+        return response.status, response.headers, response.read()
     finally:
         connection.close()
+
+
+# Traversal attempts as a browser or curl would never normalise them away.
+RAW_UNSAFE_PATHS = (
+    "/..%2f..%2fsetup.py",
+    "/%2e%2e/%2e%2e/setup.py",
+    "/%2E%2E%2F%2E%2E%2Fsetup.py",
+    "/%252e%252e%252fsetup.py",
+    "/..%5c..%5csetup.py",
+    "/..\\..\\setup.py",
+    "/../../setup.py",
+    "/vendor/../../setup.py",
+    "//etc/passwd",
+    "/%2fetc%2fpasswd",
+    "/index.js%00.png",
+    "/.hidden.js",
+)
 
 
 @pytest.mark.slow
@@ -102,8 +169,8 @@ def test_real_tensorboard_serves_the_tab_and_every_step(logdir, load_fast):
         assert listing["tab_name"] == "Gradient Health"
 
         runs = server.get_json(PLUGIN_ROUTE + "/runs")["runs"]
-        assert [run["run"] for run in runs] == [CORRUPT_RUN, RUN]
-        assert runs[1] == {
+        assert [run["run"] for run in runs] == [BAD_TENSORS_RUN, CORRUPT_RUN, GARBAGE_RUN, RUN]
+        assert runs[-1] == {
             "run": RUN,
             "stats": [metadata.GRAD_NORM, CUSTOM_STAT],
             "layers": list(LAYERS),
@@ -111,6 +178,27 @@ def test_real_tensorboard_serves_the_tab_and_every_step(logdir, load_fast):
             "last_wall_time": WALL_TIME_0 + NUM_STEPS - 1,
             "problems": [],
         }
+
+        # Broken files and tags are reported, as the in-process reading does.
+        # (The Rust data server may still be loading the small runs.)
+        runs_problems, health_problems = _expected_problems(logdir)
+        server.wait_until(
+            lambda: _problems_by_run(server.get_json(PLUGIN_ROUTE + "/health")) == health_problems,
+            DATA_LOAD_TIMEOUT_S,
+            "the broken runs' problems to be reported",
+        )
+        assert _problems_by_run(server.get_json(PLUGIN_ROUTE + "/runs")) == runs_problems
+        kinds = {run: [p["message"].split(":")[0] for p in problems] for run, problems in health_problems.items()}
+        assert kinds == {
+            BAD_TENSORS_RUN: ["skipped", "skipped", "skipped", "skipped 1 step(s), first at step 1"],
+            CORRUPT_RUN: ["event file ends in an incomplete record"],
+            GARBAGE_RUN: ["event file corrupt"],
+            RUN: [],
+        }
+        bad = server.get_json("%s/series?run=%s&stat=weight_norm" % (PLUGIN_ROUTE, BAD_TENSORS_RUN))
+        assert bad["steps"] == [0, 2] and "tensor of shape (2,)" in bad["problems"][0]["message"]
+        garbage = server.get_json("%s/series?run=%s&stat=grad_norm" % (PLUGIN_ROUTE, GARBAGE_RUN))
+        assert garbage["total_steps"] == garbage["steps"][-1] + 1
 
         status, headers, page = server.get("/data/plugin_entry.html?name=gradient_health")
         assert status == 200 and b'import("./index.js")' in page
@@ -125,5 +213,17 @@ def test_real_tensorboard_serves_the_tab_and_every_step(logdir, load_fast):
         assert strict_json(error)["error"]["code"] == 404
         status, _, error = server.get(PLUGIN_ROUTE + "/series?run=%s&stat=grad_norm&max_points=x" % RUN)
         assert status == 400 and "max_points" in strict_json(error)["error"]["message"]
-        for raw_path in ("/..%2f..%2fsetup.py", "/%2e%2e/%2e%2e/setup.py", "/..%5c..%5csetup.py", "/../../setup.py"):
-            assert _raw_get_status(server.port, PLUGIN_ROUTE + raw_path) == 404, raw_path
+        for raw_path in RAW_UNSAFE_PATHS:
+            status, headers, body = _raw_get(server.port, PLUGIN_ROUTE + raw_path)
+            assert status == 404, raw_path
+            assert headers["Content-Type"] == "application/json" and headers["X-Content-Type-Options"] == "nosniff"
+            assert strict_json(body) == {"error": {"code": 404, "message": "Not found: no such file"}}
+        for path in ("/runs", "/series?run=%s&stat=grad_norm" % RUN, "/health", "/series?run=x", "/series?run=x&stat=y"):
+            status, headers, _ = server.get(PLUGIN_ROUTE + path)
+            assert headers["Content-Type"] == "application/json", path
+            assert headers["X-Content-Type-Options"] == "nosniff", path
+        # The tab's page runs under TensorBoard's CSP: scripts only from the
+        # server itself, so no inline script of ours could run.
+        _, headers, _ = server.get("/data/plugin_entry.html?name=gradient_health")
+        assert "script-src" in headers["Content-Security-Policy"]
+        assert "'unsafe-inline'" not in headers["Content-Security-Policy"].split("script-src")[1].split(";")[0]

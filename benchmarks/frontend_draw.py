@@ -1,0 +1,168 @@
+"""Frontend benchmark: time from navigation until the tab has drawn its heatmap and trend chart, in headless Chromium.
+
+Two real `tensorboard` processes serve one run each: the measured one
+(100 layers x 2,000 logged steps by default) and a tiny baseline (3 layers x
+10 steps), so the ratio shows what drawing the big run costs over the tab's
+fixed cost. Each repetition opens the tab's page
+(`data/plugin_entry.html?name=gradient_health`) in a fresh browser context,
+alternating between the two. An init script in the page records
+`performance.now()` (ms since navigation start) two animation frames after
+the tab says `body[data-state=ready]` with a heatmap canvas and a trend
+canvas in place, i.e. once that frame has been painted. Resource timings
+split the total into data (until the last of /runs, /health, /series
+arrived) and drawing (decode, layout, canvases, paint).
+
+    python -m benchmarks.frontend_draw --layers 100 --steps 2000 --reps 7
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import os
+import pathlib
+
+from benchmarks import common, eventgen
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+ENTRY = "/data/plugin_entry.html?name=gradient_health"
+VIEWPORT = {"width": 1600, "height": 1000}
+LOAD_TIMEOUT_MS = 300_000
+BASELINE_LAYERS = 3
+BASELINE_STEPS = 10
+DRAWN_SELECTORS = (".heatmap canvas.heatmap-canvas", ".trend-plot canvas")
+
+# Runs before the tab's scripts: watches for the ready state with both
+# canvases present, then waits two frames so the drawing has been painted.
+_INIT_SCRIPT = """
+(() => {
+  const drawn = () => document.body && document.body.dataset.state === 'ready' &&
+      %s;
+  const observer = new MutationObserver(() => {
+    if (window.__ghDrawnAt !== undefined || !drawn()) return;
+    window.__ghDrawnAt = null;
+    observer.disconnect();
+    requestAnimationFrame(() => requestAnimationFrame(() => { window.__ghDrawnAt = performance.now(); }));
+  });
+  observer.observe(document, {subtree: true, childList: true, attributes: true, attributeFilter: ['data-state']});
+})();
+""" % " && ".join("document.querySelector(%r)" % selector for selector in DRAWN_SELECTORS)
+
+# Reads the timings once drawn: total, data arrival, and what was drawn.
+_RESULT_SCRIPT = """
+() => {
+  const routes = {};
+  for (const entry of performance.getEntriesByType('resource')) {
+    const name = new URL(entry.name).pathname.split('/').pop();
+    if (['runs', 'health', 'series'].includes(name)) routes[name] = {end: entry.responseEnd, bytes: entry.encodedBodySize};
+  }
+  const heatmap = document.querySelector('.heatmap canvas.heatmap-canvas');
+  let painted = 0;
+  const data = heatmap.getContext('2d').getImageData(0, 0, heatmap.width, heatmap.height).data;
+  for (let i = 3; i < data.length; i += 4) if (data[i] > 0) painted += 1;
+  return {drawn_ms: window.__ghDrawnAt, routes, heatmap_pixels: painted,
+          trend_canvases: document.querySelectorAll('.trend-plot canvas').length};
+}
+"""
+
+
+def open_once(browser, url: str) -> dict:
+    """Opens the tab at `url` in a fresh context; returns its timings (ms since navigation start)."""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.add_init_script(_INIT_SCRIPT)
+        page.goto(url)
+        page.wait_for_function("() => typeof window.__ghDrawnAt === 'number'", timeout=LOAD_TIMEOUT_MS)
+        result = page.evaluate(_RESULT_SCRIPT)
+    finally:
+        context.close()
+    missing = [route for route in ("runs", "health", "series") if route not in result["routes"]]
+    if missing or result["heatmap_pixels"] == 0 or result["trend_canvases"] == 0:
+        raise RuntimeError("the tab did not load and draw as expected: %r" % result)
+    data_ms = max(entry["end"] for entry in result["routes"].values())
+    return {
+        "total_ms": result["drawn_ms"],
+        "data_ms": data_ms,
+        "draw_ms": result["drawn_ms"] - data_ms,
+        "series_kib": result["routes"]["series"]["bytes"] / 1024,
+        "heatmap_pixels": result["heatmap_pixels"],
+    }
+
+
+def _start_servers(stack: contextlib.ExitStack, logdirs: dict) -> dict:
+    """Starts one tensorboard per logdir, in parallel (each imports TensorFlow for seconds); `stack` stops them."""
+
+    def start(logdir):
+        manager = common.tb_server.running_tensorboard(str(logdir))
+        return manager, manager.__enter__()
+
+    with concurrent.futures.ThreadPoolExecutor(len(logdirs)) as pool:
+        futures = {name: pool.submit(start, logdir) for name, logdir in logdirs.items()}
+        concurrent.futures.wait(futures.values())
+    servers = {}
+    for name, future in futures.items():
+        if future.exception() is None:
+            manager, servers[name] = future.result()
+            stack.push(manager.__exit__)
+    for future in futures.values():
+        if future.exception() is not None:
+            raise future.exception()
+    return servers
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--layers", type=int, default=100)
+    parser.add_argument("--steps", type=int, default=2_000)
+    parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--out-dir", default=str(common.OUT_DIR))
+    args = parser.parse_args(argv)
+    out_dir = pathlib.Path(args.out_dir)
+    from playwright import sync_api
+
+    specs = {
+        "measured": eventgen.LogdirSpec(eventgen.GRADIENT_HEALTH, 1, args.layers, args.steps),
+        "baseline": eventgen.LogdirSpec(eventgen.GRADIENT_HEALTH, 1, BASELINE_LAYERS, BASELINE_STEPS),
+    }
+    logdirs = {name: eventgen.build_logdir(spec, out_dir) for name, spec in specs.items()}
+    results = {"machine": common.machine("benchmarks.frontend_draw"), "args": vars(args),
+               "sizes": {name: spec.name for name, spec in specs.items()},
+               "times": {name: [] for name in specs}}
+    with contextlib.ExitStack() as stack:
+        servers = _start_servers(stack, logdirs)
+        playwright = stack.enter_context(sync_api.sync_playwright())
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        stack.callback(browser.close)
+        # One untimed visit each: TensorBoard's first requests warm its caches.
+        for name in specs:
+            open_once(browser, servers[name].url + ENTRY)
+        for rep in range(args.reps):
+            order = list(specs) if rep % 2 == 0 else list(reversed(specs))
+            for name in order:
+                results["times"][name].append(open_once(browser, servers[name].url + ENTRY))
+            print("rep %d: %s" % (rep, ", ".join("%s %.0f ms" % (n, results["times"][n][-1]["total_ms"]) for n in specs)),
+                  flush=True)
+    summary = {}
+    for name in specs:
+        times = results["times"][name]
+        summary[name] = {key: common.median([t[key] for t in times]) for key in ("total_ms", "data_ms", "draw_ms", "series_kib")}
+        summary[name]["size"] = specs[name].name
+    for key in ("total_ms", "draw_ms"):
+        paired = [m[key] / b[key] for m, b in zip(results["times"]["measured"], results["times"]["baseline"])]
+        summary["measured"][key.replace("_ms", "_ratio")] = common.median(paired)
+    results["summary"] = summary
+    results["machine"]["load_average_end"] = list(os.getloadavg())
+    path = common.write_results("frontend_draw", results, out_dir)
+    print()
+    common.print_table([dict(entry, run=name) for name, entry in summary.items()],
+                       ["run", "size", "total_ms", "data_ms", "draw_ms", "series_kib", "total_ratio", "draw_ratio"])
+    print("\nresults: %s" % path)
+    return results
+
+
+if __name__ == "__main__":
+    main()

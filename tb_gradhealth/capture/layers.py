@@ -1,0 +1,108 @@
+"""Groups a Keras model's trainable variables by the innermost layer that owns them, in model order."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterable, Sequence
+
+import keras
+
+# Separates the names of nested layers, as in Keras variable paths ("encoder/dense").
+_NAME_SEPARATOR = "/"
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerGroup:
+    """One row of the statistics: a layer name and the trainable variables it owns."""
+
+    name: str
+    variables: tuple
+
+
+def variable_key(variable) -> int:
+    """Returns a key identifying a variable whether given as a Keras or a TensorFlow variable.
+
+    Keras wraps a `tf.Variable` (or, under a distribution strategy, a
+    distributed variable); the optimizer may be handed either form.
+    """
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    container = getattr(variable, "_distributed_container", None)
+    if container is not None:
+        variable = container()
+    return id(variable)
+
+
+def _sublayers(layer) -> list:
+    tracked = list(layer._flatten_layers(include_self=False, recursive=False))
+    if not isinstance(layer, keras.Model):
+        return tracked
+    # `Model.layers` is in topological order (input -> output) for
+    # functional models and in call order for Sequential; layers only
+    # attached as attributes come after them.
+    ordered = list(layer.layers)
+    known = {id(child) for child in ordered}
+    return ordered + [child for child in tracked if id(child) not in known]
+
+
+def _walk(layer, path: str, claimed: set, seen_layers: set, groups: list) -> None:
+    if id(layer) in seen_layers or not layer.trainable:
+        return
+    seen_layers.add(id(layer))
+    children = _sublayers(layer)
+    owned_by_children = {
+        variable_key(v) for child in children for v in child.trainable_weights
+    }
+    own = [
+        v
+        for v in layer.trainable_weights
+        if variable_key(v) not in owned_by_children and variable_key(v) not in claimed
+    ]
+    if own:
+        claimed.update(variable_key(v) for v in own)
+        groups.append(LayerGroup(name=path or layer.name, variables=tuple(own)))
+    for child in children:
+        child_path = child.name if not path else path + _NAME_SEPARATOR + child.name
+        _walk(child, child_path, claimed, seen_layers, groups)
+
+
+def _unique_names(groups: Sequence[LayerGroup]) -> list[LayerGroup]:
+    # Subclassed models may give two sublayers one name; rows need distinct names.
+    counts: dict[str, int] = {}
+    unique = []
+    for group in groups:
+        counts[group.name] = counts.get(group.name, 0) + 1
+        name = group.name if counts[group.name] == 1 else "%s_%d" % (group.name, counts[group.name])
+        unique.append(dataclasses.replace(group, name=name))
+    return unique
+
+
+def group_by_layer(model) -> list[LayerGroup]:
+    """Returns the layers of `model` that own trainable variables, input -> output.
+
+    Nested models and layers made of sub-layers are walked depth first; each
+    variable belongs to the innermost layer that owns it, so a Sequential
+    inside a functional model contributes its Dense layers as
+    `"sequential/dense"`, and a layer with both its own weights and
+    sub-layers (e.g. attention) gives one row for its own weights followed by
+    its sub-layers. Frozen layers own no trainable variables and are left out.
+
+    Raises:
+      ValueError: the model has no trainable variables (build it first).
+    """
+    groups: list[LayerGroup] = []
+    _walk(model, "", set(), set(), groups)
+    if not groups:
+        raise ValueError(
+            "model %r has no trainable variables; build it (call it on data or fit it) first"
+            % model.name
+        )
+    return _unique_names(groups)
+
+
+def groups_from_pairs(pairs: Iterable[tuple[str, Sequence]]) -> list[LayerGroup]:
+    """Builds layer groups from explicit `(name, variables)` pairs, in the given order."""
+    groups = [LayerGroup(name=str(name), variables=tuple(variables)) for name, variables in pairs]
+    if not groups or any(not group.variables for group in groups):
+        raise ValueError("every layer group needs a name and at least one variable")
+    return _unique_names(groups)

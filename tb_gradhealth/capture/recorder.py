@@ -1,0 +1,155 @@
+"""Records one training step: statistics around the optimizer's update, folded into the ring without a host round trip."""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import keras
+import tensorflow as tf
+
+from tb_gradhealth.capture.layers import LayerGroup, variable_key
+from tb_gradhealth.capture.reductions import (
+    GradientSums,
+    LayerReducer,
+    StepDetails,
+    dense_gradient,
+    in_xla_context,
+    read,
+    update_ratio,
+)
+from tb_gradhealth.capture.ring import StatsRing
+
+# A LossScaleOptimizer step that overflows while the loss scale is at most
+# this counts as non-finite: the scale no longer magnifies the gradient, so
+# the overflow is the model's own (see README, "What the statistics mean").
+GENUINE_OVERFLOW_MAX_SCALE = 1.0
+
+
+def loss_scale_of(optimizer):
+    """Returns the loss scale the step's gradients carry, or None without loss scaling."""
+    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return None
+    return tf.cast(read(optimizer.dynamic_scale), tf.float32)
+
+
+def _first_replica(strategy, value):
+    """One replica's copy of a per-replica value (all replicas computed the same)."""
+    if value is None or isinstance(value, bool):
+        return value
+    return strategy.experimental_local_results(value)[0]
+
+
+class StepRecorder:
+    """Per-layer statistics of every optimizer step of one set of layers, kept in a `StatsRing`."""
+
+    def __init__(self, groups: Sequence[LayerGroup], capacity: int, update_freq: int):
+        self.groups = tuple(groups)
+        self.ring = StatsRing([group.name for group in self.groups], capacity, update_freq)
+        self._variables = [v for group in self.groups for v in group.variables]
+        self._trace_state = None
+        self._reduce = LayerReducer(
+            self._variables,
+            [i for i, group in enumerate(self.groups) for _ in group.variables],
+            len(self.groups),
+        )
+
+    @property
+    def layer_names(self) -> tuple[str, ...]:
+        return self.ring.layer_names
+
+    def _before_update(self, strategy, grads, loss_scale):
+        # Cross-replica (or default) context: runs once per step.
+        grads = [_first_replica(strategy, g) for g in grads]
+        loss_scale = _first_replica(strategy, loss_scale)
+        step, logged = self.ring.position()
+        sums = self._reduce.gradient_sums(grads)
+        if logged is True:
+            grad_max_abs, weight_norm = self._reduce.before_update(grads)
+        else:
+            zeros = self._reduce.zeros
+            grad_max_abs, weight_norm = tf.cond(
+                logged, lambda: self._reduce.before_update(grads), lambda: (zeros(), zeros())
+            )
+        # Handed to _after_update, the next merge call of the same trace.
+        self._trace_state = dict(
+            step=step, logged=logged, sums=sums, grad_max_abs=grad_max_abs,
+            weight_norm=weight_norm, loss_scale=loss_scale,
+        )
+        return [sums.grad_norm, sums.nonfinite, grad_max_abs, weight_norm]
+
+    def _after_update(self, strategy, flush: bool):
+        state, self._trace_state = self._trace_state, None
+        logged = state["logged"]
+        if logged is True:
+            update_norm = self._reduce.after_update()
+        else:
+            update_norm = tf.cond(logged, self._reduce.after_update, self._reduce.zeros)
+        sums = state["sums"]
+        details = StepDetails(
+            grad_max_abs=state["grad_max_abs"],
+            weight_norm=state["weight_norm"],
+            update_ratio=update_ratio(update_norm, state["weight_norm"]),
+        )
+        loss_scale = state["loss_scale"]
+        visible = True
+        if loss_scale is not None:
+            # The gradients were reduced as the optimizer got them (scaled);
+            # unscaling the per-layer results spares a pass over each one.
+            sums = GradientSums(grad_norm=sums.grad_norm / loss_scale, nonfinite=sums.nonfinite)
+            details = details._replace(grad_max_abs=details.grad_max_abs / loss_scale)
+            # Keras skips a step whose scaled gradient overflowed; only when
+            # the scale cannot explain the overflow is it the model's.
+            visible = tf.logical_or(
+                tf.equal(tf.reduce_sum(sums.nonfinite), 0.0), loss_scale <= GENUINE_OVERFLOW_MAX_SCALE
+            )
+        self.ring.record(state["step"], logged, sums, details, visible)
+        if flush:
+            self.ring.flush_if_full_in_graph()
+
+    def apply(
+        self,
+        optimizer,
+        apply_fn: Callable,
+        grads: Sequence,
+        trainable_variables: Sequence | None,
+        flush_when_full: bool = False,
+    ):
+        """Runs `apply_fn(grads, trainable_variables)` and records the step.
+
+        Call it where the optimizer's `apply` runs: in a replica context under
+        a distribution strategy. Variables outside the recorded layers are
+        applied but not recorded; recorded variables without a gradient count
+        as a zero gradient. The ring needs its start step (`start_at`).
+
+        Args:
+          flush_when_full: also write the buffer from the graph when it is
+            full (for custom loops, which have no host hook; ignored inside
+            XLA, where summary ops cannot run).
+        """
+        grads = list(grads)
+        variables = list(trainable_variables) if trainable_variables is not None else list(
+            optimizer._trainable_variables
+        )
+        by_key = {variable_key(v): g for g, v in zip(grads, variables)}
+        tracked = [by_key.get(variable_key(v)) for v in self._variables]
+        tracked = [None if g is None else dense_gradient(g) for g in tracked]
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            # Each replica holds its share (Keras divides the loss by the
+            # number of replicas); the gradient applied is their sum.
+            present = [g for g in tracked if g is not None]
+            reduced = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present) if present else ())
+            tracked = [None if g is None else next(reduced) for g in tracked]
+        if context is None:
+            # Cross-replica context (a custom loop outside strategy.run).
+            merge = lambda fn, args: fn(tf.distribute.get_strategy(), *args)  # noqa: E731
+        else:
+            merge = lambda fn, args: context.merge_call(fn, args=args)  # noqa: E731
+        done_before = merge(self._before_update, (tracked, loss_scale_of(optimizer)))
+        # The update waits for the reads of the gradients and weights, so
+        # the optimizer can update in place instead of copying.
+        with tf.control_dependencies(tf.nest.flatten(done_before)):
+            result = apply_fn(grads, trainable_variables)
+        flush = flush_when_full and not in_xla_context()
+        merge(lambda strategy: self._after_update(strategy, flush), ())
+        return result

@@ -1,0 +1,194 @@
+"""In-graph per-layer reductions of one training step: gradient norms, extremes, non-finite counts and update sizes."""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Sequence
+
+import keras
+import tensorflow as tf
+from tensorflow.python.ops import control_flow_util  # XLA-context test; no public equivalent
+
+from tb_gradhealth.capture.plain_variables import create_plain
+
+
+
+class GradientSums(NamedTuple):
+    """What every step needs: per-layer gradient norm and non-finite count, float32 `[n_layers]`."""
+
+    grad_norm: tf.Tensor
+    nonfinite: tf.Tensor
+
+
+class StepDetails(NamedTuple):
+    """What only logged steps need, float32 `[n_layers]` each."""
+
+    grad_max_abs: tf.Tensor
+    weight_norm: tf.Tensor
+    update_ratio: tf.Tensor
+
+
+def dense_gradient(gradient):
+    """Returns `gradient` as a dense tensor, summing the rows an `IndexedSlices` repeats.
+
+    Embedding gradients come as `IndexedSlices` whose indices may repeat; the
+    gradient applied is their sum per row, and `unsorted_segment_sum` builds
+    it with a static shape, which XLA needs.
+    """
+    if isinstance(gradient, tf.IndexedSlices):
+        return tf.math.unsorted_segment_sum(gradient.values, gradient.indices, gradient.dense_shape[0])
+    return gradient
+
+
+def read(variable) -> tf.Tensor:
+    """The current value of a Keras or TensorFlow variable (the local copy in a replica)."""
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    return tf.convert_to_tensor(variable)
+
+
+def _device_of(variable) -> str:
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    return getattr(variable, "device", "") or ""
+
+
+def _as_float32(tensor: tf.Tensor) -> tf.Tensor:
+    return tensor if tensor.dtype == tf.float32 else tf.cast(tensor, tf.float32)
+
+
+# Dtypes whose in-place copy kernel (below) exists on CPU.
+_IN_PLACE_COPY_DTYPES = (tf.float32, tf.float64)
+
+
+def in_xla_context() -> bool:
+    """Whether the code being traced is compiled by XLA."""
+    if tf.executing_eagerly():
+        return False
+    return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
+
+
+def _copy_into(target: tf.Variable, value: tf.Tensor, device: str):
+    """Copies `value` (a read of a variable on `device`) into `target`.
+
+    `target.assign(value)` would share the weights' buffer, so the
+    optimizer's in-place update would copy the weights into a fresh
+    allocation, and on CPU a fresh model-sized buffer costs far more than a
+    pass over it (page faults). So on CPU (and in XLA) `target` is zeroed
+    and refilled in place with dense kernels: a proximal gradient step with
+    an infinite L1 penalty sets it to 0, then `assign_add`. Elsewhere (GPU:
+    its caching allocator makes a copy cheap; dtypes without that kernel) a
+    `Snapshot` copy is assigned.
+    """
+    on_cpu = "GPU" not in device.upper() and "TPU" not in device.upper()
+    if target.dtype in _IN_PLACE_COPY_DTYPES and (on_cpu or in_xla_context()):
+        dtype = target.dtype
+        zeroed = tf.raw_ops.ResourceApplyProximalGradientDescent(
+            var=target.handle,
+            alpha=tf.ones([], dtype),
+            l1=tf.constant(float("inf"), dtype),
+            l2=tf.zeros([], dtype),
+            delta=value,
+        )
+        with tf.control_dependencies([zeroed]):
+            return target.assign_add(value, read_value=False)
+    return target.assign(tf.raw_ops.Snapshot(input=value), read_value=False)
+
+
+class LayerReducer:
+    """Reduces one step's gradients and weights to per-layer statistics, cheaply.
+
+    On small, fast models the cost is in passes over the parameters and in
+    allocating model-sized buffers (on CPU a fresh buffer costs more than the
+    pass that fills it), so:
+
+    * every step reads each gradient once (`tf.nn.l2_loss`); the non-finite
+      count needs another pass and runs only when some sum of squares is not
+      finite (any NaN or Inf element makes it so);
+    * logged steps also take max and min of each gradient and, before the
+      update, the weights' norm and a copy of the weights into a persistent
+      snapshot (`_copy_into`); after the update the snapshot becomes
+      `before - after` in place, and its norm is the update's. The caller
+      runs the optimizer after `before_update`'s results, so it updates in
+      place.
+
+    The snapshots hold one copy of the recorded weights.
+
+    Args:
+      variables: the recorded variables, layer by layer.
+      layer_index: the row (layer) of each variable.
+      n_layers: number of rows.
+    """
+
+    def __init__(self, variables: Sequence, layer_index: Sequence[int], n_layers: int):
+        self.variables = list(variables)
+        self.layer_index = tuple(int(i) for i in layer_index)
+        self.n_layers = int(n_layers)
+        specs = [(tuple(v.shape), tf.as_dtype(v.dtype)) for v in self.variables]
+        self._snapshots = create_plain(
+            lambda: [
+                tf.Variable(tf.zeros(shape, dtype), trainable=False, name="gradient_health_snapshot")
+                for shape, dtype in specs
+            ]
+        )
+
+    def _per_layer_sum(self, per_variable: Sequence[tf.Tensor]) -> tf.Tensor:
+        return tf.math.unsorted_segment_sum(tf.stack(per_variable), self.layer_index, self.n_layers)
+
+    def zeros(self) -> tf.Tensor:
+        return tf.zeros([self.n_layers], tf.float32)
+
+    def gradient_sums(self, grads: Sequence) -> GradientSums:
+        """Per-layer L2 norm and non-finite count of `grads` (None: no gradient)."""
+        zero = tf.zeros([], tf.float32)
+        half_sq = tf.stack([zero if g is None else tf.nn.l2_loss(_as_float32(g)) for g in grads])
+
+        def count_nonfinite():
+            return self._per_layer_sum(
+                [
+                    zero if g is None else tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), tf.float32))
+                    for g in grads
+                ]
+            )
+
+        nonfinite = tf.cond(tf.reduce_all(tf.math.is_finite(half_sq)), self.zeros, count_nonfinite)
+        layer_half_sq = tf.math.unsorted_segment_sum(half_sq, self.layer_index, self.n_layers)
+        return GradientSums(grad_norm=tf.sqrt(2.0 * layer_half_sq), nonfinite=nonfinite)
+
+    def before_update(self, grads: Sequence) -> tuple[tf.Tensor, tf.Tensor]:
+        """Logged steps, before the update: (per-layer max |g|, weight norm); snapshots the weights.
+
+        The weight norm depends on the snapshot copies: whatever waits for it
+        also waits until the weights' reads are released.
+        """
+        zero = tf.zeros([], tf.float32)
+        # max(max g, -min g) reads the gradient twice but allocates nothing;
+        # on CPU it is faster than reduce_max(abs(g)).
+        top = tf.stack([zero if g is None else _as_float32(tf.reduce_max(g)) for g in grads])
+        bottom = tf.stack([zero if g is None else _as_float32(tf.reduce_min(g)) for g in grads])
+        # Empty segments and tensors give -inf; a magnitude starts at 0.
+        grad_max_abs = tf.maximum(
+            tf.math.unsorted_segment_max(tf.maximum(top, -bottom), self.layer_index, self.n_layers), zero
+        )
+        weight_half_sq, copies = [], []
+        for variable, snapshot in zip(self.variables, self._snapshots):
+            value = read(variable)
+            weight_half_sq.append(tf.nn.l2_loss(_as_float32(value)))
+            copies.append(_copy_into(snapshot, value, _device_of(variable)))
+        with tf.control_dependencies(copies):
+            weight_norm = tf.sqrt(2.0 * self._per_layer_sum(weight_half_sq))
+        return grad_max_abs, weight_norm
+
+    def after_update(self) -> tf.Tensor:
+        """Logged steps, after the update: per-layer ||after - before||."""
+        half_sq = []
+        for variable, snapshot in zip(self.variables, self._snapshots):
+            snapshot.assign_sub(read(variable), read_value=False)
+            half_sq.append(tf.nn.l2_loss(_as_float32(snapshot.value())))
+        return tf.sqrt(2.0 * self._per_layer_sum(half_sq))
+
+
+def update_ratio(update_norm: tf.Tensor, weight_norm: tf.Tensor) -> tf.Tensor:
+    """||after - before|| / ||before||: 0 for a layer that did not move, +inf for an all-zero one that did."""
+    # `update_norm == 0` rather than `> 0`: a NaN update must stay NaN, not
+    # read as "did not move".
+    return tf.where(tf.equal(update_norm, 0.0), 0.0, update_norm / weight_norm)

@@ -1,0 +1,168 @@
+"""Smoke runs of the benchmarks with tiny sizes: each script runs end to end and reports what it measured (no timing assertions)."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import eventgen  # noqa: E402  (needs the repository on the path)
+from tb_gradhealth import metadata, reader  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+LAYERS = 3
+STEPS = 4
+# More steps than the generator writes per batch, so a batch boundary is read back.
+LONG_STEPS = 1_100
+
+
+def _events(path: pathlib.Path):
+    from tensorboard.backend.event_processing import event_file_loader
+    from tensorboard.compat.proto import event_pb2
+
+    events = []
+    for record in event_file_loader.RawEventFileLoader(str(path)).Load():
+        event = event_pb2.Event.FromString(record)
+        event.ClearField("wall_time")
+        events.append(event)
+    return events
+
+
+def _only_file(directory: pathlib.Path) -> pathlib.Path:
+    (path,) = [p for p in directory.iterdir() if "tfevents" in p.name]
+    return path
+
+
+def test_generated_event_files_equal_what_tensorflow_writes(tmp_path):
+    import tensorflow as tf
+
+    values = eventgen.run_values(0, STEPS, LAYERS)
+    layers = eventgen.layer_names(LAYERS)
+    # What the Keras callback's flush does: tf.summary.write, metadata on a tag's first event.
+    with tf.summary.create_file_writer(str(tmp_path / "tf_gh")).as_default():
+        for step in range(STEPS):
+            for column, stat in enumerate(eventgen.STATS):
+                md = metadata.create_summary_metadata(stat, layers).SerializeToString() if step == 0 else None
+                tf.summary.write(metadata.tag_for_stat(stat), values[step, column], step=step, metadata=md)
+    with tf.summary.create_file_writer(str(tmp_path / "tf_scalars")).as_default():
+        for step in range(STEPS):
+            for number, tag in zip(values[step].ravel(), eventgen.scalar_tags(LAYERS)):
+                tf.summary.scalar(tag, number, step=step)
+    tf.summary.flush()
+    for layout, tf_dir in ((eventgen.GRADIENT_HEALTH, "tf_gh"), (eventgen.SCALARS, "tf_scalars")):
+        ours = _events(eventgen.write_run(tmp_path / layout, layout, 0, STEPS, LAYERS))
+        theirs = _events(_only_file(tmp_path / tf_dir))
+        assert ours[0].file_version == theirs[0].file_version == "brain.Event:2"
+        # TensorFlow's file-version event also names its writer; the rest must be equal.
+        assert ours[1:] == theirs[1:], layout
+        assert len(ours) == 1 + STEPS * len(eventgen.STATS) * (1 if layout == eventgen.GRADIENT_HEALTH else LAYERS)
+
+
+def test_generated_logdir_reads_back_exactly_and_is_reused(tmp_path):
+    spec = eventgen.LogdirSpec(eventgen.GRADIENT_HEALTH, runs=2, layers=LAYERS, steps=LONG_STEPS)
+    logdir = eventgen.build_logdir(spec, tmp_path, log=lambda message: None)
+    provider, ctx, experiment = reader.provider_for_logdir(str(logdir))
+    runs = reader.list_runs(provider, ctx, experiment)
+    assert [info.run for info in runs] == [eventgen.run_name(0), eventgen.run_name(1)]
+    for index, info in enumerate(runs):
+        assert info.max_step == LONG_STEPS - 1
+        series = reader.read_run(provider, ctx, experiment, info.run)
+        expected = np.concatenate(
+            [eventgen.run_values(index, 1_000, LAYERS, 0), eventgen.run_values(index, LONG_STEPS - 1_000, LAYERS, 1_000)]
+        )
+        for column, stat in enumerate(eventgen.STATS):
+            assert list(series[stat].layers) == eventgen.layer_names(LAYERS)
+            np.testing.assert_array_equal(series[stat].steps, np.arange(LONG_STEPS))
+            np.testing.assert_array_equal(series[stat].values, expected[:, column, :].astype(np.float64))
+    # A bigger logdir hard-links the runs generated for the smaller one.
+    bigger = eventgen.build_logdir(eventgen.LogdirSpec(eventgen.GRADIENT_HEALTH, 3, LAYERS, LONG_STEPS), tmp_path, log=lambda m: None)
+    first = _only_file(bigger / eventgen.run_name(0))
+    assert first.stat().st_nlink >= 3 and first.samefile(_only_file(logdir / eventgen.run_name(0)))
+
+
+def test_serve_smoke(tmp_path):
+    from benchmarks import serve
+
+    results = serve.main(
+        ["--sizes", "2", "--anchor-sizes", "2", "--layers", str(LAYERS), "--steps", "20", "--load-fast", "true",
+         "--requests", "2", "--out-dir", str(tmp_path)]
+    )
+    assert results["failed"] == [] and results["skipped"] == []
+    summaries = {(s["layout"], s["runs"], s["load_fast"]): s for s in results["summary"]}
+    assert set(summaries) == {(eventgen.GRADIENT_HEALTH, 2, True), (eventgen.SCALARS, 2, True)}
+    for summary in summaries.values():
+        assert 0 < summary["startup_s"] <= summary["complete_s"]
+        assert summary["peak_rss_mib"] > 0 and summary["cpu_to_complete_s"] > 0
+        assert all(latency["first_ms"] > 0 and not latency["error_messages"] for latency in summary["latency"].values())
+    latency = summaries[(eventgen.GRADIENT_HEALTH, 2, True)]["latency"]
+    assert set(latency) == {"/runs", "/series (same run)", "/series (each other run once)", "/health?run (same run)",
+                            "/health?run (each other run once)", "/health"}
+    assert latency["/series (same run)"]["n"] == 2
+    # The second run is requested once, as the first request of its route.
+    assert latency["/series (each other run once)"]["n"] == 0
+    # Under --load_fast=true the Rust data server is measured too.
+    for measured in results["raw"]:
+        assert any(name.startswith("server[") for name in measured["peak_rss_mib_by_process"])
+    # Bytes per logged step are those of the files on disk.
+    gh_bytes = eventgen.logdir_bytes(tmp_path / "logdirs" / "gradient_health-r2-l3-s20")
+    assert results["bytes_per_logged_step"]["gradient_health-r2-l3-s20"] == gh_bytes / (2 * 20)
+    (ratio,) = results["ratios"]
+    assert ratio["bytes_per_step"] < 1  # one vector per stat is smaller than a scalar per layer
+    assert ratio["one_stat_first"] > 0 and ratio["one_stat_repeat"] > 0
+    (saved,) = tmp_path.glob("serve-*.json")
+    assert json.loads(saved.read_text())["summary"] == results["summary"]
+
+
+def test_overhead_smoke(tmp_path):
+    from benchmarks import overhead
+
+    results = overhead.main(["--models", "baseline_mlp", "--reps", "2", "--baseline-steps", "3", "--out-dir", str(tmp_path)])
+    (measured,) = results["models"]
+    assert measured["model"] == "baseline_mlp" and measured["steps_per_fit"] == 3
+    assert set(measured["summary"]) == set(overhead.CONFIGS)
+    for config, entry in measured["summary"].items():
+        assert len(measured["times"][config]["wall_s"]) == len(measured["times"][config]["cpu_s"]) == 2
+        assert entry["wall_s_median"] > 0 and entry["wall_ratio"] > 0 and entry["cpu_ratio"] > 0
+    assert measured["summary"][overhead.NONE]["wall_ratio"] == 1.0
+    assert list(tmp_path.glob("overhead-*.json"))
+    # The bigger model is built, not trained: it is slow to trace.
+    assert overhead.big_model().count_params() > overhead.BIG_DEPTH * 1000 * 1000 > measured["params"]
+
+
+def test_gradient_tape_callback_writes_a_norm_per_variable_and_step(tmp_path):
+    from benchmarks import overhead
+
+    x, y = overhead.random_data(steps=3)
+    model = overhead.baseline_model()
+    model.compile(loss="categorical_crossentropy", optimizer="sgd")
+    model.fit(x, y, batch_size=overhead.BATCH_SIZE, epochs=1, verbose=0,
+              callbacks=[overhead.GradientTapeCallback(str(tmp_path), x[:32], y[:32])])
+    tags = {}
+    for event in _events(_only_file(tmp_path)):
+        for value in event.summary.value:
+            tags.setdefault(value.tag, []).append(event.step)
+    assert sorted(tags) == sorted("grad_norm/" + v.path for v in model.trainable_variables)
+    assert all(steps == [1, 2, 3] for steps in tags.values())
+
+
+def test_frontend_draw_smoke(tmp_path):
+    pytest.importorskip("playwright.sync_api")
+    from benchmarks import frontend_draw
+
+    if not pathlib.Path(frontend_draw.CHROMIUM).exists():
+        pytest.skip("no Chromium at %s (make chromium)" % frontend_draw.CHROMIUM)
+    results = frontend_draw.main(["--layers", "4", "--steps", "30", "--reps", "1", "--out-dir", str(tmp_path)])
+    measured = results["times"]["measured"]
+    assert len(measured) == len(results["times"]["baseline"]) == 1
+    # Drawn after its data arrived; the heatmap canvas holds painted pixels.
+    assert 0 < measured[0]["data_ms"] < measured[0]["total_ms"] and measured[0]["heatmap_pixels"] > 0
+    assert results["summary"]["measured"]["size"] == "gradient_health-r1-l4-s30"
+    assert results["summary"]["measured"]["total_ratio"] > 0

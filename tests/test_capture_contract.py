@@ -1,0 +1,81 @@
+"""The callback's event files against the data contract: tags, metadata on the first value only, float32 [n_layers] tensors."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+import keras
+
+import test_capture_support as support
+from tensorboard.backend.event_processing import event_file_loader, plugin_event_accumulator, plugin_event_multiplexer
+from tensorboard.compat.proto import summary_pb2, types_pb2
+from tb_gradhealth import GradientHealthCallback, metadata
+
+N_STEPS = 6
+
+
+@pytest.fixture(scope="module")
+def callback_run(tmp_path_factory):
+    """A log_dir written by the callback: 6 steps of the support MLP, every step logged."""
+    logdir = str(tmp_path_factory.mktemp("callback"))
+    model = support.make_mlp()
+    model.compile(optimizer=keras.optimizers.SGD(support.LEARNING_RATE), loss="mse")
+    x, y = support.make_data(N_STEPS * support.BATCH)
+    model.fit(x, y, batch_size=support.BATCH, epochs=1, shuffle=False, verbose=0,
+              callbacks=[GradientHealthCallback(logdir)])
+    return logdir
+
+
+def _values_by_tag(run_dir):
+    """{tag: [Summary.Value, ...]} in file order, read with TensorBoard's own loader."""
+    by_tag = {}
+    for path in support.event_files(run_dir):
+        for event in event_file_loader.EventFileLoader(path).Load():
+            for value in event.summary.value:
+                by_tag.setdefault(value.tag, []).append((event.step, value))
+    return by_tag
+
+
+def test_one_tag_per_builtin_statistic(callback_run):
+    by_tag = _values_by_tag(os.path.join(callback_run, "train"))
+    assert sorted(by_tag) == sorted(metadata.tag_for_stat(stat) for stat in metadata.BUILTIN_STATS)
+
+
+def test_metadata_on_the_first_value_of_each_tag_only(callback_run):
+    by_tag = _values_by_tag(os.path.join(callback_run, "train"))
+    for tag, values in by_tag.items():
+        first = values[0][1].metadata
+        assert first.plugin_data.plugin_name == "gradient_health"
+        assert first.data_class == summary_pb2.DATA_CLASS_TENSOR
+        content = json.loads(first.plugin_data.content.decode("utf-8"))
+        assert content == {"version": 1, "stat": metadata.stat_for_tag(tag), "layers": list(support.EXPECTED_LAYERS)}
+        assert all(not value.metadata.plugin_data.plugin_name for _, value in values[1:])
+
+
+def test_each_step_is_one_float32_vector_per_statistic(callback_run):
+    by_tag = _values_by_tag(os.path.join(callback_run, "train"))
+    for tag, values in by_tag.items():
+        assert [step for step, _ in values] == list(range(N_STEPS))
+        for _, value in values:
+            assert value.tensor.dtype == types_pb2.DT_FLOAT
+            assert [d.size for d in value.tensor.tensor_shape.dim] == [len(support.EXPECTED_LAYERS)]
+
+
+def test_python_multiplexer_lists_and_reads_the_plugin_data(callback_run):
+    mux = plugin_event_multiplexer.EventMultiplexer(size_guidance={plugin_event_accumulator.TENSORS: 0})
+    mux.AddRunsFromDirectory(callback_run)
+    mux.Reload()
+    content = mux.PluginRunToTagToContent("gradient_health")
+    assert set(content) == {"train"}
+    assert set(content["train"]) == {metadata.tag_for_stat(stat) for stat in metadata.BUILTIN_STATS}
+    for tag, raw in content["train"].items():
+        parsed = metadata.parse_plugin_metadata(raw)
+        assert parsed.layers == support.EXPECTED_LAYERS and parsed.stat == metadata.stat_for_tag(tag)
+        assert mux.SummaryMetadata("train", tag).data_class == summary_pb2.DATA_CLASS_TENSOR
+    events = mux.Tensors("train", metadata.tag_for_stat(metadata.GRAD_NORM))
+    assert [e.step for e in events] == list(range(N_STEPS))
+    assert all(np.isfinite(support.read_run(os.path.join(callback_run, "train")).values[metadata.GRAD_NORM]).ravel())

@@ -1,0 +1,279 @@
+"""GradientHealthCallback against numpy: every logged step's statistics equal what plain SGD's weight trajectory implies."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+import keras
+import tensorflow as tf
+
+import test_capture_support as support
+from tb_gradhealth import GradientHealthCallback, metadata
+
+N_SAMPLES = 48  # 6 steps per epoch at batch 8
+
+
+def _fit(model, callbacks, epochs=2, x=None, y=None, lr=support.LEARNING_RATE, compile=True, **compile_args):
+    if x is None:
+        x, y = support.make_data(N_SAMPLES)
+    if compile:
+        model.compile(optimizer=keras.optimizers.SGD(lr), loss="mse", **compile_args)
+    model.fit(x, y, batch_size=support.BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=callbacks)
+
+
+def _check_run(tmp_path, model, recorder, steps_offset=0):
+    run = support.read_run(os.path.join(str(tmp_path), "train"))
+    assert run.layers == support.EXPECTED_LAYERS
+    reference = support.reference_stats(recorder.snapshots, support.group_sizes(model))
+    support.assert_matches_reference(run, reference, steps_offset)
+    np.testing.assert_array_equal(run.values[metadata.GRAD_NORM_MAX], run.values[metadata.GRAD_NORM])
+    return run
+
+
+def test_plain_sgd_matches_numpy_every_step(tmp_path):
+    model = support.make_mlp()
+    recorder = support.weight_recorder()
+    _fit(model, [GradientHealthCallback(str(tmp_path)), recorder])
+    run = _check_run(tmp_path, model, recorder)
+    np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(2 * N_SAMPLES // support.BATCH))
+
+
+@pytest.mark.slow
+def test_jit_compile_matches_numpy(tmp_path):
+    model = support.make_mlp()
+    recorder = support.weight_recorder()
+    _fit(model, [GradientHealthCallback(str(tmp_path)), recorder], jit_compile=True)
+    _check_run(tmp_path, model, recorder)
+
+
+@pytest.mark.slow
+def test_steps_per_execution_matches_a_step_by_step_reference(tmp_path):
+    # Callbacks see only every 4th step here, so the weight trajectory comes
+    # from an identical model trained one step per execution.
+    reference_model = support.make_mlp()
+    recorder = support.weight_recorder()
+    _fit(reference_model, [recorder])
+    model = support.make_mlp()
+    _fit(model, [GradientHealthCallback(str(tmp_path))], steps_per_execution=4)
+    run = support.read_run(os.path.join(str(tmp_path), "train"))
+    reference = support.reference_stats(recorder.snapshots, support.group_sizes(model))
+    support.assert_matches_reference(run, reference)
+    # 12 steps in executions of 4, 6 per epoch: every step is still there.
+    np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(12))
+
+
+@pytest.mark.slow
+def test_mixed_float16_records_unscaled_gradients(tmp_path):
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = support.make_mlp()
+        recorder = support.weight_recorder()
+        _fit(model, [GradientHealthCallback(str(tmp_path)), recorder])
+        assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    run = support.read_run(os.path.join(str(tmp_path), "train"))
+    reference = support.reference_stats(recorder.snapshots, support.group_sizes(model))
+    # Steps the loss-scale optimizer skipped left the weights unchanged and
+    # must leave no row; every other step is recorded, unscaled.
+    applied = np.flatnonzero(reference["update_ratio"].max(axis=1) > 0)
+    np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], applied)
+    # fp16 forward passes: gradients carry float16 rounding of the
+    # activations, but the comparison is still exact to the applied update.
+    support.assert_matches_reference(run, reference)
+
+
+@pytest.mark.slow
+def test_loss_scale_overflows_leave_no_row_until_the_scale_reaches_one(tmp_path):
+    # Enough NaN steps for the scale (about 2**13 by then) to halve below 1.
+    x, y = support.make_data(30 * support.BATCH)
+    persistent_nan_from = 8
+    x[persistent_nan_from * support.BATCH:, 0] = np.nan
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = support.make_mlp()
+        recorder = support.weight_recorder()
+        # 2**20 overflows float16 in the backward pass: Keras skips steps and
+        # halves the scale until the gradients fit (routine, not a finding).
+        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(support.LEARNING_RATE), initial_scale=2.0**20)
+        model.compile(optimizer=optimizer, loss="mse")
+        model.fit(x, y, batch_size=support.BATCH, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[GradientHealthCallback(str(tmp_path)), recorder])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    run = support.read_run(os.path.join(str(tmp_path), "train"))
+    reference = support.reference_stats(recorder.snapshots, support.group_sizes(model))
+    applied = np.flatnonzero(reference["update_ratio"].max(axis=1) > 0)
+    assert 0 < applied[0] and applied[-1] < persistent_nan_from  # some skipped, then some applied
+    steps = run.steps[metadata.GRAD_NORM]
+    finite_rows = steps < persistent_nan_from
+    np.testing.assert_array_equal(steps[finite_rows], applied)
+    np.testing.assert_array_equal(run.values[metadata.NONFINITE][finite_rows], 0)
+    np.testing.assert_allclose(
+        run.values[metadata.GRAD_NORM][finite_rows], reference["grad_norm"][applied], rtol=support.REL_TOL
+    )
+    # From step 8 every gradient is NaN: skipped while the scale halves, and
+    # recorded as non-finite once the scale is down to 1 or less.
+    nan_rows = ~finite_rows
+    assert nan_rows.any()
+    assert (run.values[metadata.NONFINITE][nan_rows] > 0).all()
+    assert np.isnan(run.values[metadata.GRAD_NORM][nan_rows]).all()
+
+
+def test_update_freq_keeps_spikes_and_nans_between_logged_steps(tmp_path):
+    x, y = support.make_data(25 * support.BATCH)
+    spike_step, nan_step = 3, 15
+    y[spike_step * support.BATCH:(spike_step + 1) * support.BATCH] *= 100.0
+    x[nan_step * support.BATCH, 0] = np.nan
+    model = support.make_mlp()
+    recorder = support.weight_recorder()
+    lr = 0.01  # small enough that the spike does not saturate the network
+    _fit(model, [GradientHealthCallback(str(tmp_path), update_freq=10), recorder], epochs=1, x=x, y=y, lr=lr)
+    run = support.read_run(os.path.join(str(tmp_path), "train"))
+    # Logged: 0, 10, 20, and the last step (24) because training ended after it.
+    np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], [0, 10, 20, 24])
+    reference = support.reference_stats(recorder.snapshots, support.group_sizes(model), lr=lr)
+    norms = reference["grad_norm"]
+    assert (norms[1:11].argmax(axis=0) == spike_step - 1).all()
+    grad_norm_max = run.values[metadata.GRAD_NORM_MAX]
+    nonfinite = run.values[metadata.NONFINITE]
+    np.testing.assert_allclose(grad_norm_max[0], norms[0], rtol=support.REL_TOL)
+    # Steps 1..10 hold the spike; the logged step itself is ordinary.
+    np.testing.assert_allclose(grad_norm_max[1], norms[1:11].max(axis=0), rtol=support.REL_TOL)
+    assert (grad_norm_max[1] > 10 * run.values[metadata.GRAD_NORM][1]).all()
+    np.testing.assert_allclose(run.values[metadata.GRAD_NORM][1], norms[10], rtol=support.REL_TOL)
+    # The NaN batch poisons step 15 and, through the weights, every later one.
+    np.testing.assert_array_equal(nonfinite[:2], 0)
+    n_parameters = [sum(w.size for w in group) for group in _rows_of(recorder.snapshots[0], model)]
+    assert (nonfinite[2] >= n_parameters).all() and (nonfinite[2] <= 6 * np.array(n_parameters)).all()
+    assert np.isnan(grad_norm_max[2]).all()
+
+
+def _rows_of(weights, model):
+    rows, start = [], 0
+    for size in support.group_sizes(model):
+        rows.append(weights[start:start + size])
+        start += size
+    return rows
+
+
+@pytest.mark.slow
+def test_fit_twice_continues_steps_in_one_file_without_retracing(tmp_path):
+    model = support.make_mlp()
+    recorder = support.weight_recorder()
+    callback = GradientHealthCallback(str(tmp_path), update_freq=4)
+    _fit(model, [callback, recorder], epochs=1)
+    keras_function, recording_function = model.train_function, callback._instrumented_train_function
+    assert recording_function is not keras_function
+    _fit(model, [callback, recorder], epochs=1, compile=False)
+    # Keras's own train function is back after each fit; the recording one
+    # (already traced) served both.
+    assert model.train_function is keras_function
+    assert callback._instrumented_train_function is recording_function
+    run = support.read_run(os.path.join(str(tmp_path), "train"))
+    # 6 steps per fit: 0, 4 and the last (5); then 8 and the last (11).
+    np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], [0, 4, 5, 8, 11])
+    assert len(support.event_files(os.path.join(str(tmp_path), "train"))) == 1
+    reference = support.reference_stats(recorder.snapshots, support.group_sizes(model))
+    np.testing.assert_allclose(run.values[metadata.GRAD_NORM], reference["grad_norm"][[0, 4, 5, 8, 11]], rtol=support.REL_TOL)
+    # After training the optimizer is Keras's own again.
+    assert "apply" not in vars(model.optimizer)
+
+
+class _WithUnusedWeight(keras.layers.Layer):
+    """A Dense-like layer with one more weight that the loss never reaches (its gradient is None)."""
+
+    def build(self, input_shape):
+        self.kernel = self.add_weight(shape=(input_shape[-1], 4), initializer="glorot_uniform", name="kernel")
+        self.unused = self.add_weight(shape=(3,), initializer="ones", name="unused")
+
+    def call(self, inputs):
+        return inputs @ self.kernel
+
+
+@pytest.mark.slow
+def test_frozen_layers_are_left_out_and_missing_gradients_count_as_zero(tmp_path):
+    keras.utils.set_random_seed(2)
+    inputs = keras.Input((support.N_FEATURES,))
+    frozen = keras.layers.Dense(5, name="frozen")
+    frozen.trainable = False
+    hidden = _WithUnusedWeight(name="partial")(frozen(inputs))
+    dead = _WithUnusedWeight(name="dead")
+    dead(hidden)  # built, but its output is not used
+    outputs = keras.layers.Dense(support.N_OUTPUTS, name="last")(hidden)
+    model = keras.Model(inputs, outputs)
+    model.dead = dead  # tracked: its variables are trainable but get no gradient
+    recorder = support.weight_recorder()
+    with pytest.warns(UserWarning, match="Gradients do not exist"):
+        _fit(model, [GradientHealthCallback(str(tmp_path)), recorder], epochs=1)
+    run = support.read_run(os.path.join(str(tmp_path), "train"))
+    assert "frozen" not in run.layers
+    dead_row = run.layers.index("dead")
+    np.testing.assert_array_equal(run.values[metadata.GRAD_NORM][:, dead_row], 0)
+    np.testing.assert_array_equal(run.values[metadata.UPDATE_RATIO][:, dead_row], 0)
+    assert (run.values[metadata.WEIGHT_NORM][:, dead_row] > 0).all()
+    reference = support.reference_stats(recorder.snapshots, support.group_sizes(model))
+    support.assert_matches_reference(run, reference)
+
+
+@pytest.mark.slow
+def test_shares_log_dir_with_keras_tensorboard(tmp_path):
+    model = support.make_mlp()
+    _fit(
+        model,
+        [GradientHealthCallback(str(tmp_path)), keras.callbacks.TensorBoard(str(tmp_path), update_freq=1)],
+        epochs=1,
+    )
+    run_dir = os.path.join(str(tmp_path), "train")
+    files = support.event_files(run_dir)
+    assert any(name.endswith(".gradient_health") for name in files)
+    assert any(not name.endswith(".gradient_health") for name in files)
+    run = support.read_run(run_dir)
+    np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(N_SAMPLES // support.BATCH))
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_a_fit_that_raised_leaves_nothing_recorded_twice(tmp_path):
+    model = support.make_mlp()
+    recorder = support.weight_recorder()
+    callback = GradientHealthCallback(str(tmp_path))
+
+    class StopAtThirdBatch(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 2:
+                raise _Interrupt()
+
+    with pytest.raises(_Interrupt):
+        _fit(model, [callback, recorder, StopAtThirdBatch()], epochs=1)
+    # Keras skipped on_train_end: the optimizer is still wrapped.
+    assert "apply" in vars(model.optimizer)
+    _fit(model, [callback, recorder], epochs=1, compile=False)
+    run = support.read_run(os.path.join(str(tmp_path), "train"))
+    np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(3 + 6))
+    reference = support.reference_stats(recorder.snapshots, support.group_sizes(model))
+    support.assert_matches_reference(run, reference)
+    assert "apply" not in vars(model.optimizer)
+
+
+def test_rejects_bad_arguments():
+    for bad in (0, -1, 1.5, "epoch", True):
+        with pytest.raises(ValueError):
+            GradientHealthCallback("logs", update_freq=bad)
+    with pytest.raises(ValueError):
+        GradientHealthCallback("logs", buffer_steps=0)
+
+
+def test_small_buffer_is_flushed_in_time(tmp_path):
+    model = support.make_mlp()
+    recorder = support.weight_recorder()
+    # Two logged steps fit in the buffer: the host must flush every 2 steps.
+    _fit(model, [GradientHealthCallback(str(tmp_path), buffer_steps=2), recorder])
+    run = _check_run(tmp_path, model, recorder)
+    np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(12))

@@ -1,0 +1,91 @@
+"""Which rows a model gets: layers owning trainable variables, input -> output, innermost owner, frozen ones left out."""
+
+from __future__ import annotations
+
+import pytest
+
+import keras
+
+from tb_gradhealth.capture.layers import group_by_layer, groups_from_pairs, variable_key
+
+
+def _names(model):
+    return [group.name for group in group_by_layer(model)]
+
+
+def test_functional_model_with_nested_sequential_and_attention():
+    inputs = keras.Input((4, 6))
+    x = keras.layers.Dense(6, name="embed")(inputs)
+    x = keras.layers.MultiHeadAttention(2, 3, name="attn")(x, x)
+    x = keras.Sequential([keras.layers.Dense(5, name="a"), keras.layers.Dropout(0.1), keras.layers.Dense(6, name="b")], name="mlp")(x)
+    x = keras.layers.LayerNormalization(name="norm")(x)
+    outputs = keras.layers.Dense(2, name="head")(x)
+    model = keras.Model(inputs, outputs)
+    assert _names(model) == [
+        "embed",
+        "attn/query", "attn/key", "attn/value", "attn/attention_output",
+        "mlp/a", "mlp/b",
+        "norm",
+        "head",
+    ]
+    groups = group_by_layer(model)
+    # Every trainable variable is in exactly one row.
+    keys = [variable_key(v) for group in groups for v in group.variables]
+    assert sorted(keys) == sorted(variable_key(v) for v in model.trainable_variables)
+    assert [v.name for v in groups[-2].variables] == ["gamma", "beta"]
+
+
+def test_frozen_and_weightless_layers_are_left_out_and_shared_layers_count_once():
+    shared = keras.layers.Dense(4, name="shared")
+    frozen = keras.layers.Dense(4, name="frozen")
+    frozen.trainable = False
+    inputs = keras.Input((4,))
+    x = shared(keras.layers.ReLU(name="relu")(frozen(inputs)))
+    outputs = keras.layers.Dense(1, name="out")(shared(x))
+    assert _names(keras.Model(inputs, outputs)) == ["shared", "out"]
+
+
+class _Block(keras.layers.Layer):
+    """A layer with its own scale weight and two Dense sub-layers."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.first = keras.layers.Dense(3, name="dense")
+        self.second = keras.layers.Dense(3, name="dense")  # same name as its sibling
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(shape=(), initializer="ones", name="scale")
+
+    def call(self, inputs):
+        return self.second(self.first(inputs)) * self.scale
+
+
+class _Subclassed(keras.Model):
+    def __init__(self):
+        super().__init__(name="net")
+        self.block = _Block(name="block")
+        self.out = keras.layers.Dense(1, name="out")
+        self.bias = self.add_weight(shape=(1,), initializer="zeros", name="bias")
+
+    def call(self, inputs):
+        return self.out(self.block(inputs)) + self.bias
+
+
+def test_subclassed_model_own_weights_sublayers_and_duplicate_names():
+    model = _Subclassed()
+    model(keras.ops.zeros((2, 3)))
+    assert _names(model) == ["net", "block", "block/dense", "block/dense_2", "out"]
+
+
+def test_model_without_trainable_variables_is_refused():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.trainable = False
+    with pytest.raises(ValueError, match="no trainable variables"):
+        group_by_layer(model)
+
+
+def test_explicit_pairs_keep_order_and_need_variables():
+    a, b = keras.Variable(1.0), keras.Variable(2.0)
+    assert [g.name for g in groups_from_pairs([("x", [b]), ("y", [a])])] == ["x", "y"]
+    with pytest.raises(ValueError):
+        groups_from_pairs([("x", [])])

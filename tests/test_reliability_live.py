@@ -1,0 +1,155 @@
+"""Live training: a process writes steps while a real `tensorboard` serves and a client polls like the tab does.
+
+Run as a script, this module is that training process:
+`python tests/test_reliability_live.py LOGDIR GO_FILE`.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import time
+import types
+
+import numpy as np
+import pytest
+
+from tb_server import PLUGIN_ROUTE, json_float, running_tensorboard, strict_json, wsgi_client
+
+RUN = "live"
+LAYERS = ("conv", "dense", "<b>out</b>")
+STATS = ("grad_norm", "nonfinite", "my_stat")
+NUM_STEPS = 60
+STEP_INTERVAL_S = 0.15  # the writer's pace: ~9 s of writing, ~9 reloads
+RELOAD_INTERVAL_S = 1  # tensorboard --reload_interval, seconds
+WALL_TIME_0 = 1_700_000_000.0  # seconds since the epoch
+# The writer imports TensorFlow (through TensorBoard's writer) before it writes.
+WRITER_TIMEOUT_S = 240
+POLL_PAUSE_S = 0.05
+# Distinct partial states the client must have seen, so the test proves it
+# polled while the file grew (at ~9 reloads during writing, 3 is safe).
+MIN_PARTIAL_STATES = 3
+
+
+def values(step: int, stat_index: int) -> np.ndarray:
+    """The float32 row written for `step`; NaN and both infinities appear in `grad_norm`."""
+    row = np.array([(step + 1) * (layer + 1) * 10.0 ** -stat_index for layer in range(len(LAYERS))], dtype=np.float32)
+    if stat_index == 0 and step % 17 == 5:
+        row[step % len(LAYERS)] = (np.nan, np.inf, -np.inf)[step % 3]
+    return row
+
+
+def write_live_run(logdir: str, go_file: str) -> None:
+    """Writes NUM_STEPS steps, flushing after each, once `go_file` exists.
+
+    As a PyTorch or JAX user's process would: without TensorFlow (TensorBoard's
+    `notf` marker makes its writer use the TensorFlow stub).
+    """
+    sys.modules["tensorboard.compat.notf"] = types.ModuleType("tensorboard.compat.notf")
+    from tb_gradhealth.summary import GradientHealthFileWriter
+
+    # A long flush interval: only our explicit flushes put data on disk.
+    with GradientHealthFileWriter(str(pathlib.Path(logdir) / RUN), flush_secs=3600) as writer:
+        print("ready", flush=True)
+        while not pathlib.Path(go_file).exists():
+            time.sleep(0.05)
+        for step in range(NUM_STEPS):
+            stats = {stat: values(step, index) for index, stat in enumerate(STATS)}
+            writer.write(step, stats, LAYERS, wall_time=WALL_TIME_0 + step)
+            writer.flush()
+            time.sleep(STEP_INTERVAL_S)
+    print("tensorflow %simported" % ("" if "tensorflow" in sys.modules else "not "), flush=True)
+
+
+def _expected_series(stat: str, num_steps: int) -> dict:
+    index = STATS.index(stat)
+    return {
+        "run": RUN,
+        "stat": stat,
+        "layers": list(LAYERS),
+        "steps": list(range(num_steps)),
+        "wall_times": [WALL_TIME_0 + step for step in range(num_steps)],
+        "values": [[json_float(float(v)) for v in values(step, index)] for step in range(num_steps)],
+        "total_steps": num_steps,
+        "problems": [],
+    }
+
+
+def _check_series(body: dict, stat: str) -> int:
+    """Asserts that a /series body is internally consistent and a prefix of the written data; returns its steps."""
+    steps, walls, rows = body["steps"], body["wall_times"], body["values"]
+    assert len(steps) == len(walls) == len(rows) == body["total_steps"]
+    assert all(len(row) == len(body["layers"]) for row in rows)
+    assert all(a < b for a, b in zip(steps, steps[1:]))
+    # Nothing is lost or invented on the way: exactly the first steps written.
+    assert body == _expected_series(stat, len(steps))
+    return len(steps)
+
+
+def _check_runs(body: dict) -> dict | None:
+    (run,) = body["runs"] or [None]
+    if run is None:
+        return None
+    assert run["run"] == RUN and run["layers"] == list(LAYERS) and run["problems"] == []
+    assert set(run["stats"]) <= set(STATS)
+    return run
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("load_fast", ["false", "true"])
+def test_polling_client_sees_consistent_growing_data_and_the_final_state(tmp_path, load_fast):
+    logdir = tmp_path / "logdir"
+    logdir.mkdir()
+    go_file = tmp_path / "go"
+    writer = subprocess.Popen(
+        [sys.executable, __file__, str(logdir), str(go_file)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        with running_tensorboard(
+            str(logdir), "--load_fast=%s" % load_fast, "--reload_interval", str(RELOAD_INTERVAL_S)
+        ) as server:
+            assert writer.stdout.readline().strip() == "ready"
+            go_file.touch()
+            seen: dict[str, list[int]] = {stat: [0] for stat in STATS}
+            max_steps = [-1]
+
+            def poll() -> bool:
+                """One round of the tab's requests; True once every stat is whole and the writer is done."""
+                run = _check_runs(server.get_json(PLUGIN_ROUTE + "/runs"))
+                health = server.get_json(PLUGIN_ROUTE + "/health")
+                if run is None:
+                    assert health == {"runs": []}
+                    return False
+                assert run["max_step"] >= max_steps[-1]
+                max_steps.append(run["max_step"])
+                assert [entry["run"] for entry in health["runs"]] == [RUN]
+                for stat in run["stats"]:
+                    count = _check_series(server.get_json("%s/series?run=%s&stat=%s" % (PLUGIN_ROUTE, RUN, stat)), stat)
+                    # Never goes back: a later response holds at least as much.
+                    assert count >= seen[stat][-1]
+                    seen[stat].append(count)
+                return writer.poll() is not None and all(seen[stat][-1] == NUM_STEPS for stat in STATS)
+
+            deadline = time.monotonic() + WRITER_TIMEOUT_S
+            while not poll():
+                assert time.monotonic() < deadline, "timed out; seen %s, writer rc %s" % (seen, writer.poll())
+                time.sleep(POLL_PAUSE_S)
+            # The diagnosis polled during training is not stale at the end:
+            # it equals one computed afresh from the finished files.
+            fresh = strict_json(wsgi_client(str(logdir)).get(PLUGIN_ROUTE + "/health").get_data())
+            assert server.get_json(PLUGIN_ROUTE + "/health") == fresh
+            assert _check_runs(server.get_json(PLUGIN_ROUTE + "/runs"))["max_step"] == NUM_STEPS - 1
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+        writer.wait()
+    assert writer.returncode == 0
+    assert writer.stdout.read().strip() == "tensorflow not imported"
+    partial = {count for counts in seen.values() for count in counts if 0 < count < NUM_STEPS}
+    print("polls: %d; partial step counts seen: %s" % (len(max_steps) - 1, sorted(partial)))
+    assert len(partial) >= MIN_PARTIAL_STATES, seen
+
+
+if __name__ == "__main__":
+    write_live_run(*sys.argv[1:3])
