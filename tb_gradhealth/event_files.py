@@ -159,7 +159,10 @@ def _check(path: str, cached: _Scan | None) -> _Scan:
     stat = os.stat(path)
     if cached is not None and (cached.size, cached.mtime_ns) == (stat.st_size, stat.st_mtime_ns):
         return cached
-    if cached is not None and cached.state != _CORRUPT and stat.st_size >= cached.size:
-        # Appended to: the records before `good_end` are unchanged.
+    if cached is not None and stat.st_size >= cached.size:
+        # Appended to: the records before `good_end` are unchanged, and so
+        # is a bad record there (TensorBoard reads nothing after it).
+        if cached.state == _CORRUPT:
+            return dataclasses.replace(cached, size=stat.st_size, mtime_ns=stat.st_mtime_ns)
         return _scan(path, stat.st_size, stat.st_mtime_ns, cached.good_end)
     return _scan(path, stat.st_size, stat.st_mtime_ns)

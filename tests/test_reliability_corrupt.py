@@ -145,8 +145,16 @@ def test_a_growing_file_is_checked_incrementally_and_recovers(tmp_path):
     event_file.write_bytes(full)
     assert checker.problems("live", now=_later()) == []
     # A file replaced by a shorter one is checked from the start again.
-    event_file.write_bytes(complete + GARBAGE)
-    assert "corrupt" in checker.problems("live", now=_later())[0].message
+    damaged = complete + GARBAGE[: len(full) - len(complete) - 1]
+    event_file.write_bytes(damaged)
+    (corrupt,) = checker.problems("live", now=_later())
+    assert "no valid record at byte %d of %d" % (len(complete), len(damaged)) in corrupt.message
+    # Records appended after the damage do not repair it: TensorBoard still
+    # stops at the bad bytes.
+    with open(event_file, "ab") as stream:
+        stream.write(full[len(complete):])
+    (still,) = checker.problems("live", now=_later())
+    assert "no valid record at byte %d of %d" % (len(complete), len(damaged) + len(full) - len(complete)) in still.message
     writer.close()
 
 

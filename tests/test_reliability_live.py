@@ -23,6 +23,10 @@ STATS = ("grad_norm", "nonfinite", "my_stat")
 NUM_STEPS = 60
 STEP_INTERVAL_S = 0.15  # the writer's pace: ~9 s of writing, ~9 reloads
 RELOAD_INTERVAL_S = 1  # tensorboard --reload_interval, seconds
+# The Rust data server, tensorboard's default: it loads in another process
+# while the plugin answers. (The Python multiplexer passes this test too;
+# it is left out to keep the suite short.)
+LOAD_FAST = "true"
 WALL_TIME_0 = 1_700_000_000.0  # seconds since the epoch
 # The writer imports TensorFlow (through TensorBoard's writer) before it writes.
 WRITER_TIMEOUT_S = 240
@@ -97,8 +101,7 @@ def _check_runs(body: dict) -> dict | None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("load_fast", ["false", "true"])
-def test_polling_client_sees_consistent_growing_data_and_the_final_state(tmp_path, load_fast):
+def test_polling_client_sees_consistent_growing_data_and_the_final_state(tmp_path):
     logdir = tmp_path / "logdir"
     logdir.mkdir()
     go_file = tmp_path / "go"
@@ -107,7 +110,7 @@ def test_polling_client_sees_consistent_growing_data_and_the_final_state(tmp_pat
     )
     try:
         with running_tensorboard(
-            str(logdir), "--load_fast=%s" % load_fast, "--reload_interval", str(RELOAD_INTERVAL_S)
+            str(logdir), "--load_fast=%s" % LOAD_FAST, "--reload_interval", str(RELOAD_INTERVAL_S)
         ) as server:
             assert writer.stdout.readline().strip() == "ready"
             go_file.touch()
