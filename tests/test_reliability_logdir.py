@@ -9,20 +9,12 @@ import numpy as np
 import pytest
 
 class UnclearError(AssertionError):
-    """The error does not say who failed and on which directory (the known gap, see the xfail)."""
+    """The error does not say who failed and on which directory."""
 
 
 class LeftWrapped(AssertionError):
-    """A failed start left the optimizer wrapped by the callback (the known gap, see the xfail)."""
+    """A failed start left the optimizer wrapped by the callback."""
 
-
-# Strict: each fails once keras_callback.py is fixed, and the marker must go.
-UNCLEAR_ERROR_GAP = pytest.mark.xfail(
-    raises=UnclearError, strict=True, reason="TensorFlow's own error names neither the callback nor log_dir"
-)
-LEFT_WRAPPED_GAP = pytest.mark.xfail(
-    raises=LeftWrapped, strict=True, reason="on_train_begin wraps the optimizer before creating the writer"
-)
 
 BATCH_SIZE = 4
 NUM_BATCHES = 3
@@ -70,7 +62,6 @@ def _unwritable_log_dir(tmp_path: pathlib.Path, how: str) -> pathlib.Path:
     return read_only / "logs"
 
 
-@UNCLEAR_ERROR_GAP
 @pytest.mark.parametrize("how", ["through_a_file", "read_only_directory"])
 def test_unwritable_log_dir_fails_at_train_begin_with_a_clear_message(tmp_path, how):
     from tb_gradhealth import GradientHealthCallback
@@ -91,7 +82,6 @@ def test_unwritable_log_dir_fails_at_train_begin_with_a_clear_message(tmp_path, 
         raise UnclearError(message)
 
 
-@LEFT_WRAPPED_GAP
 def test_a_failed_start_leaves_the_model_trainable_without_the_callback(tmp_path):
     import keras
 

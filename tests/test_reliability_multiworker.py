@@ -41,7 +41,7 @@ APIS = ("keras_fit", "custom_loop")
 
 
 class NotChiefOnly(AssertionError):
-    """More than the chief wrote Gradient Health data (the known gap, see the xfail)."""
+    """More than the chief wrote Gradient Health data."""
 
 
 def _build_model():
@@ -177,14 +177,6 @@ def _logged_steps(event_file: pathlib.Path) -> list[int]:
     return steps
 
 
-# Neither the callback nor the custom-loop writer knows about workers yet:
-# every worker writes the same run. Strict: this fails once they do, so the
-# marker must go then.
-CHIEF_ONLY_GAP = pytest.mark.xfail(
-    raises=NotChiefOnly, strict=True, reason="non-chief workers also write (needs a chief check in capture/)"
-)
-
-
 @pytest.fixture(scope="module")
 def cluster_logdir(tmp_path_factory):
     """Runs the two workers once; returns the logdir holding LOGDIR/<api> of each API."""
@@ -222,16 +214,7 @@ def cluster_logdir(tmp_path_factory):
     return logdir
 
 
-# Neither the callback nor the custom-loop writer knows about workers yet:
-# every worker writes the same run. Strict: this fails once they do, so the
-# marker must go then.
-CHIEF_ONLY_GAP = pytest.mark.xfail(
-    raises=NotChiefOnly, strict=True, reason="non-chief workers also write (needs a chief check in capture/)"
-)
-
-
 @pytest.mark.slow
-@CHIEF_ONLY_GAP
 @pytest.mark.parametrize("api", APIS)
 def test_only_the_chief_writes_one_run_with_the_applied_gradient_norm(cluster_logdir, api):
     from tb_gradhealth import reader

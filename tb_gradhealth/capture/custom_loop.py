@@ -10,9 +10,9 @@ import keras
 import tensorflow as tf
 
 from tb_gradhealth.capture.layers import group_by_layer, groups_from_pairs
+from tb_gradhealth.capture.writer import open_summary_writer
 from tb_gradhealth.capture.recorder import StepRecorder
 from tb_gradhealth.capture.reductions import in_xla_context
-from tb_gradhealth.summary import FILENAME_SUFFIX
 
 # Logged steps held in the graph before they are written (see keras_callback).
 DEFAULT_BUFFER_STEPS = 128
@@ -60,7 +60,8 @@ class GradientHealthWriter:
         groups = group_by_layer(model) if model is not None else groups_from_pairs(layers)
         self._recorder = StepRecorder(groups, buffer_steps, update_freq)
         self.logdir = os.fspath(logdir)
-        self._writer = tf.summary.create_file_writer(self.logdir, filename_suffix=FILENAME_SUFFIX)
+        strategy = getattr(model, "distribute_strategy", None) if model is not None else None
+        self._writer = open_summary_writer(self.logdir, strategy, type(self).__name__)
         self._recorder.ring.attach_writer(self._writer)
         self._warned_xla = False
         self._dropped_reported = 0

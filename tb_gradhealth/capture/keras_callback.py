@@ -11,7 +11,7 @@ import tensorflow as tf
 
 from tb_gradhealth.capture.layers import group_by_layer
 from tb_gradhealth.capture.recorder import StepRecorder
-from tb_gradhealth.summary import FILENAME_SUFFIX
+from tb_gradhealth.capture.writer import open_summary_writer
 
 # Logged steps kept in the graph between two writes by the host. At
 # update_freq=1 the host writes every this many steps; 128 rows of 100 layers
@@ -162,12 +162,14 @@ class GradientHealthCallback(keras.callbacks.Callback):
                 "steps_per_execution=%d logs more steps per execution than buffer_steps=%d holds"
                 % (model.steps_per_execution, self._recorder.ring.capacity)
             )
-        self._install(model)
         if self._writer is None:
-            # One file per callback, kept open across fit calls so the
-            # traced flush is reused; each fit ends with its data on disk.
-            self._writer = tf.summary.create_file_writer(self.run_dir, filename_suffix=FILENAME_SUFFIX)
+            # Opened before the optimizer is wrapped, so an unwritable log_dir
+            # fails here, before any step, leaving the model as it was. One
+            # file per callback, kept open across fit calls so the traced
+            # flush is reused; each fit ends with its data on disk.
+            self._writer = open_summary_writer(self.run_dir, model.distribute_strategy, type(self).__name__)
             self._recorder.ring.attach_writer(self._writer)
+        self._install(model)
         self._recorder.ring.start_at(_to_int(model.optimizer.iterations))
         # Also writes what a fit that raised (no on_train_end) left behind,
         # and syncs the host's step count with the device's.

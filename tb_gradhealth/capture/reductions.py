@@ -11,7 +11,6 @@ from tensorflow.python.ops import control_flow_util  # XLA-context test; no publ
 from tb_gradhealth.capture.plain_variables import create_plain
 
 
-
 class GradientSums(NamedTuple):
     """What every step needs: per-layer gradient norm and non-finite count, float32 `[n_layers]`."""
 
