@@ -44,8 +44,8 @@ def parse_int_list(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part.strip()]
 
 
-def machine(module: str) -> dict:
-    """The machine and software a result was measured on; `module` is the benchmark run (`python -m module args`)."""
+def machine(module: str, argv: list[str] | None) -> dict:
+    """The machine and software a result was measured on, and the command (`python -m module argv...`)."""
     cpu_model = platform.processor() or "unknown"
     try:
         for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
@@ -61,11 +61,11 @@ def machine(module: str) -> dict:
     except OSError:
         commit = ""
     versions = {}
-    for module in ("tensorflow", "keras", "tensorboard", "numpy"):
+    for package in ("tensorflow", "keras", "tensorboard", "numpy"):
         try:
-            versions[module] = __import__(module).__version__
-        except Exception:  # noqa: BLE001 - a missing module is reported as such
-            versions[module] = None
+            versions[package] = __import__(package).__version__
+        except Exception:  # noqa: BLE001 - a missing package is reported as such
+            versions[package] = None
     try:
         dirty = subprocess.run(
             ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=False
@@ -82,7 +82,7 @@ def machine(module: str) -> dict:
         "python": platform.python_version(),
         "versions": versions,
         "git_commit": commit,
-        "command": " ".join(["python", "-m", module, *sys.argv[1:]]),
+        "command": " ".join(["python", "-m", module, *(sys.argv[1:] if argv is None else argv)]),
     }
 
 

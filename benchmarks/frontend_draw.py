@@ -129,7 +129,7 @@ def main(argv=None) -> dict:
         "baseline": eventgen.LogdirSpec(eventgen.GRADIENT_HEALTH, 1, BASELINE_LAYERS, BASELINE_STEPS),
     }
     logdirs = {name: eventgen.build_logdir(spec, out_dir) for name, spec in specs.items()}
-    results = {"machine": common.machine("benchmarks.frontend_draw"), "args": vars(args),
+    results = {"machine": common.machine("benchmarks.frontend_draw", argv), "args": vars(args),
                "sizes": {name: spec.name for name, spec in specs.items()},
                "times": {name: [] for name in specs}}
     with contextlib.ExitStack() as stack:

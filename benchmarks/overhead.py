@@ -194,7 +194,7 @@ def main(argv=None) -> dict:
     if unknown:
         parser.error("unknown configurations %s" % sorted(unknown))
     steps = {"baseline_mlp": args.baseline_steps, "big_mlp": args.big_steps}
-    results = {"machine": common.machine("benchmarks.overhead"), "args": vars(args), "models": []}
+    results = {"machine": common.machine("benchmarks.overhead", argv), "args": vars(args), "models": []}
     log_root = tempfile.mkdtemp(prefix="gh_overhead_")
     try:
         for name in [m for m in args.models.split(",") if m]:

@@ -261,7 +261,7 @@ def main(argv=None) -> dict:
         for load_fast in load_fast_values
         if load_fast or spec.layout != eventgen.SCALARS or spec.runs <= args.anchor_python_max_runs
     ]
-    results = {"machine": common.machine("benchmarks.serve"), "args": vars(args), "bytes_per_logged_step": bytes_per_step,
+    results = {"machine": common.machine("benchmarks.serve", argv), "args": vars(args), "bytes_per_logged_step": bytes_per_step,
                "skipped": ["%s load_fast=%s" % (spec.name, lf) for spec in configs for lf in load_fast_values
                            if (spec, lf) not in plan],
                "raw": []}

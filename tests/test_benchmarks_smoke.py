@@ -166,3 +166,11 @@ def test_frontend_draw_smoke(tmp_path):
     assert 0 < measured[0]["data_ms"] < measured[0]["total_ms"] and measured[0]["heatmap_pixels"] > 0
     assert results["summary"]["measured"]["size"] == "gradient_health-r1-l4-s30"
     assert results["summary"]["measured"]["total_ratio"] > 0
+
+
+def test_machine_names_the_benchmark_command():
+    from benchmarks import common
+
+    machine = common.machine("benchmarks.serve", ["--sizes", "1"])
+    assert machine["command"] == "python -m benchmarks.serve --sizes 1"
+    assert machine["nproc"] >= 1 and machine["versions"]["numpy"] == np.__version__
