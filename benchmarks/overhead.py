@@ -134,11 +134,27 @@ def _compiled(build, jit_compile) -> keras.Model:
     return model
 
 
-def _fit(model, x, y, callbacks) -> tuple[float, float]:
-    """Returns (wall seconds, process CPU seconds) of one `fit` epoch."""
+class _TrainEndClock(keras.callbacks.Callback):
+    """Notes when the last callback's `on_train_end` ran (it is added last, after ours)."""
+
+    def on_train_end(self, logs=None):
+        self.end = time.perf_counter()
+
+
+def _fit(model, x, y, callbacks) -> tuple[float, float, float]:
+    """Returns (wall seconds, process CPU seconds, training seconds) of one `fit` epoch.
+
+    Training seconds run from the call until every callback's `on_train_end`
+    is done (ours writes its last rows there). After that, `fit` sometimes
+    takes seconds more to return, with or without any callback (Keras and
+    tf.data tearing the epoch down; measured at up to 14 s, in 2 of 3 plain
+    fits once); the wall time includes that, the training time does not.
+    """
+    clock = _TrainEndClock()
     wall, cpu = time.perf_counter(), time.process_time()
-    model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0, shuffle=False, callbacks=callbacks)
-    return time.perf_counter() - wall, time.process_time() - cpu
+    model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0, shuffle=False, callbacks=[*callbacks, clock])
+    end = time.perf_counter()
+    return end - wall, time.process_time() - cpu, clock.end - wall
 
 
 def measure_model(name: str, steps: int, configs, reps: int, jit_compile, log_root: str, log=print) -> dict:
@@ -152,24 +168,26 @@ def measure_model(name: str, steps: int, configs, reps: int, jit_compile, log_ro
         callbacks = make_callbacks(config, os.path.join(log_root, name, config), x, y)
         _fit(model, x_warm, y_warm, callbacks)
         setups[config] = (model, callbacks)
-    times = {config: {"wall_s": [], "cpu_s": []} for config in configs}
+    times = {config: {"wall_s": [], "cpu_s": [], "train_s": []} for config in configs}
     for rep in range(reps):
         shift = rep % len(configs)
         for config in list(configs[shift:]) + list(configs[:shift]):
             model, callbacks = setups[config]
-            wall, cpu = _fit(model, x, y, callbacks)
+            wall, cpu, train = _fit(model, x, y, callbacks)
             times[config]["wall_s"].append(wall)
             times[config]["cpu_s"].append(cpu)
+            times[config]["train_s"].append(train)
         log("  %s rep %d: %s" % (name, rep, ", ".join("%s %.2fs" % (c, times[c]["wall_s"][-1]) for c in configs)))
     summary = {}
     for config in configs:
         entry = {
             "wall_s_median": common.median(times[config]["wall_s"]),
             "cpu_s_median": common.median(times[config]["cpu_s"]),
-            "step_ms_median": common.median(times[config]["wall_s"]) / steps * 1e3,
+            "train_s_median": common.median(times[config]["train_s"]),
+            "step_ms_median": common.median(times[config]["train_s"]) / steps * 1e3,
         }
         if NONE in configs:
-            for kind in ("wall_s", "cpu_s"):
+            for kind in ("wall_s", "cpu_s", "train_s"):
                 paired = np.asarray(times[config][kind]) / np.asarray(times[NONE][kind])
                 entry["%s_ratio" % kind.split("_")[0]] = common.median(paired)
                 entry["%s_ratio_min_max" % kind.split("_")[0]] = [float(paired.min()), float(paired.max())]
@@ -216,10 +234,12 @@ def _print_report(results: dict) -> None:
         for config, entry in measured["summary"].items():
             row = dict(entry, config=config)
             target = TARGETS.get(config)
-            if target is not None and "wall_ratio" in entry:
-                row["target"] = "<= %.2fx: %s" % (target, "met" if entry["wall_ratio"] <= target else "MISSED")
+            if target is not None and "train_ratio" in entry:
+                row["target"] = "<= %.2fx: %s" % (target, "met" if entry["train_ratio"] <= target else "MISSED")
             rows.append(row)
-        common.print_table(rows, ["config", "wall_s_median", "step_ms_median", "wall_ratio", "cpu_ratio", "target"])
+        common.print_table(
+            rows, ["config", "train_s_median", "step_ms_median", "train_ratio", "wall_ratio", "cpu_ratio", "target"]
+        )
 
 
 if __name__ == "__main__":

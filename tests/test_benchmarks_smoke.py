@@ -131,6 +131,9 @@ def test_overhead_smoke(tmp_path):
     for config, entry in measured["summary"].items():
         assert len(measured["times"][config]["wall_s"]) == len(measured["times"][config]["cpu_s"]) == 2
         assert entry["wall_s_median"] > 0 and entry["wall_ratio"] > 0 and entry["cpu_ratio"] > 0
+        # Training ends (every on_train_end done) before fit returns.
+        assert all(0 < t <= w for t, w in zip(measured["times"][config]["train_s"], measured["times"][config]["wall_s"]))
+        assert entry["train_ratio"] > 0
     assert measured["summary"][overhead.NONE]["wall_ratio"] == 1.0
     assert list(tmp_path.glob("overhead-*.json"))
     # The bigger model is built, not trained: it is slow to trace.

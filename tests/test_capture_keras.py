@@ -166,13 +166,17 @@ def test_fit_twice_continues_steps_in_one_file_without_retracing(tmp_path):
     recorder = support.weight_recorder()
     callback = GradientHealthCallback(str(tmp_path), update_freq=4)
     _fit(model, [callback, recorder], epochs=1)
-    keras_function, recording_function = model.train_function, callback._instrumented_train_function
-    assert recording_function is not keras_function
+    keras_function = model.train_function
+    recording_functions = dict(callback._instrumented_train_functions)
+    # One step per execution and update_freq > 1: one function for logged
+    # steps and one without their work for the others.
+    assert set(recording_functions) == {True, False}
+    assert keras_function not in recording_functions.values()
     _fit(model, [callback, recorder], epochs=1, compile=False)
-    # Keras's own train function is back after each fit; the recording one
+    # Keras's own train function is back after each fit; the recording ones
     # (already traced) served both.
     assert model.train_function is keras_function
-    assert callback._instrumented_train_function is recording_function
+    assert callback._instrumented_train_functions == recording_functions
     run = support.read_run(os.path.join(str(tmp_path), "train"))
     # 6 steps per fit: 0, 4 and the last (5); then 8 and the last (11).
     np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], [0, 4, 5, 8, 11])
@@ -277,3 +281,41 @@ def test_small_buffer_is_flushed_in_time(tmp_path):
     _fit(model, [GradientHealthCallback(str(tmp_path), buffer_steps=2), recorder])
     run = _check_run(tmp_path, model, recorder)
     np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(12))
+
+
+@pytest.mark.slow
+def test_update_freq_with_loss_scale_skips_keeps_the_max_of_applied_steps_only(tmp_path):
+    # update_freq > 1 with one step per execution: the host runs a train
+    # function without the logged-step work on unlogged steps, and the
+    # loss-scale optimizer skips the first steps (scale 2**20 overflows).
+    n_steps, update_freq = 20, 3
+    x, y = support.make_data(n_steps * support.BATCH)
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = support.make_mlp()
+        recorder = support.weight_recorder()
+        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(support.LEARNING_RATE), initial_scale=2.0**20)
+        model.compile(optimizer=optimizer, loss="mse")
+        model.fit(x, y, batch_size=support.BATCH, epochs=1, shuffle=False, verbose=0,
+                  callbacks=[GradientHealthCallback(str(tmp_path), update_freq=update_freq), recorder])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    run = support.read_run(os.path.join(str(tmp_path), "train"))
+    reference = support.reference_stats(recorder.snapshots, support.group_sizes(model))
+    applied = np.flatnonzero(reference["update_ratio"].max(axis=1) > 0)
+    assert 0 < applied[0] < n_steps - 1 - update_freq  # some skipped, then applied
+    logged_applied = [s for s in applied if s % update_freq == 0]
+    # Rows: applied logged steps, plus the last step (never logged here).
+    assert (n_steps - 1) % update_freq != 0 and n_steps - 1 in applied
+    steps = run.steps[metadata.GRAD_NORM]
+    np.testing.assert_array_equal(steps, logged_applied + [n_steps - 1])
+    np.testing.assert_array_equal(run.steps[metadata.GRAD_MAX_ABS], logged_applied)
+    np.testing.assert_allclose(run.values[metadata.GRAD_NORM], reference["grad_norm"][steps], rtol=support.REL_TOL)
+    # grad_norm_max covers the steps since the previous row: skipped steps
+    # (zero in the reference: no update) add nothing.
+    previous = -1
+    for row, step in enumerate(steps):
+        window = reference["grad_norm"][previous + 1:step + 1]
+        np.testing.assert_allclose(run.values[metadata.GRAD_NORM_MAX][row], window.max(axis=0), rtol=support.REL_TOL)
+        previous = step
+    np.testing.assert_array_equal(run.values[metadata.NONFINITE], 0)

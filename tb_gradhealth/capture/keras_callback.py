@@ -68,7 +68,13 @@ class GradientHealthCallback(keras.callbacks.Callback):
         # Train functions: Keras's own (restored after fit) and ours (reused by
         # a later fit of the same compiled model, so it is traced once).
         self._keras_train_function = None
-        self._instrumented_train_function = None
+        # Ours, by the recorder's `logged_mode` they were traced with: with
+        # one step per execution the host knows which steps are logged and
+        # runs a function without the logged-step work on the others (each
+        # graph op costs ~10 us on a 2-core CPU, about as much as the
+        # arithmetic of a small model's step); otherwise one function decides
+        # in the graph (key None).
+        self._instrumented_train_functions: dict = {}
         self._instrumented_for = None
         self._wrapped_optimizer = None
         # Host-side mirror of the step counter, so the host knows when the
@@ -123,18 +129,27 @@ class GradientHealthCallback(keras.callbacks.Callback):
         self._wrapped_optimizer = optimizer
         # Keras built (but did not trace) its train function before
         # on_train_begin; ours must be traced with the wrapped apply.
-        if model.train_function is not self._instrumented_train_function:
+        if model.train_function not in self._instrumented_train_functions.values():
             self._keras_train_function = model.train_function
-        reusable = (
-            self._instrumented_train_function is not None
-            and self._instrumented_for == (id(self._keras_train_function), id(optimizer))
-        )
-        if reusable:
-            model.train_function = self._instrumented_train_function
-        else:
-            model.make_train_function(force=True)
-            self._instrumented_train_function = model.train_function
-            self._instrumented_for = (id(self._keras_train_function), id(optimizer))
+        modes = (True, False) if self._host_picks_logged_steps() else (None,)
+        key = (id(self._keras_train_function), id(optimizer), modes)
+        if self._instrumented_for != key:
+            functions = {}
+            for mode in modes:
+                # Each traces on its first call, with the recorder's mode set
+                # to `mode` (by on_train_batch_begin, or below).
+                model.make_train_function(force=True)
+                functions[mode] = model.train_function
+            self._instrumented_train_functions = functions
+            self._instrumented_for = key
+        self._select_train_function(modes[0])
+
+    def _host_picks_logged_steps(self) -> bool:
+        return self.update_freq > 1 and int(getattr(self.model, "steps_per_execution", 1) or 1) == 1
+
+    def _select_train_function(self, mode) -> None:
+        self._recorder.logged_mode = mode
+        self.model.train_function = self._instrumented_train_functions[mode]
 
     def _uninstall(self, model) -> None:
         optimizer = self._wrapped_optimizer
@@ -145,8 +160,10 @@ class GradientHealthCallback(keras.callbacks.Callback):
             elif "apply" in vars(optimizer):
                 del optimizer.apply
         self._wrapped_optimizer = None
-        if model.train_function is self._instrumented_train_function:
+        if model.train_function in self._instrumented_train_functions.values():
             model.train_function = self._keras_train_function
+        if self._recorder is not None:
+            self._recorder.logged_mode = None
 
     def on_train_begin(self, logs=None):
         model = self.model
@@ -187,6 +204,8 @@ class GradientHealthCallback(keras.callbacks.Callback):
         if self._rows_buffered + rows > self._recorder.ring.capacity:
             self._flush()
         self._rows_buffered += rows
+        if len(self._instrumented_train_functions) > 1:
+            self._select_train_function(first % self.update_freq == 0)
 
     def on_epoch_end(self, epoch, logs=None):
         self._flush()

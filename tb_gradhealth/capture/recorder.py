@@ -47,6 +47,10 @@ class StepRecorder:
         self.ring = StatsRing([group.name for group in self.groups], capacity, update_freq)
         self._variables = [v for group in self.groups for v in group.variables]
         self._trace_state = None
+        # Whether the steps traced from now on are logged steps: None decides
+        # per step in the graph; True or False (set by a host that picks a
+        # train function per step) leaves the other case out of the graph.
+        self.logged_mode: bool | None = None
         self._reduce = LayerReducer(
             self._variables,
             [i for i, group in enumerate(self.groups) for _ in group.variables],
@@ -61,10 +65,12 @@ class StepRecorder:
         # Cross-replica (or default) context: runs once per step.
         grads = [_first_replica(strategy, g) for g in grads]
         loss_scale = _first_replica(strategy, loss_scale)
-        step, logged = self.ring.position()
+        step, logged = self.ring.position(self.logged_mode)
         sums = self._reduce.gradient_sums(grads)
         if logged is True:
             grad_max_abs, weight_norm = self._reduce.before_update(grads)
+        elif logged is False:
+            grad_max_abs = weight_norm = None
         else:
             zeros = self._reduce.zeros
             grad_max_abs, weight_norm = tf.cond(
@@ -75,28 +81,32 @@ class StepRecorder:
             step=step, logged=logged, sums=sums, grad_max_abs=grad_max_abs,
             weight_norm=weight_norm, loss_scale=loss_scale,
         )
-        return [sums.grad_norm, sums.nonfinite, grad_max_abs, weight_norm]
+        return [t for t in (sums.grad_norm, sums.nonfinite, grad_max_abs, weight_norm) if t is not None]
 
     def _after_update(self, strategy, flush: bool):
         state, self._trace_state = self._trace_state, None
         logged = state["logged"]
-        if logged is True:
-            update_norm = self._reduce.after_update()
-        else:
-            update_norm = tf.cond(logged, self._reduce.after_update, self._reduce.zeros)
         sums = state["sums"]
-        details = StepDetails(
-            grad_max_abs=state["grad_max_abs"],
-            weight_norm=state["weight_norm"],
-            update_ratio=update_ratio(update_norm, state["weight_norm"]),
-        )
+        if logged is False:
+            details = None
+        else:
+            if logged is True:
+                update_norm = self._reduce.after_update()
+            else:
+                update_norm = tf.cond(logged, self._reduce.after_update, self._reduce.zeros)
+            details = StepDetails(
+                grad_max_abs=state["grad_max_abs"],
+                weight_norm=state["weight_norm"],
+                update_ratio=update_ratio(update_norm, state["weight_norm"]),
+            )
         loss_scale = state["loss_scale"]
         visible = True
         if loss_scale is not None:
             # The gradients were reduced as the optimizer got them (scaled);
             # unscaling the per-layer results spares a pass over each one.
             sums = GradientSums(grad_norm=sums.grad_norm / loss_scale, nonfinite=sums.nonfinite)
-            details = details._replace(grad_max_abs=details.grad_max_abs / loss_scale)
+            if details is not None:
+                details = details._replace(grad_max_abs=details.grad_max_abs / loss_scale)
             # Keras skips a step whose scaled gradient overflowed; only when
             # the scale cannot explain the overflow is it the model's.
             visible = tf.logical_or(

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from tb_gradhealth import metadata
 from tb_gradhealth.capture.plain_variables import create_plain
-from tb_gradhealth.capture.reductions import GradientSums, StepDetails
+from tb_gradhealth.capture.reductions import GradientSums, StepDetails, in_xla_context
 
 STATS = metadata.BUILTIN_STATS
 # Computed at every step; the others only at logged steps.
@@ -18,8 +18,11 @@ PER_STEP_COLUMNS = tuple(
 
 
 def _max_keeping_nan(running: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
-    # "The largest grad_norm" is NaN once one was NaN. tf.maximum keeps a NaN
-    # in its first argument on every device, but XLA drops one in the second.
+    # "The largest grad_norm" is NaN once one was NaN. TensorFlow's CPU and
+    # GPU kernels of tf.maximum keep a NaN in either argument; XLA keeps one
+    # in its first argument only.
+    if not in_xla_context():
+        return tf.maximum(running, new)
     return tf.where(tf.math.is_nan(new), new, tf.maximum(running, new))
 
 
@@ -28,13 +31,13 @@ class StatsRing:
 
     Per step (graph code, XLA-compatible: only variable reads and writes)
     `record` folds the step into the running `grad_norm_max` / `nonfinite`
-    accumulators and writes its row `[n_layers, len(STATS)]` into slot
-    `min(count, capacity)`; a logged step then advances `count`, so its row
-    stays, while an unlogged step's row is overwritten by the next step (and
-    is the one written at the end of training if no logged step followed).
-    Slot `capacity` also takes logged rows that find the buffer full (they
-    are counted as dropped), and slot `capacity + 1` the rows of invisible
-    steps. `flush` (a `tf.function` run by the host, or from the graph in
+    accumulators; a logged step also writes its row `[n_layers, len(STATS)]`
+    into slot `min(count, capacity)` and advances `count` (slot `capacity`
+    takes the rows that find the buffer full, counted as dropped, and, when
+    whether a step is logged is only known in the graph, the rows of the
+    other steps). An unlogged step keeps its number and `grad_norm` as the
+    pending step, the one written at the end of training if no logged step
+    followed. `flush` (a `tf.function` run by the host, or from the graph in
     custom loops) writes the stored rows through TensorFlow's C++ summary
     writer and empties the buffer.
 
@@ -56,7 +59,7 @@ class StatsRing:
             metadata.create_summary_metadata(stat, self.layer_names).SerializeToString() for stat in STATS
         ]
         self._tags = [metadata.tag_for_stat(stat) for stat in STATS]
-        slots = capacity + 2
+        slots = capacity + 1
 
         def create():
             def variable(initial, name):
@@ -69,6 +72,8 @@ class StatsRing:
                 "step": variable(tf.constant(-1, tf.int64), "step"),
                 "acc_max": variable(tf.zeros([n_layers]), "grad_norm_max"),
                 "acc_nonfinite": variable(tf.zeros([n_layers]), "nonfinite"),
+                "pending_step": variable(tf.constant(-1, tf.int64), "pending_step"),
+                "pending_norm": variable(tf.zeros([n_layers]), "pending_grad_norm"),
                 "last_written_step": variable(tf.constant(-1, tf.int64), "last_written_step"),
                 "dropped": variable(tf.constant(0, tf.int64), "dropped"),
                 "metadata_written": variable(tf.zeros([len(STATS)], tf.bool), "metadata_written"),
@@ -81,6 +86,8 @@ class StatsRing:
         self._step = created["step"]
         self._acc_max = created["acc_max"]
         self._acc_nonfinite = created["acc_nonfinite"]
+        self._pending_step = created["pending_step"]
+        self._pending_norm = created["pending_norm"]
         self._last_written_step = created["last_written_step"]
         self._dropped = created["dropped"]
         self._metadata_written = created["metadata_written"]
@@ -96,9 +103,17 @@ class StatsRing:
         """The number the next recorded step gets (-1 before `start_at`)."""
         return int(self._step.numpy())
 
-    def position(self):
-        """Graph code: (this step's number, whether it is a logged step; Python True when all are)."""
+    def position(self, logged=None):
+        """Graph code: (this step's number, whether it is a logged step).
+
+        Args:
+          logged: Python True or False when the caller knows (the host picks
+            a train function per step, or every step is logged); None to
+            decide in the graph from the step number.
+        """
         step = self._step.value()
+        if logged is not None:
+            return step, bool(logged)
         if self.update_freq == 1:
             return step, True
         return step, tf.equal(step % self.update_freq, 0)
@@ -106,26 +121,30 @@ class StatsRing:
     def record(self, step, logged, sums: GradientSums, details: StepDetails, visible) -> None:
         """Graph code: folds one training step into the buffer, with no host round trip.
 
+        Each op here runs at every training step, and on a small model each
+        costs about as much as the arithmetic it does, so the cases the
+        caller knows while tracing (`logged` and `visible` as Python bools)
+        get only the ops they need.
+
         Args:
           step, logged: from `position()`.
           sums, details: the step's statistics (`details` are only read on
-            logged steps).
+            logged steps; None when `logged` is False).
           visible: Python True, or a bool scalar that is False for a step
             that applied no gradient and must leave no trace (a loss-scale
             overflow, see recorder).
         """
-        always = logged is True and visible is True
-        if always:
-            grad_norm_max, nonfinite = sums.grad_norm, sums.nonfinite
-            keep = None
+        if logged is False:
+            self._record_unlogged(step, sums, visible)
+        elif logged is True and visible is True:
+            self._record_logged(step, sums, details)
         else:
-            keep = logged if visible is True else visible if logged is True else tf.logical_and(logged, visible)
-            new_norm = sums.grad_norm if visible is True else tf.where(visible, sums.grad_norm, 0.0)
-            new_nonfinite = sums.nonfinite if visible is True else tf.where(visible, sums.nonfinite, 0.0)
-            grad_norm_max = _max_keeping_nan(self._acc_max.value(), new_norm)
-            nonfinite = self._acc_nonfinite.value() + new_nonfinite
+            self._record_either(step, logged, sums, details, visible)
+        self._step.assign_add(1)
+
+    def _write_row(self, step, grad_norm_max, nonfinite, details: StepDetails, slot, grad_norm=None) -> None:
         columns = {
-            metadata.GRAD_NORM: sums.grad_norm,
+            metadata.GRAD_NORM: grad_norm_max if grad_norm is None else grad_norm,
             metadata.GRAD_NORM_MAX: grad_norm_max,
             metadata.GRAD_MAX_ABS: details.grad_max_abs,
             metadata.NONFINITE: nonfinite,
@@ -133,20 +152,52 @@ class StatsRing:
             metadata.UPDATE_RATIO: details.update_ratio,
         }
         row = tf.stack([columns[stat] for stat in STATS], axis=1)
-        count = self._count.value()
-        slot = tf.minimum(count, self.capacity)
-        if visible is not True:
-            slot = tf.where(visible, slot, tf.constant(self.capacity + 1, tf.int64))
         # The raw ops take a scalar slot, sparing reshapes on every step.
         tf.raw_ops.ResourceScatterUpdate(resource=self._rows.handle, indices=slot, updates=row)
         tf.raw_ops.ResourceScatterUpdate(resource=self._row_steps.handle, indices=slot, updates=step)
-        if always:
-            self._count.assign_add(1)
+
+    def _record_logged(self, step, sums: GradientSums, details: StepDetails) -> None:
+        slot = tf.minimum(self._count.value(), self.capacity)
+        if self.update_freq == 1:
+            # Every step is logged: nothing accumulates between them.
+            self._write_row(step, sums.grad_norm, sums.nonfinite, details, slot)
         else:
-            self._count.assign_add(tf.cast(keep, tf.int64))
-            self._acc_max.assign(tf.where(keep, tf.zeros_like(grad_norm_max), grad_norm_max))
-            self._acc_nonfinite.assign(tf.where(keep, tf.zeros_like(nonfinite), nonfinite))
-        self._step.assign_add(1)
+            grad_norm_max = _max_keeping_nan(self._acc_max.value(), sums.grad_norm)
+            nonfinite = self._acc_nonfinite.value() + sums.nonfinite
+            self._write_row(step, grad_norm_max, nonfinite, details, slot, grad_norm=sums.grad_norm)
+            self._acc_max.assign(tf.zeros_like(grad_norm_max))
+            self._acc_nonfinite.assign(tf.zeros_like(nonfinite))
+        self._count.assign_add(1)
+
+    def _record_unlogged(self, step, sums: GradientSums, visible) -> None:
+        if visible is not True:
+            sums = GradientSums(
+                grad_norm=tf.where(visible, sums.grad_norm, 0.0), nonfinite=tf.where(visible, sums.nonfinite, 0.0)
+            )
+            step = tf.where(visible, step, self._pending_step.value())
+            pending_norm = tf.where(visible, sums.grad_norm, self._pending_norm.value())
+        else:
+            pending_norm = sums.grad_norm
+        self._acc_max.assign(_max_keeping_nan(self._acc_max.value(), sums.grad_norm))
+        self._acc_nonfinite.assign_add(sums.nonfinite)
+        self._pending_step.assign(step)
+        self._pending_norm.assign(pending_norm)
+
+    def _record_either(self, step, logged, sums: GradientSums, details: StepDetails, visible) -> None:
+        """Whether the step is logged (and visible) is only known in the graph: no branches, for XLA."""
+        keep = logged if visible is True else visible if logged is True else tf.logical_and(logged, visible)
+        new_norm = sums.grad_norm if visible is True else tf.where(visible, sums.grad_norm, 0.0)
+        new_nonfinite = sums.nonfinite if visible is True else tf.where(visible, sums.nonfinite, 0.0)
+        grad_norm_max = _max_keeping_nan(self._acc_max.value(), new_norm)
+        nonfinite = self._acc_nonfinite.value() + new_nonfinite
+        slot = tf.where(keep, tf.minimum(self._count.value(), self.capacity), tf.constant(self.capacity, tf.int64))
+        self._write_row(step, grad_norm_max, nonfinite, details, slot, grad_norm=sums.grad_norm)
+        self._count.assign_add(tf.cast(keep, tf.int64))
+        self._acc_max.assign(tf.where(keep, tf.zeros_like(grad_norm_max), grad_norm_max))
+        self._acc_nonfinite.assign(tf.where(keep, tf.zeros_like(nonfinite), nonfinite))
+        pending = tf.logical_and(tf.logical_not(logged), visible) if visible is not True else tf.logical_not(logged)
+        self._pending_step.assign(tf.where(pending, step, self._pending_step.value()))
+        self._pending_norm.assign(tf.where(pending, sums.grad_norm, self._pending_norm.value()))
 
     def attach_writer(self, writer) -> None:
         """Sends later flushes to `writer`; its file gets the metadata again on each tag's first value."""
@@ -154,17 +205,18 @@ class StatsRing:
         self._flush_fns = {}
         self._metadata_written.assign(tf.zeros([len(STATS)], tf.bool))
 
-    def _write_value(self, row: tf.Tensor, step: tf.Tensor, column: int) -> None:
+    def _write_value(self, row: tf.Tensor, step: tf.Tensor, column: int, source_column: int | None = None) -> None:
         # TensorBoard keeps the first metadata it sees per tag: attach it to
         # the first value of each tag in this file only.
         tag, serialized = self._tags[column], self._serialized_metadata[column]
+        values = row[:, column if source_column is None else source_column]
 
         def with_metadata():
-            tf.summary.write(tag, row[:, column], step=step, metadata=serialized)
+            tf.summary.write(tag, values, step=step, metadata=serialized)
             return tf.constant(True)
 
         def without():
-            tf.summary.write(tag, row[:, column], step=step)
+            tf.summary.write(tag, values, step=step)
             return tf.constant(True)
 
         tf.cond(self._metadata_written[column], without, with_metadata)
@@ -198,28 +250,43 @@ class StatsRing:
                 self._last_written_step.read_value(), tf.reduce_max(tf.concat([steps, [-1]], 0))
             )
             if include_pending:
-                # The slot after the stored rows holds the last visible step;
-                # if it came after everything written, write what every step
-                # computes (the per-step statistics), so a spike or NaN after
-                # the last logged step is not lost when training ends. The
-                # statistics of logged steps only are not known there.
-                pending_step = self._row_steps[stored]
-                pending_row = self._rows[stored]
+                # The last step, if it came after everything written, so a
+                # spike or NaN after the last stored row is not lost when
+                # training ends: a logged row dropped because the buffer was
+                # full (the last one is in slot `capacity`) is written whole;
+                # an unlogged step with what every step computes (the
+                # per-step statistics; the others are not known there).
+                pending_step = self._pending_step.read_value()
+                dropped_step = tf.where(count > self.capacity, self._row_steps[self.capacity], tf.constant(-1, tf.int64))
+                pending_row = tf.stack(
+                    [
+                        self._pending_norm.read_value(),
+                        self._acc_max.read_value(),
+                        self._acc_nonfinite.read_value(),
+                    ],
+                    axis=1,
+                )
+
+                def write_dropped():
+                    for column in range(len(STATS)):
+                        self._write_value(self._rows[self.capacity], dropped_step, column)
+                    return dropped_step
 
                 def write_pending():
-                    for column in PER_STEP_COLUMNS:
-                        self._write_value(pending_row, pending_step, column)
+                    for index, column in enumerate(PER_STEP_COLUMNS):
+                        self._write_value(pending_row, pending_step, column, source_column=index)
                     return pending_step
 
-                written_through = tf.cond(pending_step > written_through, write_pending, lambda: written_through)
+                last_step = tf.maximum(pending_step, dropped_step)
+                written_through = tf.cond(
+                    last_step > written_through,
+                    lambda: tf.cond(dropped_step > pending_step, write_dropped, write_pending),
+                    lambda: written_through,
+                )
                 self._acc_max.assign(tf.zeros_like(self._acc_max))
                 self._acc_nonfinite.assign(tf.zeros_like(self._acc_nonfinite))
             self._last_written_step.assign(written_through)
             self._dropped.assign_add(count - stored)
-            # Later steps write from slot 0 on: move the latest unlogged row
-            # there, where the end of training looks for it.
-            self._rows.scatter_update(tf.IndexedSlices(self._rows[stored][tf.newaxis], [0]))
-            self._row_steps.scatter_update(tf.IndexedSlices(self._row_steps[stored][tf.newaxis], [0]))
             self._count.assign(0)
         return self._step.read_value(), self._dropped.read_value()
 
