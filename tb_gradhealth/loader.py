@@ -21,7 +21,7 @@ DEFAULT_SAMPLES_PER_TAG = 10_000
 
 
 class GradientHealthLoader(base_plugin.TBLoader):
-    """Gives `samples_per_plugin` a default for our plugin and loads the plugin lazily."""
+    """Gives `samples_per_plugin` and `reload_multifile` defaults and loads the plugin lazily."""
 
     def fix_flags(self, flags) -> None:
         samples = getattr(flags, "samples_per_plugin", None)
@@ -29,6 +29,16 @@ class GradientHealthLoader(base_plugin.TBLoader):
         # plugin, if any, wins.
         if isinstance(samples, Mapping) and metadata.PLUGIN_NAME not in samples:
             flags.samples_per_plugin = {**samples, metadata.PLUGIN_NAME: DEFAULT_SAMPLES_PER_TAG}
+        # TensorBoard's Python loader (--load_fast=false, or the fallback
+        # when no data server runs) otherwise follows only the newest event
+        # file of a run directory: our callback and keras.callbacks.TensorBoard
+        # both write into <log_dir>/train, and whichever file sorts first
+        # stops being read while training goes on (steps appear only after a
+        # restart). The flag defaults to None, so "not set" is detectable and
+        # an explicit --reload_multifile=false wins. The Rust data server
+        # reads every file and ignores it.
+        if getattr(flags, "reload_multifile", False) is None:
+            flags.reload_multifile = True
 
     def load(self, context: base_plugin.TBContext) -> base_plugin.TBPlugin | None:
         # TensorBoard does not catch errors here either: a broken install must

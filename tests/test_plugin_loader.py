@@ -46,6 +46,14 @@ def test_fix_flags_defaults_our_samples_and_respects_the_users(tmp_path, argv, e
     assert configured_flags(str(tmp_path), *argv).samples_per_plugin == expected
 
 
+@pytest.mark.parametrize(
+    "argv, expected",
+    [([], True), (["--reload_multifile=false"], False), (["--reload_multifile=true"], True)],
+)
+def test_fix_flags_reads_every_event_file_unless_the_user_says_otherwise(tmp_path, argv, expected):
+    assert configured_flags(str(tmp_path), *argv).reload_multifile is expected
+
+
 def test_load_returns_the_plugin_with_its_tab():
     plugin = GradientHealthLoader().load(base_plugin.TBContext())
     assert isinstance(plugin, GradientHealthPlugin)

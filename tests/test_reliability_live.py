@@ -15,7 +15,8 @@ import types
 import numpy as np
 import pytest
 
-from tb_server import PLUGIN_ROUTE, json_float, running_tensorboard, strict_json, wsgi_client
+import live_support
+from tb_server import PLUGIN_ROUTE, json_float, strict_json, wsgi_client
 
 RUN = "live"
 LAYERS = ("conv", "dense", "<b>out</b>")
@@ -23,10 +24,12 @@ STATS = ("grad_norm", "nonfinite", "my_stat")
 NUM_STEPS = 60
 STEP_INTERVAL_S = 0.15  # the writer's pace: ~9 s of writing, ~9 reloads
 RELOAD_INTERVAL_S = 1  # tensorboard --reload_interval, seconds
-# The Rust data server, tensorboard's default: it loads in another process
-# while the plugin answers. (The Python multiplexer passes this test too;
-# it is left out to keep the suite short.)
-LOAD_FAST = "true"
+# Both ingestion backends, each in its own tensorboard watching the same
+# writer: the Rust data server (tensorboard's default; it loads in another
+# process while the plugin answers) and the Python multiplexer (it loads in
+# a thread of the serving process). One event file per run, so the Python
+# loader's default of following the newest file loses nothing here.
+LOADERS = {"rust": live_support.RUST, "python": live_support.PYTHON}
 WALL_TIME_0 = 1_700_000_000.0  # seconds since the epoch
 # The writer imports TensorFlow (through TensorBoard's writer) before it writes.
 WRITER_TIMEOUT_S = 240
@@ -100,6 +103,37 @@ def _check_runs(body: dict) -> dict | None:
     return run
 
 
+class _PollingClient:
+    """The tab's requests against one server, remembering what it saw."""
+
+    def __init__(self, server):
+        self.server = server
+        self.seen: dict[str, list[int]] = {stat: [0] for stat in STATS}
+        self.max_steps = [-1]
+
+    def poll(self) -> bool:
+        """One round of the tab's requests; True once every stat is whole."""
+        server = self.server
+        run = _check_runs(server.get_json(PLUGIN_ROUTE + "/runs"))
+        health = server.get_json(PLUGIN_ROUTE + "/health")
+        if run is None:
+            # /health answered later: it may already see the first steps.
+            assert [entry["run"] for entry in health["runs"]] in ([], [RUN])
+            return False
+        assert run["max_step"] >= self.max_steps[-1]
+        self.max_steps.append(run["max_step"])
+        assert [entry["run"] for entry in health["runs"]] == [RUN]
+        for stat in run["stats"]:
+            count = _check_series(server.get_json("%s/series?run=%s&stat=%s" % (PLUGIN_ROUTE, RUN, stat)), stat)
+            # Never goes back: a later response holds at least as much.
+            assert count >= self.seen[stat][-1]
+            self.seen[stat].append(count)
+        return all(self.seen[stat][-1] == NUM_STEPS for stat in STATS)
+
+    def partial_states(self) -> set[int]:
+        return {count for counts in self.seen.values() for count in counts if 0 < count < NUM_STEPS}
+
+
 @pytest.mark.slow
 def test_polling_client_sees_consistent_growing_data_and_the_final_state(tmp_path):
     logdir = tmp_path / "logdir"
@@ -109,49 +143,35 @@ def test_polling_client_sees_consistent_growing_data_and_the_final_state(tmp_pat
         [sys.executable, __file__, str(logdir), str(go_file)], stdout=subprocess.PIPE, text=True
     )
     try:
-        with running_tensorboard(
-            str(logdir), "--load_fast=%s" % LOAD_FAST, "--reload_interval", str(RELOAD_INTERVAL_S)
-        ) as server:
+        flag_sets = {name: (*flags, "--reload_interval", str(RELOAD_INTERVAL_S)) for name, flags in LOADERS.items()}
+        with live_support.running_tensorboards(str(logdir), flag_sets) as servers:
             assert writer.stdout.readline().strip() == "ready"
             go_file.touch()
-            seen: dict[str, list[int]] = {stat: [0] for stat in STATS}
-            max_steps = [-1]
-
-            def poll() -> bool:
-                """One round of the tab's requests; True once every stat is whole and the writer is done."""
-                run = _check_runs(server.get_json(PLUGIN_ROUTE + "/runs"))
-                health = server.get_json(PLUGIN_ROUTE + "/health")
-                if run is None:
-                    assert health == {"runs": []}
-                    return False
-                assert run["max_step"] >= max_steps[-1]
-                max_steps.append(run["max_step"])
-                assert [entry["run"] for entry in health["runs"]] == [RUN]
-                for stat in run["stats"]:
-                    count = _check_series(server.get_json("%s/series?run=%s&stat=%s" % (PLUGIN_ROUTE, RUN, stat)), stat)
-                    # Never goes back: a later response holds at least as much.
-                    assert count >= seen[stat][-1]
-                    seen[stat].append(count)
-                return writer.poll() is not None and all(seen[stat][-1] == NUM_STEPS for stat in STATS)
-
+            clients = {name: _PollingClient(server) for name, server in servers.items()}
             deadline = time.monotonic() + WRITER_TIMEOUT_S
-            while not poll():
+            while True:
+                whole = live_support.poll_all(clients)
+                if writer.poll() is not None and whole:
+                    break
+                seen = {name: client.seen for name, client in clients.items()}
                 assert time.monotonic() < deadline, "timed out; seen %s, writer rc %s" % (seen, writer.poll())
                 time.sleep(POLL_PAUSE_S)
             # The diagnosis polled during training is not stale at the end:
             # it equals one computed afresh from the finished files.
             fresh = strict_json(wsgi_client(str(logdir)).get(PLUGIN_ROUTE + "/health").get_data())
-            assert server.get_json(PLUGIN_ROUTE + "/health") == fresh
-            assert _check_runs(server.get_json(PLUGIN_ROUTE + "/runs"))["max_step"] == NUM_STEPS - 1
+            for name, server in servers.items():
+                assert server.get_json(PLUGIN_ROUTE + "/health") == fresh, name
+                assert _check_runs(server.get_json(PLUGIN_ROUTE + "/runs"))["max_step"] == NUM_STEPS - 1, name
     finally:
         if writer.poll() is None:
             writer.kill()
         writer.wait()
     assert writer.returncode == 0
     assert writer.stdout.read().strip() == "tensorflow not imported"
-    partial = {count for counts in seen.values() for count in counts if 0 < count < NUM_STEPS}
-    print("polls: %d; partial step counts seen: %s" % (len(max_steps) - 1, sorted(partial)))
-    assert len(partial) >= MIN_PARTIAL_STATES, seen
+    for name, client in clients.items():
+        partial = client.partial_states()
+        print("%s: polls: %d; partial step counts seen: %s" % (name, len(client.max_steps) - 1, sorted(partial)))
+        assert len(partial) >= MIN_PARTIAL_STATES, (name, client.seen)
 
 
 if __name__ == "__main__":

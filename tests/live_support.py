@@ -1,0 +1,62 @@
+"""Helpers of the test_reliability_live* modules: several real `tensorboard` processes, one per loader, over one logdir."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+from typing import Iterator, Mapping, Sequence
+
+from tb_server import TensorBoardServer, running_tensorboard
+
+# TensorBoard's ingestion backends, as flags: the Rust data server (the
+# default where it is installed); the Python multiplexer as a user asks for
+# it (plugins' fix_flags may still change its settings); and the Python
+# multiplexer explicitly following only the newest event file of a run
+# directory (TensorBoard's default) or polling every one of them.
+RUST = ("--load_fast=true",)
+PYTHON = ("--load_fast=false",)
+PYTHON_LAST_FILE = ("--load_fast=false", "--reload_multifile=false")
+PYTHON_MULTIFILE = ("--load_fast=false", "--reload_multifile=true")
+
+
+@contextlib.contextmanager
+def running_tensorboards(logdir: str, flag_sets: Mapping[str, Sequence[str]]) -> Iterator[dict[str, TensorBoardServer]]:
+    """Runs one `tensorboard` per entry of `flag_sets` over `logdir` until the block ends.
+
+    They start concurrently (each imports TensorFlow for ~10 s), so one
+    training process can be watched by every loader at the cost of about
+    one start-up.
+
+    Yields:
+      {name: TensorBoardServer}, in the order of `flag_sets`.
+    """
+    managers = {name: running_tensorboard(logdir, *flags) for name, flags in flag_sets.items()}
+    with concurrent.futures.ThreadPoolExecutor(len(managers)) as pool:
+        futures = {name: pool.submit(manager.__enter__) for name, manager in managers.items()}
+    with contextlib.ExitStack() as stack:
+        servers, errors = {}, []
+        for name, future in futures.items():
+            try:
+                servers[name] = future.result()
+            except Exception as error:  # noqa: BLE001 - raised below, once every started server is owned
+                errors.append(error)
+            else:
+                stack.push(managers[name].__exit__)
+        if errors:
+            raise errors[0]
+        yield servers
+
+
+def poll_all(clients: Mapping[str, object]) -> bool:
+    """Runs one `poll()` of every client (each watches one server); True when all returned True.
+
+    Every client polls in every round, so each sees the data grow; a failed
+    check names the loader it failed on.
+    """
+    whole = True
+    for name, client in clients.items():
+        try:
+            whole = client.poll() and whole
+        except AssertionError as error:
+            raise AssertionError("%s: %s" % (name, error)) from error
+    return whole
