@@ -1,88 +1,182 @@
-"""A thread-safe cache of computed responses: bounded in bytes, entries expire, and concurrent misses of one key compute once."""
+"""A thread-safe cache of computed responses: bounded in bytes, revalidated in the background after an age, and concurrent misses of one key compute once."""
 
 from __future__ import annotations
 
 import collections
+import logging
+import queue
 import threading
 import time
 from typing import Callable, Hashable, TypeVar
 
 Value = TypeVar("Value")
+Job = Callable[[], None]
+
+_logger = logging.getLogger(__name__)
+
+
+class BackgroundWorker:
+    """Runs submitted jobs one at a time on a daemon thread, started at the first job.
+
+    One thread: a revalidation must not take more than one core away from
+    the requests being served, and a daemon never delays TensorBoard's exit.
+    """
+
+    def __init__(self):
+        self._jobs: queue.Queue[Job] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, job: Job) -> None:
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="tb_gradhealth-revalidate", daemon=True)
+                self._thread.start()
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except Exception:  # noqa: BLE001 - one failed job must not stop the later ones
+                _logger.exception("background job failed")
 
 
 class ResponseCache:
     """LRU cache of values keyed by what they were computed from.
 
-    Callers put the version of their inputs in the key (e.g. a tag's max
-    step and wall time), so a changed input is a new key; `max_age_s`
-    bounds how long a value can outlive a change the key does not show.
-    Values larger than a quarter of `max_bytes` are computed but not kept.
+    Callers put the version of their inputs in the key (e.g. each tag's max
+    step and wall time), so changed data is a new key and a value stays
+    valid as long as its key. An entry older than `revalidate_after_s` is
+    still answered, and recomputed once in the background (its first
+    request after that age gets the old value, later ones the new once
+    recomputed): this bounds how long a value can outlive a change the key
+    does not show, without ever making a request wait for a recomputation
+    of unchanged data.
+    Values larger than `max_value_bytes` (default: a quarter of
+    `max_bytes`) are computed but not kept.
     """
 
-    def __init__(self, max_bytes: int, max_age_s: float, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        max_bytes: int,
+        revalidate_after_s: float,
+        clock: Callable[[], float] = time.monotonic,
+        background: Callable[[Job], None] | None = None,
+        max_value_bytes: int | None = None,
+    ):
+        """Creates an empty cache.
+
+        Args:
+          max_bytes: bound on the summed sizes of the kept values.
+          revalidate_after_s: age in seconds after which a hit is recomputed
+            in the background.
+          clock: monotonic seconds (for tests).
+          background: runs a revalidation job; defaults to a `BackgroundWorker`.
+          max_value_bytes: largest value kept.
+        """
         self._max_bytes = max_bytes
-        self._max_age_s = max_age_s
+        self._max_value_bytes = max_bytes // 4 if max_value_bytes is None else max_value_bytes
+        self._revalidate_after_s = revalidate_after_s
         self._clock = clock
+        self._background = background if background is not None else BackgroundWorker().submit
         self._entries: collections.OrderedDict[Hashable, tuple[float, int, object]] = collections.OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
         # One lock per key being computed: a burst of identical requests
         # (several viewers, the tab's parallel fetches) computes it once.
         self._computing: dict[Hashable, threading.Lock] = {}
+        self._revalidating: set[Hashable] = set()
+        self._computations = 0
 
     @property
     def size_bytes(self) -> int:
         return self._bytes
 
+    @property
+    def computations(self) -> int:
+        """How many times a value was computed, on a miss or to revalidate."""
+        return self._computations
+
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _lookup(self, key: Hashable):
-        """Returns (hit, value) under the lock; drops the entry if it expired."""
-        entry = self._entries.get(key)
-        if entry is None:
-            return False, None
-        created, size, value = entry
-        if self._clock() - created > self._max_age_s:
-            del self._entries[key]
-            self._bytes -= size
-            return False, None
-        self._entries.move_to_end(key)
-        return True, value
+    def __contains__(self, key: Hashable) -> bool:
+        return key in self._entries
 
     def get_or_compute(self, key: Hashable, compute: Callable[[], Value], size: Callable[[Value], int]) -> Value:
         """Returns the cached value of `key`, or computes, keeps and returns it.
 
         Args:
           key: hashable; include the version of every input.
-          compute: makes the value; what it raises is raised and nothing is kept.
+          compute: makes the value; what it raises is raised and nothing is
+            kept. It may also run later on a background thread, to revalidate.
           size: the value's size in bytes, for the bound.
         """
         with self._lock:
-            hit, value = self._lookup(key)
+            hit, value, stale = self._lookup(key)
             if hit:
-                return value
-            key_lock = self._computing.setdefault(key, threading.Lock())
+                if stale and key not in self._revalidating:
+                    self._revalidating.add(key)
+                else:
+                    stale = False
+            else:
+                key_lock = self._computing.setdefault(key, threading.Lock())
+        if hit:
+            if stale:
+                self._background(lambda: self._revalidate(key, compute, size))
+            return value
         with key_lock:
             with self._lock:
-                hit, value = self._lookup(key)
+                hit, value, _ = self._lookup(key)
                 if hit:
                     return value
             try:
-                value = compute()
+                value = self._compute(compute)
                 self._keep(key, value, size(value))
             finally:
                 with self._lock:
                     self._computing.pop(key, None)
             return value
 
-    def _keep(self, key: Hashable, value, size: int) -> None:
-        if size > self._max_bytes // 4:
-            return
+    def _lookup(self, key: Hashable):
+        """Returns (hit, value, stale) under the lock."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return False, None, False
+        created, _, value = entry
+        self._entries.move_to_end(key)
+        return True, value, self._clock() - created > self._revalidate_after_s
+
+    def _compute(self, compute: Callable[[], Value]) -> Value:
         with self._lock:
-            old = self._entries.pop(key, None)
-            if old is not None:
-                self._bytes -= old[1]
+            self._computations += 1
+        return compute()
+
+    def _revalidate(self, key: Hashable, compute: Callable[[], Value], size: Callable[[Value], int]) -> None:
+        try:
+            value = self._compute(compute)
+        except Exception:  # noqa: BLE001 - e.g. the run was deleted: the next request computes and raises
+            _logger.debug("revalidating %r failed; entry dropped", key, exc_info=True)
+            with self._lock:
+                self._drop(key)
+        else:
+            self._keep(key, value, size(value))
+        finally:
+            with self._lock:
+                self._revalidating.discard(key)
+
+    def _drop(self, key: Hashable) -> None:
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self._bytes -= old[1]
+
+    def _keep(self, key: Hashable, value, size: int) -> None:
+        with self._lock:
+            self._drop(key)
+            if size > self._max_value_bytes:
+                return
             self._entries[key] = (self._clock(), size, value)
             self._bytes += size
             while self._bytes > self._max_bytes:

@@ -1,18 +1,39 @@
-"""The response cache: bounded in bytes, entries expire, a burst of identical misses computes once, failures are not kept."""
+"""The response caches: bounded in bytes, valid until the data changes, revalidated in the background, a burst of identical misses computes once, failures are not kept; and the plugin's diagnoses over real event files."""
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 
+import numpy as np
 import pytest
+from tensorboard import context as tb_context
+from tensorboard.backend import application
+from tensorboard.backend.event_processing import data_provider as multiplexer_data_provider
+from tensorboard.backend.event_processing import plugin_event_multiplexer, tag_types
+from tensorboard.plugins import base_plugin
+from werkzeug import test as werkzeug_test
 
-from tb_gradhealth.cache import ResponseCache
+from tb_gradhealth import diagnosis, metadata, plugin, reader
+from tb_gradhealth.cache import BackgroundWorker, ResponseCache
+from tb_gradhealth.summary import GradientHealthFileWriter
+
+from tb_server import PLUGIN_ROUTE, strict_json
 
 MAX_BYTES = 1_000
-MAX_AGE_S = 10.0
+REVALIDATE_AFTER_S = 10.0
 THREADS = 16
 SLOW_COMPUTE_S = 0.3
+WAIT_S = 30.0  # for a background thread, on a busy machine
+POLL_S = 0.02
+
+# A small logdir of healthy runs, written by our own API.
+RUNS = ("run_a", "run_b", "run_c")
+LAYERS = ("dense", "dense_1", "dense_2")
+NUM_STEPS = 30
+WALL_TIME_0 = 1_700_000_000.0  # seconds since the epoch
+GROWN_STEPS = 5  # steps appended to one run to change its data
 
 
 class FakeClock:
@@ -39,33 +60,90 @@ class Counter:
         return self.value
 
 
+class Jobs(list):
+    """Collects background jobs, for a test to run them when it chooses."""
+
+    def run_all(self):
+        while self:
+            self.pop(0)()
+
+
+def wait_for(predicate, what: str):
+    deadline = time.monotonic() + WAIT_S
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for %s" % what)
+        time.sleep(POLL_S)
+
+
 def test_a_key_is_computed_once_and_a_new_version_is_a_new_key():
-    cache = ResponseCache(MAX_BYTES, MAX_AGE_S)
+    cache = ResponseCache(MAX_BYTES, REVALIDATE_AFTER_S, background=Jobs().append)
     compute = Counter()
     for _ in range(3):
         assert cache.get_or_compute(("series", "run", 5), compute, len) == compute.value
     assert compute.calls == 1
     cache.get_or_compute(("series", "run", 6), compute, len)
-    assert compute.calls == 2
+    assert compute.calls == 2 == cache.computations
     assert (len(cache), cache.size_bytes) == (2, 200)
 
 
-def test_entries_expire_after_max_age():
+def test_an_old_entry_is_answered_at_once_and_revalidated_once_in_the_background():
+    clock, jobs = FakeClock(), Jobs()
+    cache = ResponseCache(MAX_BYTES, REVALIDATE_AFTER_S, clock=clock, background=jobs.append)
+    old, new = Counter(b"old"), Counter(b"new")
+    cache.get_or_compute("k", old, len)
+    clock.now = REVALIDATE_AFTER_S
+    assert cache.get_or_compute("k", new, len) == b"old" and jobs == []
+    clock.now = REVALIDATE_AFTER_S + 0.001
+    # Every request meanwhile gets the old value at once; one revalidation is queued.
+    for _ in range(3):
+        assert cache.get_or_compute("k", new, len) == b"old"
+    assert len(jobs) == 1 and new.calls == 0
+    jobs.run_all()
+    assert new.calls == 1 and cache.computations == 2
+    assert cache.get_or_compute("k", new, len) == b"new"
+    # Revalidated now: fresh for another REVALIDATE_AFTER_S.
+    clock.now += REVALIDATE_AFTER_S
+    assert cache.get_or_compute("k", new, len) == b"new" and jobs == []
+    assert (len(cache), cache.size_bytes) == (1, 3)
+
+
+def test_a_failed_revalidation_drops_the_entry_so_the_next_request_raises():
+    clock, jobs = FakeClock(), Jobs()
+    cache = ResponseCache(MAX_BYTES, REVALIDATE_AFTER_S, clock=clock, background=jobs.append)
+    cache.get_or_compute("k", Counter(b"old"), len)
+    clock.now = 2 * REVALIDATE_AFTER_S
+
+    def run_deleted():
+        raise LookupError("no such run")
+
+    assert cache.get_or_compute("k", run_deleted, len) == b"old"
+    jobs.run_all()
+    assert "k" not in cache and cache.size_bytes == 0
+    with pytest.raises(LookupError, match="no such run"):
+        cache.get_or_compute("k", run_deleted, len)
+
+
+def test_the_background_worker_revalidates_off_the_request_thread():
     clock = FakeClock()
-    cache = ResponseCache(MAX_BYTES, MAX_AGE_S, clock=clock)
-    compute = Counter()
-    cache.get_or_compute("k", compute, len)
-    clock.now = MAX_AGE_S
-    cache.get_or_compute("k", compute, len)
-    assert compute.calls == 1
-    clock.now = MAX_AGE_S + 0.001
-    cache.get_or_compute("k", compute, len)
-    assert compute.calls == 2
-    assert (len(cache), cache.size_bytes) == (1, 100)
+    cache = ResponseCache(MAX_BYTES, REVALIDATE_AFTER_S, clock=clock, background=BackgroundWorker().submit)
+    threads = []
+
+    def compute():
+        threads.append(threading.current_thread())
+        return b"v%d" % len(threads)
+
+    assert cache.get_or_compute("k", compute, len) == b"v1"
+    clock.now = 2 * REVALIDATE_AFTER_S
+    assert cache.get_or_compute("k", compute, len) == b"v1"
+    wait_for(lambda: cache.get_or_compute("k", compute, len) == b"v2", "the background revalidation")
+    assert threads[0] is threading.current_thread()
+    assert threads[1] is not threading.current_thread() and threads[1].daemon
+    assert cache.computations == 2
 
 
 def test_least_recently_used_entries_go_first_and_oversized_values_are_not_kept():
-    cache = ResponseCache(MAX_BYTES, MAX_AGE_S)
+    cache = ResponseCache(MAX_BYTES, REVALIDATE_AFTER_S, background=Jobs().append)
     computes = {key: Counter(bytes(200)) for key in range(6)}
     for key in range(5):
         cache.get_or_compute(key, computes[key], len)
@@ -84,7 +162,7 @@ def test_least_recently_used_entries_go_first_and_oversized_values_are_not_kept(
 
 
 def test_a_burst_of_identical_misses_computes_once():
-    cache = ResponseCache(MAX_BYTES, MAX_AGE_S)
+    cache = ResponseCache(MAX_BYTES, REVALIDATE_AFTER_S, background=Jobs().append)
     compute = Counter(delay_s=SLOW_COMPUTE_S)
     start = threading.Barrier(THREADS)
     results = []
@@ -103,7 +181,7 @@ def test_a_burst_of_identical_misses_computes_once():
 
 
 def test_a_failure_is_raised_and_not_kept():
-    cache = ResponseCache(MAX_BYTES, MAX_AGE_S)
+    cache = ResponseCache(MAX_BYTES, REVALIDATE_AFTER_S, background=Jobs().append)
     calls = []
 
     def failing():
@@ -115,3 +193,164 @@ def test_a_failure_is_raised_and_not_kept():
             cache.get_or_compute("k", failing, len)
     assert len(calls) == 2 and len(cache) == 0
     assert cache.get_or_compute("k", Counter(), len) == b"x" * 100
+
+
+# The plugin over real event files and TensorBoard's own multiplexer data
+# provider (what `--load_fast=false` serves), reloaded by the test when it
+# has written new data.
+
+
+def _healthy_values(step: int, seed: int) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng([seed, step])
+    norms = rng.uniform(0.5, 1.5, size=len(LAYERS)).astype(np.float32)
+    return {
+        metadata.GRAD_NORM: norms,
+        metadata.GRAD_NORM_MAX: norms * np.float32(1.1),
+        metadata.GRAD_MAX_ABS: norms / np.float32(4),
+        metadata.NONFINITE: np.zeros(len(LAYERS), dtype=np.float32),
+        metadata.WEIGHT_NORM: np.full(len(LAYERS), 10.0, dtype=np.float32),
+        metadata.UPDATE_RATIO: np.full(len(LAYERS), 1e-2, dtype=np.float32),
+    }
+
+
+def _nonfinite_values(step: int, seed: int) -> dict[str, np.ndarray]:
+    values = _healthy_values(step, seed)
+    values[metadata.GRAD_NORM] = np.full(len(LAYERS), np.nan, dtype=np.float32)
+    values[metadata.NONFINITE] = np.full(len(LAYERS), 7.0, dtype=np.float32)
+    return values
+
+
+def _wall_time(step: int) -> float:
+    return WALL_TIME_0 + step
+
+
+class Served:
+    """Our plugin in TensorBoard's WSGI app over `logdir`, and the multiplexer it reads."""
+
+    def __init__(self, logdir):
+        self.multiplexer = plugin_event_multiplexer.EventMultiplexer(
+            size_guidance={tag_types.TENSORS: 1}, tensor_size_guidance={metadata.PLUGIN_NAME: 0}
+        )
+        self.multiplexer.AddRunsFromDirectory(str(logdir))
+        self.multiplexer.Reload()
+        self.provider = multiplexer_data_provider.MultiplexerDataProvider(self.multiplexer, str(logdir))
+        self.plugin = plugin.GradientHealthPlugin(base_plugin.TBContext(data_provider=self.provider, logdir=str(logdir)))
+        self.client = werkzeug_test.Client(application.TensorBoardWSGI([self.plugin], data_provider=self.provider))
+
+    def tag_versions(self, run: str) -> dict:
+        return reader.tag_versions(self.provider, tb_context.RequestContext(), "", run)
+
+    def get_json(self, path: str):
+        response = self.client.get(PLUGIN_ROUTE + path)
+        assert response.status_code == 200, response.get_data(as_text=True)
+        return strict_json(response.get_data())
+
+    def verdicts(self) -> dict[str, str]:
+        return {entry["run"]: entry["verdict"] for entry in self.get_json("/health")["runs"]}
+
+
+@pytest.fixture
+def reads(monkeypatch):
+    """Counts the plugin's reads of whole runs, by (run, stats); the reads themselves are real."""
+    counted = collections.Counter()
+    lock = threading.Lock()
+    real_load_run = reader.load_run
+
+    def counting_load_run(provider, ctx, experiment_id, run, stats=None):
+        with lock:
+            counted[(run, None if stats is None else tuple(stats))] += 1
+        return real_load_run(provider, ctx, experiment_id, run, stats)
+
+    monkeypatch.setattr(reader, "load_run", counting_load_run)
+    return counted
+
+
+@pytest.fixture
+def logdir(tmp_path):
+    for seed, run in enumerate(RUNS):
+        with GradientHealthFileWriter(str(tmp_path / run)) as writer:
+            for step in range(NUM_STEPS):
+                writer.write(step, _healthy_values(step, seed), LAYERS, wall_time=_wall_time(step))
+    return tmp_path
+
+
+def _health_reads(reads) -> dict[str, int]:
+    return {run: count for (run, stats), count in reads.items() if stats is None}
+
+
+def test_a_diagnosis_is_computed_once_and_again_only_for_the_run_with_new_data(logdir, reads):
+    served = Served(logdir)
+    assert served.verdicts() == dict.fromkeys(RUNS, diagnosis.HEALTHY)
+    for _ in range(3):
+        assert served.verdicts() == dict.fromkeys(RUNS, diagnosis.HEALTHY)
+        assert served.get_json("/health?run=%s" % RUNS[0])["runs"][0]["verdict"] == diagnosis.HEALTHY
+    assert _health_reads(reads) == dict.fromkeys(RUNS, 1)
+
+    # run_b's gradients turn NaN in new steps, written to a new event file.
+    with GradientHealthFileWriter(str(logdir / RUNS[1])) as writer:
+        for step in range(NUM_STEPS, NUM_STEPS + GROWN_STEPS):
+            writer.write(step, _nonfinite_values(step, 1), LAYERS, wall_time=_wall_time(step))
+    assert served.verdicts() == dict.fromkeys(RUNS, diagnosis.HEALTHY)  # not loaded yet
+    served.multiplexer.Reload()
+    health = {entry["run"]: entry for entry in served.get_json("/health")["runs"]}
+    assert health[RUNS[1]]["verdict"] == diagnosis.NONFINITE
+    assert health[RUNS[1]]["findings"][0]["kind"] == diagnosis.NONFINITE
+    assert health[RUNS[1]]["findings"][0]["first_step"] == NUM_STEPS
+    assert served.verdicts()[RUNS[1]] == diagnosis.NONFINITE
+    assert _health_reads(reads) == {RUNS[0]: 1, RUNS[1]: 2, RUNS[2]: 1}
+
+
+def test_diagnoses_survive_many_big_series_requests(logdir, reads, monkeypatch):
+    ctx = tb_context.RequestContext()
+    body_bytes = len(Served(logdir).plugin.series_body(ctx, "", RUNS[0], metadata.GRAD_NORM, NUM_STEPS))
+    # Room for 4 bodies, so the 18 statistics of 3 runs evict each other.
+    monkeypatch.setattr(plugin, "SERIES_CACHE_MAX_BYTES", 4 * body_bytes + body_bytes // 2)
+    served = Served(logdir)
+    reads.clear()
+    served.verdicts()
+    for _ in range(3):
+        for run in RUNS:
+            for stat in metadata.BUILTIN_STATS:
+                body = served.get_json("/series?run=%s&stat=%s" % (run, stat))
+                assert body["total_steps"] == NUM_STEPS
+    series_reads = sum(count for (_, stats), count in reads.items() if stats is not None)
+    assert series_reads == 3 * len(RUNS) * len(metadata.BUILTIN_STATS)  # every one evicted before its repeat
+    assert served.verdicts() == dict.fromkeys(RUNS, diagnosis.HEALTHY)
+    assert _health_reads(reads) == dict.fromkeys(RUNS, 1)
+
+
+def test_concurrent_cold_health_requests_read_each_run_once(logdir, reads):
+    served = Served(logdir)
+    start = threading.Barrier(THREADS)
+    answers = []
+
+    def request():
+        client = werkzeug_test.Client(served.client.application)
+        start.wait()
+        answers.append(strict_json(client.get(PLUGIN_ROUTE + "/health").get_data()))
+
+    threads = [threading.Thread(target=request) for _ in range(THREADS)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(answers) == THREADS and all(answer == answers[0] for answer in answers)
+    assert [entry["run"] for entry in answers[0]["runs"]] == list(RUNS)
+    assert _health_reads(reads) == dict.fromkeys(RUNS, 1)
+
+
+def test_a_change_the_key_cannot_see_shows_after_the_revalidation_bound(logdir, monkeypatch):
+    # Every hit is old at once: each request revalidates in the background.
+    monkeypatch.setattr(plugin, "CACHE_REVALIDATE_AFTER_S", 0.0)
+    served = Served(logdir)
+    assert served.verdicts() == dict.fromkeys(RUNS, diagnosis.HEALTHY)
+    # The last step again, same wall time, NaN values: no tag's max step or
+    # max wall time changes, so the cache key does not either.
+    last = NUM_STEPS - 1
+    with GradientHealthFileWriter(str(logdir / RUNS[2])) as writer:
+        writer.write(last, _nonfinite_values(last, 2), LAYERS, wall_time=_wall_time(last))
+    versions = served.tag_versions(RUNS[2])
+    served.multiplexer.Reload()
+    assert served.tag_versions(RUNS[2]) == versions
+    wait_for(lambda: served.verdicts()[RUNS[2]] == diagnosis.NONFINITE, "the revalidated diagnosis")
+    assert served.verdicts() == {RUNS[0]: diagnosis.HEALTHY, RUNS[1]: diagnosis.HEALTHY, RUNS[2]: diagnosis.NONFINITE}
