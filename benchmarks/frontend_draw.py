@@ -12,7 +12,15 @@ canvas in place, i.e. once that frame has been painted. Resource timings
 split the total into data (until the last of /runs, /health, /series
 arrived) and drawing (decode, layout, canvases, paint).
 
+The tab asks /series for about as many steps as its plots have device
+pixels across (`max_points`, 2,048 in this 1,600-pixel-wide viewport).
+`--full-series` adds a third visit to each repetition, `measured_full`: the
+measured run with `max_points` dropped from the tab's /series requests, so
+the server sends every step, as the tab did before it asked for its
+resolution (same server, same browser, order rotated each repetition).
+
     python -m benchmarks.frontend_draw --layers 100 --steps 2000 --reps 7
+    python -m benchmarks.frontend_draw --steps 10000 --reps 7 --full-series
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import concurrent.futures
 import contextlib
 import os
 import pathlib
+import urllib.parse
 
 from benchmarks import common, eventgen
 
@@ -57,22 +66,38 @@ _RESULT_SCRIPT = """
   const routes = {};
   for (const entry of performance.getEntriesByType('resource')) {
     const name = new URL(entry.name).pathname.split('/').pop();
-    if (['runs', 'health', 'series'].includes(name)) routes[name] = {end: entry.responseEnd, bytes: entry.encodedBodySize};
+    if (['runs', 'health', 'series'].includes(name)) {
+      routes[name] = {end: entry.responseEnd, bytes: entry.encodedBodySize, query: new URL(entry.name).search};
+    }
   }
+  const reduced = document.querySelector('.reduced-note');
   const heatmap = document.querySelector('.heatmap canvas.heatmap-canvas');
   let painted = 0;
   const data = heatmap.getContext('2d').getImageData(0, 0, heatmap.width, heatmap.height).data;
   for (let i = 3; i < data.length; i += 4) if (data[i] > 0) painted += 1;
   return {drawn_ms: window.__ghDrawnAt, routes, heatmap_pixels: painted,
-          trend_canvases: document.querySelectorAll('.trend-plot canvas').length};
+          trend_canvases: document.querySelectorAll('.trend-plot canvas').length,
+          rows_shown: reduced ? Number(reduced.dataset.shown) : null};
 }
 """
 
 
-def open_once(browser, url: str) -> dict:
-    """Opens the tab at `url` in a fresh context; returns its timings (ms since navigation start)."""
+def _without_max_points(route) -> None:
+    """Sends a /series request of the tab on without its `max_points`: the server then sends every step."""
+    url = urllib.parse.urlsplit(route.request.url)
+    query = [(key, value) for key, value in urllib.parse.parse_qsl(url.query) if key != "max_points"]
+    route.continue_(url=urllib.parse.urlunsplit(url._replace(query=urllib.parse.urlencode(query))))
+
+
+def open_once(browser, url: str, full_series: bool = False) -> dict:
+    """Opens the tab at `url` in a fresh context; returns its timings (ms since navigation start).
+
+    With `full_series`, the tab's /series requests go out without `max_points`.
+    """
     context = browser.new_context(viewport=VIEWPORT)
     try:
+        if full_series:
+            context.route("**/series?*", _without_max_points)
         page = context.new_page()
         page.add_init_script(_INIT_SCRIPT)
         page.goto(url)
@@ -89,6 +114,10 @@ def open_once(browser, url: str) -> dict:
         "data_ms": data_ms,
         "draw_ms": result["drawn_ms"] - data_ms,
         "series_kib": result["routes"]["series"]["bytes"] / 1024,
+        "series_query": result["routes"]["series"]["query"],  # as the tab asked; see full_series
+        "full_series": full_series,
+        # Steps the charts drew from; None when the server sent every step.
+        "rows_shown": result["rows_shown"],
         "heatmap_pixels": result["heatmap_pixels"],
     }
 
@@ -119,6 +148,9 @@ def main(argv=None) -> dict:
     parser.add_argument("--layers", type=int, default=100)
     parser.add_argument("--steps", type=int, default=2_000)
     parser.add_argument("--reps", type=int, default=7)
+    parser.add_argument("--full-series", action="store_true",
+                        help="also visit the measured run with max_points dropped from the tab's /series requests "
+                             "(every step, as before issue 8)")
     parser.add_argument("--out-dir", default=str(common.OUT_DIR))
     args = parser.parse_args(argv)
     out_dir = pathlib.Path(args.out_dir)
@@ -129,37 +161,48 @@ def main(argv=None) -> dict:
         "baseline": eventgen.LogdirSpec(eventgen.GRADIENT_HEALTH, 1, BASELINE_LAYERS, BASELINE_STEPS),
     }
     logdirs = {name: eventgen.build_logdir(spec, out_dir) for name, spec in specs.items()}
+    # Each visit: (server, whether the tab's /series requests lose their max_points).
+    visits = {"measured": ("measured", False), "baseline": ("baseline", False)}
+    if args.full_series:
+        visits["measured_full"] = ("measured", True)
     results = {"machine": common.machine("benchmarks.frontend_draw", argv), "args": vars(args),
-               "sizes": {name: spec.name for name, spec in specs.items()},
-               "times": {name: [] for name in specs}}
+               "sizes": {name: specs[server].name for name, (server, _) in visits.items()},
+               "times": {name: [] for name in visits}}
     with contextlib.ExitStack() as stack:
         servers = _start_servers(stack, logdirs)
         playwright = stack.enter_context(sync_api.sync_playwright())
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         stack.callback(browser.close)
         # One untimed visit each: TensorBoard's first requests warm its caches.
-        for name in specs:
-            open_once(browser, servers[name].url + ENTRY)
+        for server, full in visits.values():
+            open_once(browser, servers[server].url + ENTRY, full)
+        names = list(visits)
         for rep in range(args.reps):
-            order = list(specs) if rep % 2 == 0 else list(reversed(specs))
+            # Rotated, so no configuration always comes first (or after the heaviest).
+            order = names[rep % len(names):] + names[:rep % len(names)]
             for name in order:
-                results["times"][name].append(open_once(browser, servers[name].url + ENTRY))
-            print("rep %d: %s" % (rep, ", ".join("%s %.0f ms" % (n, results["times"][n][-1]["total_ms"]) for n in specs)),
+                server, full = visits[name]
+                results["times"][name].append(open_once(browser, servers[server].url + ENTRY, full))
+            print("rep %d: %s" % (rep, ", ".join("%s %.0f ms" % (n, results["times"][n][-1]["total_ms"]) for n in names)),
                   flush=True)
     summary = {}
-    for name in specs:
+    for name, (server, _) in visits.items():
         times = results["times"][name]
         summary[name] = {key: common.median([t[key] for t in times]) for key in ("total_ms", "data_ms", "draw_ms", "series_kib")}
-        summary[name]["size"] = specs[name].name
-    for key in ("total_ms", "draw_ms"):
-        paired = [m[key] / b[key] for m, b in zip(results["times"]["measured"], results["times"]["baseline"])]
-        summary["measured"][key.replace("_ms", "_ratio")] = common.median(paired)
+        summary[name]["size"] = specs[server].name
+        summary[name]["rows_shown"] = times[-1]["rows_shown"] or "all"
+    for name in visits:
+        if name == "baseline":
+            continue
+        for key in ("total_ms", "draw_ms"):
+            paired = [m[key] / b[key] for m, b in zip(results["times"][name], results["times"]["baseline"])]
+            summary[name][key.replace("_ms", "_ratio")] = common.median(paired)
     results["summary"] = summary
     results["machine"]["load_average_end"] = list(os.getloadavg())
     path = common.write_results("frontend_draw", results, out_dir)
     print()
     common.print_table([dict(entry, run=name) for name, entry in summary.items()],
-                       ["run", "size", "total_ms", "data_ms", "draw_ms", "series_kib", "total_ratio", "draw_ratio"])
+                       ["run", "size", "rows_shown", "total_ms", "data_ms", "draw_ms", "series_kib", "total_ratio", "draw_ratio"])
     print("\nresults: %s" % path)
     return results
 

@@ -117,3 +117,9 @@ export function nearestIndex(array, value) {
   if (before === array.length - 1) return before;
   return value - array[before] <= array[before + 1] - value ? before : before + 1;
 }
+
+/** Returns the note of a series the server downsampled (`shown` of `total` steps), or null when it sent every step. */
+export function reductionNote(shown, total) {
+  if (!(shown < total)) return null;
+  return `${formatStep(shown)} of ${formatStep(total)} steps shown; each layer's extremes and every NaN/Inf step are kept`;
+}

@@ -1,11 +1,13 @@
 // Entry point of the Gradient Health tab: holds the view state and wires the model to the views.
 
 import {el} from './dom.js';
-import {formatStep, lastIndexAtOrBefore, statLabel} from './format.js';
+import {formatStep, lastIndexAtOrBefore, reductionNote, statLabel} from './format.js';
 import {listenForTensorBoardReload} from './host.js';
-import {Model} from './model.js';
+import {decodeProblems, Model} from './model.js';
+import {requestPoints} from './resolution.js';
 import {sharedScales} from './scales.js';
-import {colourLegend, halfCellWidth, Heatmap} from './view_heatmap.js';
+import {cellExtent, colourLegend, Heatmap} from './view_heatmap.js';
+import {mergeProblems, renderNotices} from './view_notices.js';
 import {LayerProfile} from './view_profile.js';
 import {badge, diagnosisCard, renderRunList} from './view_runs.js';
 import {buildShell, emptyState} from './view_shell.js';
@@ -18,6 +20,8 @@ const REFRESH_INTERVAL_MS = 30_000;
 const DEFAULT_STAT = 'grad_norm';
 // Runs selected at first, in list order: a side-by-side comparison that still fits a screen.
 const MAX_DEFAULT_SELECTED = 3;
+// A window resize settles for this long before the series resolution is checked again.
+const RESIZE_SETTLE_MS = 400;
 
 function loadStylesheets() {
   return Promise.all(
@@ -32,6 +36,12 @@ function loadStylesheets() {
       return loaded;
     }),
   );
+}
+
+/** Returns the note under a chart of a downsampled series, or null when it holds every step. */
+function reductionElement(series) {
+  const text = reductionNote(series.steps.length, series.totalSteps);
+  return text ? el('div', {class: 'reduced-note', text, data: {shown: String(series.steps.length), total: String(series.totalSteps)}}) : null;
 }
 
 class App {
@@ -55,6 +65,8 @@ class App {
     this.series = new Map();
     this.seriesErrors = [];
     this.seriesToken = null; // the series load in flight, if any
+    this.maxPoints = null; // the `max_points` of the series shown (or being loaded)
+    this.renderedProblems = null; // what the run list and the notices show, as JSON
     this.fatalError = null; // the run list could not be loaded
     this.refreshId = 0;
     this.lastRefreshAt = 0;
@@ -90,6 +102,14 @@ class App {
       if (this.state.autoRefresh && !recent && document.visibilityState !== 'hidden') this.refresh(true);
     }, REFRESH_INTERVAL_MS);
     listenForTensorBoardReload(() => this.refresh(true));
+    let resizeTimer = null;
+    window.addEventListener('resize', () => {
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(() => {
+        // A wider plot (or a denser screen) deserves more points; a narrower one keeps what it has until the next load.
+        if (this.runs && this.maxPoints !== null && this._requestPoints() > this.maxPoints) this.loadSeries(false);
+      }, RESIZE_SETTLE_MS);
+    });
   }
 
   /**
@@ -148,12 +168,17 @@ class App {
     this.seriesToken = token;
     this._updatePageState();
     const runs = this._selectedRuns().filter((info) => info.stats.includes(this.state.stat)).map((info) => info.run);
-    const series = await this.model.series(token, runs, this.state.stat, fresh);
+    const maxPoints = this._requestPoints();
+    const series = await this.model.series(token, runs, this.state.stat, maxPoints, fresh);
     if (!series) return;
     this.seriesToken = null;
     this.series = series;
+    this.maxPoints = maxPoints;
     this.seriesErrors = [...series.values()].filter((value) => value instanceof Error);
     this.renderMain(false);
+    // The series bring their own skipped steps: redraw the run list only if that adds something
+    // (redrawing it would take the keyboard focus off its checkboxes).
+    if (JSON.stringify([...this._problemsByRun()]) !== this.renderedProblems) this._renderSidebar();
     this._showProblems();
     this._stamp();
     this._updatePageState();
@@ -168,6 +193,11 @@ class App {
     }
     this._showProblems();
     this._updatePageState();
+  }
+
+  /** Returns the series resolution for the plots as wide as they can be now (one run across the whole main area). */
+  _requestPoints() {
+    return requestPoints(this.shell.main.clientWidth, window.devicePixelRatio || 1);
   }
 
   /** Marks the page for scripts and tests: loading, ready, empty or error. */
@@ -186,6 +216,17 @@ class App {
     if (this.healthError && !this.fatalError) problems.push(`Diagnosis unavailable: ${this.healthError.message}`);
     problems.push(...this.seriesErrors.map((error) => error.message));
     this.shell.showError(problems.join(' · ') || null);
+  }
+
+  /** Returns run -> what was skipped reading it, from /runs, /health and the loaded series, in run list order. */
+  _problemsByRun() {
+    const byRun = new Map();
+    for (const info of this.runs || []) {
+      const series = this.series.get(info.run);
+      const seriesProblems = series && !(series instanceof Error) ? series.problems : [];
+      byRun.set(info.run, mergeProblems(decodeProblems(info.problems), decodeProblems(this._healthOf(info.run)?.problems), seriesProblems));
+    }
+    return byRun;
   }
 
   _fail(error) {
@@ -234,12 +275,16 @@ class App {
     return this.runs.filter((info) => this.state.selected.has(info.run));
   }
 
+  /** Draws the run list and the notices of what was skipped (both follow the runs, diagnosis and series). */
   _renderSidebar() {
-    renderRunList(this.shell.runList, this.runs, this.health, this.state.selected, (run, checked) => {
+    const problems = this._problemsByRun();
+    this.renderedProblems = JSON.stringify([...problems]);
+    renderRunList(this.shell.runList, this.runs, this.health, this.state.selected, problems, (run, checked) => {
       if (checked) this.state.selected.add(run);
       else this.state.selected.delete(run);
       this.loadSeries(false);
     });
+    renderNotices(this.shell.notices, problems);
   }
 
   _destroyPanels() {
@@ -251,16 +296,22 @@ class App {
   renderMain(force) {
     const runs = this._selectedRuns();
     const loaded = runs.map((info) => this.series.get(info.run)).filter((s) => s && !(s instanceof Error));
+    const key = [this.state.stat, this.state.logY, JSON.stringify(runs.map((info) => info.run))];
     // The diagnosis enters by value: each refresh brings a new but often equal /health body.
-    const key = [this.state.stat, this.state.logY, JSON.stringify(runs.map((info) => [info.run, this._healthOf(info.run) || null]))];
+    const diagnosisKey = JSON.stringify(runs.map((info) => this._healthOf(info.run) || null));
     const sameInputs =
       this.renderedKey && key.length === this.renderedKey.key.length && key.every((k, i) => k === this.renderedKey.key[i]) &&
       loaded.length === this.renderedKey.loaded.length && loaded.every((s, i) => s === this.renderedKey.loaded[i]);
-    if (sameInputs && !force) return;
-    this.renderedKey = {key, loaded};
+    if (sameInputs && !force) {
+      // Only the diagnosis changed (it usually arrives after the series): the charts stay as drawn.
+      if (diagnosisKey !== this.renderedKey.diagnosisKey) this._updateDiagnosis();
+      this.renderedKey.diagnosisKey = diagnosisKey;
+      return;
+    }
+    this.renderedKey = {key, loaded, diagnosisKey};
 
     this.scales = sharedScales(loaded, this.state.logY);
-    this.halfCell = halfCellWidth(loaded);
+    this.cellExtent = cellExtent(loaded);
     const latest = this.scales.x[1];
     if (!this.state.stepPinned || this.state.selectedStep === null) this.state.selectedStep = loaded.length ? latest : null;
 
@@ -291,8 +342,10 @@ class App {
         panel.heatmapBox = el('div', {class: 'heatmap-box'});
         panel.profileBox = el('div', {class: 'profile-box'});
         panel.profileCaption = profileCaption;
-        trendCell.append(panel.trendBox);
-        heatmapCell.append(panel.heatmapBox);
+        // Told under both charts drawn from the reduced rows; the profile shows one whole step.
+        const reduced = () => reductionElement(panel.series);
+        trendCell.append(panel.trendBox, reduced());
+        heatmapCell.append(panel.heatmapBox, reduced());
         profileCell.append(panel.profileBox);
       }
       this.panels.push(panel);
@@ -332,8 +385,25 @@ class App {
     this._drawProfiles();
   }
 
+  /** Puts the diagnosis in place (verdict badges of the captions, diagnosis cards) without touching the charts. */
+  _updateDiagnosis() {
+    for (const cell of this.shell.main.querySelectorAll('.cell[data-run]')) {
+      const entry = this._healthOf(cell.dataset.run);
+      cell.querySelector(':scope > .cell-caption > .badge')?.replaceWith(badge(entry?.verdict, this.health === null));
+      cell.querySelector(':scope > .diagnosis')?.replaceWith(diagnosisCard(entry));
+    }
+  }
+
   _xRange() {
     return this.state.xRange || this.scales.x;
+  }
+
+  /** Returns the heatmaps' step range: the trends' range, widened so the first and last cells (centred on steps, as wide as their spacing) show whole. */
+  _heatmapRange() {
+    const [x0, x1] = this._xRange();
+    const [first, last] = this.scales.x;
+    const [lo, hi] = this.cellExtent || [first, last];
+    return [x0 - Math.max(0, first - lo), x1 + Math.max(0, hi - last)];
   }
 
   _drawTrends() {
@@ -354,9 +424,7 @@ class App {
   _drawHeatmaps() {
     for (const panel of this.panels) {
       if (!panel.heatmap) continue;
-      // Cells are centred on their steps: pad the range so the first and last cells show whole.
-      const [x0, x1] = this._xRange();
-      panel.heatmap.update({series: panel.series, xRange: [x0 - this.halfCell, x1 + this.halfCell], colour: this.scales.colour, selectedStep: this.state.selectedStep});
+      panel.heatmap.update({series: panel.series, xRange: this._heatmapRange(), colour: this.scales.colour, selectedStep: this.state.selectedStep});
     }
   }
 

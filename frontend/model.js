@@ -50,7 +50,9 @@ async function getJson(route, params) {
  * Returns one statistic of one run in the form the views draw from.
  *
  * `columns[j][i]` is layer j at step i (NaN and ±Infinity restored from their JSON strings);
- * `nonFinite` lists the step indices where any layer is NaN or infinite.
+ * `nonFinite` lists the step indices where any layer is NaN or infinite; `totalSteps` is how many
+ * steps the server holds (more than `steps.length` when it downsampled); `problems` lists what it
+ * skipped reading this statistic.
  */
 export function decodeSeries(body) {
   const layers = body.layers.map(String);
@@ -85,7 +87,8 @@ export function decodeSeries(body) {
     wallTimes: Float64Array.from(body.wall_times),
     columns,
     nonFinite,
-    totalSteps: body.total_steps ?? steps.length,
+    totalSteps: Number.isFinite(body.total_steps) ? Math.max(steps.length, body.total_steps) : steps.length,
+    problems: decodeProblems(body.problems),
     finiteMin,
     finiteMax,
     positiveMin,
@@ -94,11 +97,20 @@ export function decodeSeries(body) {
   };
 }
 
+/** Returns a route's `problems` list as [{tag, message}] of strings (an absent or odd list is empty). */
+export function decodeProblems(problems) {
+  if (!Array.isArray(problems)) return [];
+  return problems
+    .filter((problem) => problem && typeof problem === 'object')
+    .map((problem) => ({tag: String(problem.tag ?? ''), message: String(problem.message ?? '')}));
+}
+
 /** Fetches and caches the tab's data; each view load gets a token, and loads overtaken by a newer one are dropped. */
 export class Model {
   constructor() {
     this._generation = 0;
     this._series = new Map();
+    this._maxPoints = null;
   }
 
   /** Starts a view load: every load begun earlier becomes stale. */
@@ -140,22 +152,27 @@ export class Model {
   /**
    * Returns a Map run -> decoded series or RequestError, or null when a newer load began meanwhile.
    *
-   * With `fresh`, cached series are fetched again; a series whose signature did not change keeps
-   * its cached object, so views can tell by identity that there is nothing to redraw.
+   * `maxPoints` is the route's `max_points` (steps per series; the server keeps every extreme
+   * and non-finite step beyond it). With `fresh`, cached series are fetched again; a series whose
+   * signature did not change keeps its cached object, so views can tell by identity that there is
+   * nothing to redraw.
    */
-  async series(token, runs, stat, fresh) {
+  async series(token, runs, stat, maxPoints, fresh) {
+    // Series of another resolution will not be asked for again until the view changes back.
+    if (maxPoints !== this._maxPoints) this._series.clear();
+    this._maxPoints = maxPoints;
     const results = await Promise.all(
-      runs.map((run) => this._oneSeries(run, stat, fresh).catch((error) => error)),
+      runs.map((run) => this._oneSeries(run, stat, maxPoints, fresh).catch((error) => error)),
     );
     if (!this.isCurrent(token)) return null;
     return new Map(runs.map((run, i) => [run, results[i]]));
   }
 
-  async _oneSeries(run, stat, fresh) {
-    const key = JSON.stringify([run, stat]);
+  async _oneSeries(run, stat, maxPoints, fresh) {
+    const key = JSON.stringify([run, stat, maxPoints]);
     const cached = this._series.get(key);
     if (cached && !fresh) return cached;
-    const decoded = decodeSeries(await getJson('series', {run, stat}));
+    const decoded = decodeSeries(await getJson('series', {run, stat, max_points: String(maxPoints)}));
     if (cached && cached.signature === decoded.signature) return cached;
     this._series.set(key, decoded);
     return decoded;

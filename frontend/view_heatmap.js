@@ -87,13 +87,22 @@ export function cellBounds(steps, i) {
   return [steps[i] - before, steps[i] + after];
 }
 
-/** Returns half the smallest gap between logged steps of any of `seriesList` (cells are centred on steps). */
-export function halfCellWidth(seriesList) {
-  let gap = Infinity;
+/**
+ * Returns the step interval [start, end] the cells of `seriesList` cover together, or null without steps.
+ *
+ * Cells reach halfway to their neighbours, so a downsampled series (uneven spacing) has wider
+ * first and last cells than its smallest gap suggests.
+ */
+export function cellExtent(seriesList) {
+  let lo = Infinity;
+  let hi = -Infinity;
   for (const series of seriesList) {
-    for (let i = 1; i < series.steps.length; i++) gap = Math.min(gap, series.steps[i] - series.steps[i - 1]);
+    const n = series.steps.length;
+    if (n === 0) continue;
+    lo = Math.min(lo, cellBounds(series.steps, 0)[0]);
+    hi = Math.max(hi, cellBounds(series.steps, n - 1)[1]);
   }
-  return Number.isFinite(gap) ? gap / 2 : 0.5;
+  return Number.isFinite(lo) ? [lo, hi] : null;
 }
 
 /** One run's heatmap. `handlers`: onSelectStep(step). */

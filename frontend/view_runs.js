@@ -2,6 +2,7 @@
 
 import {el} from './dom.js';
 import {formatStep, verdictLabel} from './format.js';
+import {problemMarker} from './view_notices.js';
 
 // Layer lists longer than this are cut in a finding ("and N more").
 const LAYERS_SHOWN = 4;
@@ -26,9 +27,10 @@ function runMeta(info) {
  * @param {Array<object>} runs the /runs entries
  * @param {Map<string, object>|null} health run -> /health entry; null while it loads
  * @param {Set<string>} selected selected run names
+ * @param {Map<string, Array<object>>} problems run -> what was skipped reading it ({tag, message})
  * @param {function(string, boolean)} onToggle called with a run and its new checked state
  */
-export function renderRunList(list, runs, health, selected, onToggle) {
+export function renderRunList(list, runs, health, selected, problems, onToggle) {
   if (runs.length === 0) {
     list.replaceChildren(el('p', {class: 'muted run-list-empty', text: 'No runs with gradient health data yet.'}));
     return;
@@ -43,6 +45,7 @@ export function renderRunList(list, runs, health, selected, onToggle) {
         el('span', {class: 'run-text'}, [
           el('span', {class: 'run-name', text: info.run}),
           el('span', {class: 'run-meta', text: runMeta(info)}),
+          problemMarker(problems.get(info.run)),
         ]),
         badge(verdict, health === null),
       ]);

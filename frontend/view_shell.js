@@ -1,4 +1,4 @@
-// The tab's frame: header controls, run sidebar, main area, error banner and the empty state.
+// The tab's frame: header controls, run sidebar, main area, error banner, notices area and the empty state.
 
 import {el} from './dom.js';
 import {statLabel} from './format.js';
@@ -61,6 +61,9 @@ export function buildShell(root, state, handlers) {
     retry,
   ]);
 
+  // What the routes skipped reading (broken event files, undecodable tags): not an error of the tab.
+  const notices = el('div', {class: 'notice-banner', attrs: {role: 'status'}, hidden: true});
+
   const runList = el('div', {class: 'run-list', attrs: {role: 'group', 'aria-label': 'Runs'}});
   const sidebar = el('aside', {class: 'sidebar'}, [
     el('h2', {class: 'sidebar-title', text: 'Runs'}),
@@ -69,10 +72,11 @@ export function buildShell(root, state, handlers) {
   ]);
   const main = el('main', {class: 'content'});
   const body = el('div', {class: 'layout'}, [sidebar, main]);
-  root.replaceChildren(el('div', {class: 'app'}, [header, error, body]));
+  root.replaceChildren(el('div', {class: 'app'}, [header, error, notices, body]));
 
   return {
     header,
+    notices,
     runList,
     main,
     sidebar,

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import tempfile
 import threading
+import urllib.request
 from urllib.parse import urlencode
 
 import numpy as np
@@ -18,7 +19,7 @@ import pytest
 from werkzeug import serving
 
 from tb_gradhealth.summary import GradientHealthFileWriter
-from tb_server import HOST, STARTUP_TIMEOUT_S, STOP_TIMEOUT_S, TENSORBOARD_BIN, TensorBoardServer, free_port, wsgi_client
+from tb_server import HOST, STARTUP_TIMEOUT_S, STOP_TIMEOUT_S, TENSORBOARD_BIN, TensorBoardServer, free_port, strict_json, wsgi_client
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -566,3 +567,28 @@ def test_runs_side_by_side_share_scales_computed_over_all_their_values(tmp_path,
     assert log_scales["colour"] == pytest.approx({"lo": np.log10(positive.min()), "hi": np.log10(positive.max())})
     assert linear_scales["y"] == pytest.approx([min(0.0, finite.min()), finite.max() * 1.05])
     assert nonfinite == [[1, 2], []]  # step indices with a NaN or Inf in some layer
+
+
+def test_a_late_diagnosis_fills_in_without_redrawing_the_charts(tmp_path, page):
+    with GradientHealthFileWriter(str(tmp_path / "only")) as writer:
+        for step in range(5):
+            writer.write(step, {"grad_norm": [1.0 + step, 2.0]}, ["dense", "dense_1"])
+    held = []
+    # /health is held back until the charts are drawn, as when the diagnosis of a big run is slow.
+    page.page.route("**" + ROUTES + "/health", lambda route: held.append(route))
+    with in_process_tensorboard(str(tmp_path)) as (url, _):
+        page.page.goto(url + ENTRY)
+        page.page.wait_for_selector(".trend-cell canvas", timeout=LOAD_TIMEOUT_MS)
+        assert page.page.evaluate("document.body.dataset.state") == "loading"
+        assert page.page.text_content(".trend-cell .cell-caption .badge") == "diagnosing…"
+        page.page.evaluate("window.drawnTrend = document.querySelector('.trend-cell canvas')")
+        (route,) = held
+        route.continue_()
+        page.page.wait_for_selector("body[data-state=ready]", timeout=LOAD_TIMEOUT_MS)
+        verdict = strict_json(urllib.request.urlopen(url + ROUTES + "/health").read())["runs"][0]["verdict"]
+        captions = page.page.evaluate("[...document.querySelectorAll('.cell-caption .badge')].map((b) => b.dataset.verdict)")
+        assert captions == [verdict] * 3  # diagnosis, trend and heatmap captions
+        assert page.page.locator(".panel-diagnosis .diagnosis .muted").count() == 0  # no longer "Diagnosing…"
+        assert page.page.evaluate("window.drawnTrend.isConnected")
+        assert page.pixels(".trend-cell", "only") > MIN_DRAWN_PIXELS
+        assert page.errors == []
