@@ -13,8 +13,10 @@ from tensorboard.compat.tensorflow_stub import pywrap_tensorflow
 # A TFRecord is: uint64 length, uint32 masked CRC-32C of the length, the
 # data, uint32 masked CRC-32C of the data (all little-endian).
 _LENGTH = struct.Struct("<Q")
+_CRC = struct.Struct("<I")
 _HEADER_BYTES = 12  # length and its CRC
 _FOOTER_BYTES = 4  # CRC of the data
+_READ_BLOCK_BYTES = 1 << 20  # bytes read at a time; records of ours are ~0.5 KiB
 
 # A file changed more recently than this may still be completed by its
 # writer: tf.summary writers flush every 120 s by default (flush_millis), our
@@ -50,19 +52,31 @@ class _Scan:
 def _scan(path: str, size: int, mtime_ns: int, start: int = 0) -> _Scan:
     """Walks record headers from byte `start` (a record boundary), checking each length's CRC.
 
-    Only the 12-byte headers are read (the data CRC would cost a pure-Python
+    Only the 12-byte headers are checked (the data CRC would cost a pure-Python
     CRC over every byte): this finds a file cut mid-record and bytes that
-    are not records, which is where TensorBoard's loaders stop reading.
+    are not records, which is where TensorBoard's loaders stop reading. The
+    file is read in large blocks: a seek and a read per record cost ~7 us,
+    i.e. seconds for a run of 10,000 steps x 6 statistics.
     """
     offset = start
-    with open(path, "rb") as stream:
+    block, block_start = b"", start
+    # Records of one writer have few distinct lengths; a pure-Python CRC per
+    # header would cost more than the reading.
+    length_crcs: dict[bytes, int] = {}
+    with open(path, "rb", buffering=0) as stream:
         while offset < size:
-            stream.seek(offset)
-            header = stream.read(_HEADER_BYTES)
+            at = offset - block_start
+            if at + _HEADER_BYTES > len(block):
+                stream.seek(offset)
+                block, block_start, at = stream.read(_READ_BLOCK_BYTES), offset, 0
+            header = block[at:at + _HEADER_BYTES]
             if len(header) < _HEADER_BYTES:
                 return _Scan(size, mtime_ns, offset, _INCOMPLETE)
             length_bytes, length_crc = header[:8], header[8:]
-            if pywrap_tensorflow.masked_crc32c(length_bytes) != struct.unpack("<I", length_crc)[0]:
+            expected_crc = length_crcs.get(length_bytes)
+            if expected_crc is None:
+                expected_crc = length_crcs[length_bytes] = pywrap_tensorflow.masked_crc32c(length_bytes)
+            if expected_crc != _CRC.unpack(length_crc)[0]:
                 return _Scan(size, mtime_ns, offset, _CORRUPT)
             end = offset + _HEADER_BYTES + _LENGTH.unpack(length_bytes)[0] + _FOOTER_BYTES
             if end > size:

@@ -62,7 +62,12 @@ def _later() -> float:
 # --- the checker on its own ---------------------------------------------
 
 
-def test_every_cut_is_reported_exactly_and_record_boundaries_are_clean(tmp_path):
+# The checker reads files in blocks: the default holds these whole files;
+# the smallest possible block (one header) and one cutting most headers in
+# two exercise every way a record can lie across block boundaries.
+@pytest.mark.parametrize("read_block_bytes", [event_files._READ_BLOCK_BYTES, event_files._HEADER_BYTES, 29])
+def test_every_cut_is_reported_exactly_and_record_boundaries_are_clean(tmp_path, monkeypatch, read_block_bytes):
+    monkeypatch.setattr(event_files, "_READ_BLOCK_BYTES", read_block_bytes)
     event_file, boundaries = write_run(tmp_path / "source", num_steps=3)
     data = event_file.read_bytes()
     assert boundaries[-1] == len(data)
