@@ -18,6 +18,7 @@ export const VERDICT_LABELS = {
   exploding: 'Exploding',
   nonfinite: 'Non-finite',
   dead: 'Dead layers',
+  unreadable: 'Unreadable',
 };
 
 /** Returns the number a route sent: a JSON number, or one of "NaN", "Infinity", "-Infinity". */

@@ -42,6 +42,9 @@ CACHE_REVALIDATE_AFTER_S = 30 * 60.0  # seconds
 _GZIP_LEVEL = 1
 
 _JSON = "application/json"
+# /health's verdict for a run none of whose statistics can be read (its
+# `problems` say why); the diagnosis itself never returns it.
+UNREADABLE_VERDICT = "unreadable"
 _UNSIGNED_INT = re.compile(r"[0-9]{1,18}")
 _ROUTE_PREFIX = "/data/plugin/%s/" % metadata.PLUGIN_NAME
 
@@ -211,6 +214,13 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
 
             def compute(name=name) -> dict:
                 data = reader.load_run(self._provider, ctx, experiment_id, name)
+                if not data.series:
+                    # Nothing decodes: no finding would read as "healthy".
+                    return {
+                        "verdict": UNREADABLE_VERDICT,
+                        "findings": [],
+                        "problems": [problem.to_json() for problem in data.problems],
+                    }
                 verdict = diagnosis.diagnose(data.series).to_json()
                 return {
                     "verdict": verdict["verdict"],

@@ -181,6 +181,10 @@ def test_run_whose_every_tag_is_corrupt_is_skipped_not_healthy(tmp_path, capsys)
     assert "run unreadable: SKIPPED: no readable gradient health data" in out
     assert "unknown gradient health content version 9" in out and "unknown gradient health content version 9" in err
     assert out.strip().splitlines()[-1] == "2 run(s): 1 healthy, 0 with findings, 1 unreadable (skipped)"
+    # /health (the JSON body) never calls it healthy either.
+    status, out, err = _report(capsys, tmp_path, "--json")
+    verdicts = {run["run"]: run["verdict"] for run in strict_json(out)["runs"]}
+    assert verdicts == {HEALTHY_RUN: "healthy", UNREADABLE_RUN: "unreadable"}
     status, out, err = _report(capsys, tmp_path, "--run", UNREADABLE_RUN)
     assert (status, out) == (cli.EXIT_USAGE, "")
     assert "every tag of unreadable is corrupt" in err
