@@ -106,3 +106,35 @@ def test_skipped_files_are_listed_per_run_as_text_and_every_run_still_draws(brok
         page.page.wait_for_timeout(200)
         assert page.dialogs == []
         assert page.errors == []
+
+
+def test_a_run_with_no_readable_statistic_is_marked_unreadable_not_healthy(tmp_path, page):
+    import json
+
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.event_file_writer import EventFileWriter
+
+    from tb_gradhealth import metadata, summary
+
+    write_run(tmp_path / GOOD_RUN)
+    # Its only tag has metadata of a future content version this reader refuses.
+    value = summary.layer_stat_summary(metadata.GRAD_NORM, LAYERS, [1.0, 2.0, 3.0])
+    value.value[0].metadata.plugin_data.content = json.dumps(
+        {"version": 9, "stat": metadata.GRAD_NORM, "layers": LAYERS}
+    ).encode()
+    writer = EventFileWriter(str(tmp_path / "unreadable"))
+    writer.add_event(event_pb2.Event(step=0, wall_time=time.time(), summary=value))
+    writer.close()
+    with in_process_tensorboard(str(tmp_path)) as (url, _):
+        page.open_tab(url + ENTRY)
+        badges = page.page.evaluate(
+            """Object.fromEntries([...document.querySelectorAll('.run-item')].map((item) =>
+                [item.dataset.run, item.querySelector('.badge').textContent]))"""
+        )
+        assert badges == {GOOD_RUN: "Healthy", "unreadable": "Unreadable"}
+        notices = page.page.evaluate(
+            "[...document.querySelectorAll('.notice-banner .notice')].map((item) => [item.dataset.run, item.textContent])"
+        )
+        assert [run for run, _ in notices] == ["unreadable"]
+        assert "unknown gradient health content version 9" in notices[0][1]
+        assert page.pixels(".trend-cell", GOOD_RUN) > MIN_DRAWN_PIXELS
