@@ -343,9 +343,10 @@ class App {
         panel.profileBox = el('div', {class: 'profile-box'});
         panel.profileCaption = profileCaption;
         // Told under both charts drawn from the reduced rows; the profile shows one whole step.
-        const reduced = () => reductionElement(panel.series);
-        trendCell.append(panel.trendBox, reduced());
-        heatmapCell.append(panel.heatmapBox, reduced());
+        // (append() would turn a null into the text "null").
+        const reduced = () => [reductionElement(panel.series)].filter(Boolean);
+        trendCell.append(panel.trendBox, ...reduced());
+        heatmapCell.append(panel.heatmapBox, ...reduced());
         profileCell.append(panel.profileBox);
       }
       this.panels.push(panel);

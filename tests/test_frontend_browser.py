@@ -306,6 +306,10 @@ def test_heatmap_and_trend_are_drawn_and_the_nonfinite_run_is_marked(server, pag
     note = page.cell_text(".trend-cell", broken)
     assert "first at step %d" % first_nonfinite_step(server, broken) in note
     assert "NaN or Inf" not in page.cell_text(".trend-cell", healthy)
+    # No JavaScript value leaks into the page as text (an absent element
+    # handed to append() shows as "null").
+    words = set(page.page.evaluate("document.body.innerText").split())
+    assert not words & {"null", "undefined", "[object"}
     assert page.errors == []
 
 
