@@ -26,6 +26,13 @@ def _max_keeping_nan(running: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
     return tf.where(tf.math.is_nan(new), new, tf.maximum(running, new))
 
 
+def _visible_only(sums: GradientSums, visible) -> GradientSums:
+    """`sums`, or zeros where `visible` is False (a step that must leave no trace in the accumulators)."""
+    if visible is True:
+        return sums
+    return GradientSums(grad_norm=tf.where(visible, sums.grad_norm, 0.0), nonfinite=tf.where(visible, sums.nonfinite, 0.0))
+
+
 class StatsRing:
     """Holds the statistics of logged steps until the host writes them.
 
@@ -170,10 +177,8 @@ class StatsRing:
         self._count.assign_add(1)
 
     def _record_unlogged(self, step, sums: GradientSums, visible) -> None:
+        sums = _visible_only(sums, visible)
         if visible is not True:
-            sums = GradientSums(
-                grad_norm=tf.where(visible, sums.grad_norm, 0.0), nonfinite=tf.where(visible, sums.nonfinite, 0.0)
-            )
             step = tf.where(visible, step, self._pending_step.value())
             pending_norm = tf.where(visible, sums.grad_norm, self._pending_norm.value())
         else:
@@ -186,10 +191,9 @@ class StatsRing:
     def _record_either(self, step, logged, sums: GradientSums, details: StepDetails, visible) -> None:
         """Whether the step is logged (and visible) is only known in the graph: no branches, for XLA."""
         keep = logged if visible is True else visible if logged is True else tf.logical_and(logged, visible)
-        new_norm = sums.grad_norm if visible is True else tf.where(visible, sums.grad_norm, 0.0)
-        new_nonfinite = sums.nonfinite if visible is True else tf.where(visible, sums.nonfinite, 0.0)
-        grad_norm_max = _max_keeping_nan(self._acc_max.value(), new_norm)
-        nonfinite = self._acc_nonfinite.value() + new_nonfinite
+        new = _visible_only(sums, visible)
+        grad_norm_max = _max_keeping_nan(self._acc_max.value(), new.grad_norm)
+        nonfinite = self._acc_nonfinite.value() + new.nonfinite
         slot = tf.where(keep, tf.minimum(self._count.value(), self.capacity), tf.constant(self.capacity, tf.int64))
         self._write_row(step, grad_norm_max, nonfinite, details, slot, grad_norm=sums.grad_norm)
         self._count.assign_add(tf.cast(keep, tf.int64))
