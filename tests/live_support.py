@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import time
 from typing import Iterator, Mapping, Sequence
 
 from tb_server import TensorBoardServer, running_tensorboard
@@ -60,3 +61,21 @@ def poll_all(clients: Mapping[str, object]) -> bool:
         except AssertionError as error:
             raise AssertionError("%s: %s" % (name, error)) from error
     return whole
+
+
+def poll_until_exit(clients: Mapping[str, object], process, timeout_s: float, pause_s: float) -> None:
+    """Polls every client (`poll_all`) until `process` has exited and every client saw the whole data.
+
+    Fails when the process exits with an error or `timeout_s` passes; the
+    message says what each client had seen (its `seen`) by then.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        whole = poll_all(clients)
+        returncode = process.poll()
+        if returncode is not None and whole:
+            return
+        seen = {name: getattr(client, "seen", None) for name, client in clients.items()}
+        assert returncode in (None, 0), "the writing process failed with %s; seen %s" % (returncode, seen)
+        assert time.monotonic() < deadline, "timed out; seen %s, writer rc %s" % (seen, returncode)
+        time.sleep(pause_s)

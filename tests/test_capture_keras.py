@@ -24,6 +24,24 @@ def _fit(model, callbacks, epochs=2, x=None, y=None, lr=support.LEARNING_RATE, c
     model.fit(x, y, batch_size=support.BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=callbacks)
 
 
+def _fit_overflowing_loss_scale(callback, x, y):
+    """One epoch under mixed_float16 from a loss scale of 2**20; returns (model, weight recorder).
+
+    2**20 overflows float16 in the backward pass: Keras skips steps and
+    halves the scale until the gradients fit (routine, not a finding).
+    """
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = support.make_mlp()
+        recorder = support.weight_recorder()
+        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(support.LEARNING_RATE), initial_scale=2.0**20)
+        model.compile(optimizer=optimizer, loss="mse")
+        model.fit(x, y, batch_size=support.BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[callback, recorder])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    return model, recorder
+
+
 def _check_run(tmp_path, model, recorder, steps_offset=0):
     run = support.read_run(os.path.join(str(tmp_path), "train"))
     assert run.layers == support.EXPECTED_LAYERS
@@ -92,18 +110,7 @@ def test_loss_scale_overflows_leave_no_row_until_the_scale_reaches_one(tmp_path)
     x, y = support.make_data(30 * support.BATCH)
     persistent_nan_from = 8
     x[persistent_nan_from * support.BATCH:, 0] = np.nan
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        model = support.make_mlp()
-        recorder = support.weight_recorder()
-        # 2**20 overflows float16 in the backward pass: Keras skips steps and
-        # halves the scale until the gradients fit (routine, not a finding).
-        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(support.LEARNING_RATE), initial_scale=2.0**20)
-        model.compile(optimizer=optimizer, loss="mse")
-        model.fit(x, y, batch_size=support.BATCH, epochs=1, shuffle=False, verbose=0,
-                  callbacks=[GradientHealthCallback(str(tmp_path)), recorder])
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    model, recorder = _fit_overflowing_loss_scale(GradientHealthCallback(str(tmp_path)), x, y)
     run = support.read_run(os.path.join(str(tmp_path), "train"))
     reference = support.reference_stats(recorder.snapshots, support.group_sizes(model))
     applied = np.flatnonzero(reference["update_ratio"].max(axis=1) > 0)
@@ -290,16 +297,7 @@ def test_update_freq_with_loss_scale_skips_keeps_the_max_of_applied_steps_only(t
     # loss-scale optimizer skips the first steps (scale 2**20 overflows).
     n_steps, update_freq = 20, 3
     x, y = support.make_data(n_steps * support.BATCH)
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        model = support.make_mlp()
-        recorder = support.weight_recorder()
-        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(support.LEARNING_RATE), initial_scale=2.0**20)
-        model.compile(optimizer=optimizer, loss="mse")
-        model.fit(x, y, batch_size=support.BATCH, epochs=1, shuffle=False, verbose=0,
-                  callbacks=[GradientHealthCallback(str(tmp_path), update_freq=update_freq), recorder])
-    finally:
-        keras.mixed_precision.set_global_policy("float32")
+    model, recorder = _fit_overflowing_loss_scale(GradientHealthCallback(str(tmp_path), update_freq=update_freq), x, y)
     run = support.read_run(os.path.join(str(tmp_path), "train"))
     reference = support.reference_stats(recorder.snapshots, support.group_sizes(model))
     applied = np.flatnonzero(reference["update_ratio"].max(axis=1) > 0)

@@ -148,14 +148,7 @@ def test_polling_client_sees_consistent_growing_data_and_the_final_state(tmp_pat
             assert writer.stdout.readline().strip() == "ready"
             go_file.touch()
             clients = {name: _PollingClient(server) for name, server in servers.items()}
-            deadline = time.monotonic() + WRITER_TIMEOUT_S
-            while True:
-                whole = live_support.poll_all(clients)
-                if writer.poll() is not None and whole:
-                    break
-                seen = {name: client.seen for name, client in clients.items()}
-                assert time.monotonic() < deadline, "timed out; seen %s, writer rc %s" % (seen, writer.poll())
-                time.sleep(POLL_PAUSE_S)
+            live_support.poll_until_exit(clients, writer, WRITER_TIMEOUT_S, POLL_PAUSE_S)
             # The diagnosis polled during training is not stale at the end:
             # it equals one computed afresh from the finished files.
             fresh = strict_json(wsgi_client(str(logdir)).get(PLUGIN_ROUTE + "/health").get_data())

@@ -162,14 +162,7 @@ def test_fit_with_both_callbacks_is_served_consistently_while_it_trains(tmp_path
             assert trainer.stdout.readline().strip() == "ready"
             go_file.touch()
             clients = {name: _PollingClient(server) for name, server in servers.items()}
-            deadline = time.monotonic() + TRAINER_TIMEOUT_S
-            while True:
-                whole = live_support.poll_all(clients)
-                if trainer.poll() is not None and whole:
-                    break
-                assert trainer.poll() in (None, 0), "trainer failed with %s" % trainer.returncode
-                assert time.monotonic() < deadline, "timed out; trainer rc %s" % trainer.poll()
-                time.sleep(POLL_PAUSE_S)
+            live_support.poll_until_exit(clients, trainer, TRAINER_TIMEOUT_S, POLL_PAUSE_S)
             # The diagnosis polled during training is not stale at the end.
             fresh = strict_json(wsgi_client(str(logdir)).get(PLUGIN_ROUTE + "/health").get_data())
             for name, server in servers.items():
