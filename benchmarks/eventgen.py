@@ -183,6 +183,16 @@ def _sentinel(n_floats: int) -> bytes:
     return bytes((index * 37 + 11) % 251 for index in range(4 * n_floats))
 
 
+def _steps(run_index: int, n_steps: int, n_layers: int):
+    """Yields (step, its Event's serialized head, its float32 values [n_stats, n_layers]), generated in chunks."""
+    for first in range(0, n_steps, _STEPS_PER_CHUNK):
+        count = min(_STEPS_PER_CHUNK, n_steps - first)
+        values = run_values(run_index, count, n_layers, first_step=first).astype("<f4", copy=False)
+        for offset in range(count):
+            step = first + offset
+            yield step, event_head(wall_time(run_index, step), step), values[offset]
+
+
 def gradient_health_records(run_index: int, n_steps: int, n_layers: int):
     """Yields the serialized Events of one run in the Gradient Health layout, file version first."""
     layers = layer_names(n_layers)
@@ -193,19 +203,14 @@ def gradient_health_records(run_index: int, n_steps: int, n_layers: int):
         summary = gradient_health_value(stat, layers, np.frombuffer(sentinel, "<f4"), with_metadata=False)
         before, after = _split_at_payload(summary, sentinel)
         templates.append((before, after))
-    for first in range(0, n_steps, _STEPS_PER_CHUNK):
-        count = min(_STEPS_PER_CHUNK, n_steps - first)
-        values = run_values(run_index, count, n_layers, first_step=first).astype("<f4", copy=False)
-        for offset in range(count):
-            step = first + offset
-            head = event_head(wall_time(run_index, step), step)
-            for column, stat in enumerate(STATS):
-                if step == 0:
-                    summary_bytes = gradient_health_value(stat, layers, values[offset, column], True).SerializeToString()
-                else:
-                    before, after = templates[column]
-                    summary_bytes = before + values[offset, column].tobytes() + after
-                yield head + _summary_field(summary_bytes)
+    for step, head, row in _steps(run_index, n_steps, n_layers):
+        for column, stat in enumerate(STATS):
+            if step == 0:
+                summary_bytes = gradient_health_value(stat, layers, row[column], True).SerializeToString()
+            else:
+                before, after = templates[column]
+                summary_bytes = before + row[column].tobytes() + after
+            yield head + _summary_field(summary_bytes)
 
 
 def scalar_records(run_index: int, n_steps: int, n_layers: int):
@@ -219,15 +224,10 @@ def scalar_records(run_index: int, n_steps: int, n_layers: int):
         before, after = _split_at_payload(scalar_value(tag, np.frombuffer(sentinel, "<f4")[0]), sentinel)
         length = len(before) + len(sentinel) + len(after)
         templates.append((_SUMMARY_KEY + _varint(length) + before, after))
-    for first in range(0, n_steps, _STEPS_PER_CHUNK):
-        count = min(_STEPS_PER_CHUNK, n_steps - first)
-        values = run_values(run_index, count, n_layers, first_step=first).astype("<f4", copy=False)
-        for offset in range(count):
-            step = first + offset
-            head = event_head(wall_time(run_index, step), step)
-            payloads = values[offset].tobytes()
-            for index, (before, after) in enumerate(templates):
-                yield head + before + payloads[4 * index:4 * index + 4] + after
+    for _, head, row in _steps(run_index, n_steps, n_layers):
+        payloads = row.tobytes()
+        for index, (before, after) in enumerate(templates):
+            yield head + before + payloads[4 * index:4 * index + 4] + after
 
 
 _RECORDS = {GRADIENT_HEALTH: gradient_health_records, SCALARS: scalar_records}
