@@ -140,6 +140,30 @@ def test_overhead_smoke(tmp_path):
     assert overhead.big_model().count_params() > overhead.BIG_DEPTH * 1000 * 1000 > measured["params"]
 
 
+def test_profile_step_smoke(tmp_path):
+    from benchmarks import profile_step as ps
+
+    results = ps.main(["--rounds", "2", "--block", "2", "--profile-steps", "2", "--out-dir", str(tmp_path)])
+    steps = results["steps"]
+    assert set(steps["summary"]) == set(ps.FUNCTIONS)
+    assert all(len(steps["ms_per_step"][name]) == 2 for name in ps.FUNCTIONS)
+    assert steps["summary"][ps.PLAIN]["ratio_mean"] == 1.0
+    for summary in steps["summary"].values():
+        low, high = summary["ratio_ci95"]
+        assert 0 < low <= summary["ratio_mean"] <= high
+    profile = results["profile"]
+    # Ops are told apart by the capture's name scope: none in Keras's own step.
+    assert profile[ps.PLAIN]["capture_ops"] == profile[ps.PLAIN_AGAIN]["capture_ops"] == 0
+    assert 0 < profile[ps.UNLOGGED]["capture_ops"] < profile[ps.LOGGED]["capture_ops"]
+    assert all(entry["model_op_us"] > 0 and entry["dispatches_per_step"] > 0 for entry in profile.values())
+    # An unlogged step's costliest work is one pass over each gradient.
+    top_op, _ = profile[ps.UNLOGGED]["top_capture_ops"][0]
+    assert top_op.endswith(":L2Loss")
+    assert ps._is_capture_op("StatefulPartitionedCall/gradient_health/L2Loss:L2Loss")
+    assert not ps._is_capture_op("StatefulPartitionedCall/sgd/Mul:Mul")
+    assert list(tmp_path.glob("profile_step-*.json"))
+
+
 def test_gradient_tape_callback_writes_a_norm_per_variable_and_step(tmp_path):
     from benchmarks import overhead
 

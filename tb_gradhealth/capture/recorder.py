@@ -23,6 +23,9 @@ from tb_gradhealth.capture.ring import StatsRing
 # this counts as non-finite: the scale no longer magnifies the gradient, so
 # the overflow is the model's own (see README, "What the statistics mean").
 GENUINE_OVERFLOW_MAX_SCALE = 1.0
+# Name scope of every op the recording adds to a train step, so a profile
+# (TensorFlow's profiler, benchmarks/profile_step.py) tells them apart.
+GRAPH_SCOPE = "gradient_health"
 
 
 def loss_scale_of(optimizer):
@@ -142,24 +145,26 @@ class StepRecorder:
         )
         by_key = {variable_key(v): g for g, v in zip(grads, variables)}
         tracked = [by_key.get(variable_key(v)) for v in self._variables]
-        tracked = [None if g is None else dense_gradient(g) for g in tracked]
         context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            # Each replica holds its share (Keras divides the loss by the
-            # number of replicas); the gradient applied is their sum.
-            present = [g for g in tracked if g is not None]
-            reduced = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present) if present else ())
-            tracked = [None if g is None else next(reduced) for g in tracked]
         if context is None:
             # Cross-replica context (a custom loop outside strategy.run).
             merge = lambda fn, args: fn(tf.distribute.get_strategy(), *args)  # noqa: E731
         else:
             merge = lambda fn, args: context.merge_call(fn, args=args)  # noqa: E731
-        done_before = merge(self._before_update, (tracked, loss_scale_of(optimizer)))
+        with tf.name_scope(GRAPH_SCOPE) as scope:
+            tracked = [None if g is None else dense_gradient(g) for g in tracked]
+            if context is not None and context.num_replicas_in_sync > 1:
+                # Each replica holds its share (Keras divides the loss by the
+                # number of replicas); the gradient applied is their sum.
+                present = [g for g in tracked if g is not None]
+                reduced = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present) if present else ())
+                tracked = [None if g is None else next(reduced) for g in tracked]
+            done_before = merge(self._before_update, (tracked, loss_scale_of(optimizer)))
         # The update waits for the reads of the gradients and weights, so
         # the optimizer can update in place instead of copying.
         with tf.control_dependencies(tf.nest.flatten(done_before)):
             result = apply_fn(grads, trainable_variables)
         flush = flush_when_full and not in_xla_context()
-        merge(lambda strategy: self._after_update(strategy, flush), ())
+        with tf.name_scope(scope):  # the same scope again, not a numbered one
+            merge(lambda strategy: self._after_update(strategy, flush), ())
         return result
