@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 import numpy as np
@@ -317,3 +318,29 @@ def test_update_freq_with_loss_scale_skips_keeps_the_max_of_applied_steps_only(t
         np.testing.assert_allclose(run.values[metadata.GRAD_NORM_MAX][row], window.max(axis=0), rtol=support.REL_TOL)
         previous = step
     np.testing.assert_array_equal(run.values[metadata.NONFINITE], 0)
+
+
+@pytest.mark.slow
+def test_a_sweep_of_callbacks_does_not_trip_tensorflows_retracing_warning(tmp_path):
+    # A hyperparameter sweep creates a model and a callback per trial in one
+    # process; each callback's flush is its own tf.function, traced once.
+    # TensorFlow warns of "retracing" when functions made from one code
+    # object are traced more than 5 times in a short span.
+    class Collect(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    collect = Collect()
+    tf.get_logger().addHandler(collect)
+    try:
+        for trial in range(4):
+            _fit(support.make_mlp(), [GradientHealthCallback(str(tmp_path / str(trial)))], epochs=1)
+    finally:
+        tf.get_logger().removeHandler(collect)
+    assert not [message for message in collect.messages if "retracing" in message]
+    for trial in range(4):
+        assert support.read_run(str(tmp_path / str(trial) / "train")).layers == support.EXPECTED_LAYERS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import tensorflow as tf
@@ -310,7 +311,10 @@ class StatsRing:
             raise RuntimeError("StatsRing.flush needs a writer: call attach_writer first")
         fn = self._flush_fns.get(include_pending)
         if fn is None:
-            fn = tf.function(lambda: self._flush(include_pending), autograph=False)
+            # A partial, not a lambda: TensorFlow warns of "retracing" when
+            # functions share one code object, as every ring's flush would
+            # (a sweep creating a callback per trial).
+            fn = tf.function(functools.partial(self._flush, include_pending), autograph=False)
             self._flush_fns[include_pending] = fn
         return fn()
 
