@@ -45,18 +45,8 @@ def read(variable) -> tf.Tensor:
     return tf.convert_to_tensor(variable)
 
 
-def _device_of(variable) -> str:
-    if isinstance(variable, keras.Variable):
-        variable = variable.value
-    return getattr(variable, "device", "") or ""
-
-
 def _as_float32(tensor: tf.Tensor) -> tf.Tensor:
     return tensor if tensor.dtype == tf.float32 else tf.cast(tensor, tf.float32)
-
-
-# Dtypes whose in-place copy kernel (below) exists on CPU.
-_IN_PLACE_COPY_DTYPES = (tf.float32, tf.float64)
 
 
 def in_xla_context() -> bool:
@@ -66,49 +56,32 @@ def in_xla_context() -> bool:
     return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
-def _copy_into(target: tf.Variable, value: tf.Tensor, device: str):
-    """Copies `value` (a read of a variable on `device`) into `target`.
+def _copy_into(target: tf.Variable, value: tf.Tensor):
+    """Makes `target` a copy of `value` (a read of a weight variable) that the weight's update leaves alone.
 
-    `target.assign(value)` would share the weights' buffer, so the
-    optimizer's in-place update would copy the weights into a fresh
-    allocation, and on CPU a fresh model-sized buffer costs far more than a
-    pass over it (page faults). So on CPU (and in XLA) `target` is zeroed
-    and refilled in place with dense kernels: a proximal gradient step with
-    an infinite L1 penalty sets it to 0, then `assign_add`. Elsewhere (GPU:
-    its caching allocator makes a copy cheap; dtypes without that kernel) a
-    `Snapshot` copy is assigned.
+    `Snapshot` copies into a fresh buffer that `target` then owns, so the
+    optimizer still updates the weights in place. (A copy made in place,
+    zeroing `target` with a proximal gradient step and adding `value`, takes
+    two passes and was no faster: benchmarks/README.md.)
     """
-    on_cpu = "GPU" not in device.upper() and "TPU" not in device.upper()
-    if target.dtype in _IN_PLACE_COPY_DTYPES and (on_cpu or in_xla_context()):
-        dtype = target.dtype
-        zeroed = tf.raw_ops.ResourceApplyProximalGradientDescent(
-            var=target.handle,
-            alpha=tf.ones([], dtype),
-            l1=tf.constant(float("inf"), dtype),
-            l2=tf.zeros([], dtype),
-            delta=value,
-        )
-        with tf.control_dependencies([zeroed]):
-            return target.assign_add(value, read_value=False)
     return target.assign(tf.raw_ops.Snapshot(input=value), read_value=False)
 
 
 class LayerReducer:
     """Reduces one step's gradients and weights to per-layer statistics, cheaply.
 
-    On small, fast models the cost is in passes over the parameters and in
-    allocating model-sized buffers (on CPU a fresh buffer costs more than the
-    pass that fills it), so:
+    The cost is in passes over the parameters and, on small models, in the
+    number of ops (each has a fixed cost in TensorFlow's executor), so:
 
     * every step reads each gradient once (`tf.nn.l2_loss`); the non-finite
       count needs another pass and runs only when some sum of squares is not
       finite (any NaN or Inf element makes it so);
     * logged steps also take max and min of each gradient and, before the
-      update, the weights' norm and a copy of the weights into a persistent
-      snapshot (`_copy_into`); after the update the snapshot becomes
+      update, the weights' norm and a copy of the weights into a snapshot
+      variable (`_copy_into`); after the update the snapshot becomes
       `before - after` in place, and its norm is the update's. The caller
-      runs the optimizer after `before_update`'s results, so it updates in
-      place.
+      runs the optimizer after `before_update`'s results, so the update
+      finds the weights' buffer unshared and changes it in place.
 
     The snapshots hold one copy of the recorded weights.
 
@@ -172,7 +145,7 @@ class LayerReducer:
         for variable, snapshot in zip(self.variables, self._snapshots):
             value = read(variable)
             weight_half_sq.append(tf.nn.l2_loss(_as_float32(value)))
-            copies.append(_copy_into(snapshot, value, _device_of(variable)))
+            copies.append(_copy_into(snapshot, value))
         with tf.control_dependencies(copies):
             weight_norm = tf.sqrt(2.0 * self._per_layer_sum(weight_half_sq))
         return grad_max_abs, weight_norm
