@@ -55,9 +55,13 @@ def _check_run(tmp_path, model, recorder, steps_offset=0):
 def test_plain_sgd_matches_numpy_every_step(tmp_path):
     model = support.make_mlp()
     recorder = support.weight_recorder()
-    _fit(model, [GradientHealthCallback(str(tmp_path)), recorder])
+    callback = GradientHealthCallback(str(tmp_path))
+    _fit(model, [callback, recorder])
     run = _check_run(tmp_path, model, recorder)
     np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(2 * N_SAMPLES // support.BATCH))
+    # The weights before each update were read, not copied into variables:
+    # no persistent copy of the model.
+    assert callback._recorder._reduce._snapshots is None
 
 
 @pytest.mark.slow
@@ -76,12 +80,14 @@ def test_steps_per_execution_matches_a_step_by_step_reference(tmp_path):
     recorder = support.weight_recorder()
     _fit(reference_model, [recorder])
     model = support.make_mlp()
-    _fit(model, [GradientHealthCallback(str(tmp_path))], steps_per_execution=4)
+    callback = GradientHealthCallback(str(tmp_path))
+    _fit(model, [callback], steps_per_execution=4)
     run = support.read_run(os.path.join(str(tmp_path), "train"))
     reference = support.reference_stats(recorder.snapshots, support.group_sizes(model))
     support.assert_matches_reference(run, reference)
     # 12 steps in executions of 4, 6 per epoch: every step is still there.
     np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(12))
+    assert callback._recorder._reduce._snapshots is None  # every step is logged: nothing copied
 
 
 @pytest.mark.slow

@@ -70,26 +70,33 @@ class StepRecorder:
         loss_scale = _first_replica(strategy, loss_scale)
         step, logged = self.ring.position(self.logged_mode)
         sums = self._reduce.gradient_sums(grads)
+        weights_before = None
         if logged is True:
-            grad_max_abs, weight_norm = self._reduce.before_update(grads)
+            grad_max_abs, weight_norm, weights_before = self._reduce.before_update(grads)
         elif logged is False:
             grad_max_abs = weight_norm = None
         else:
             zeros = self._reduce.zeros
-            grad_max_abs, weight_norm = tf.cond(
-                logged, lambda: self._reduce.before_update(grads), lambda: (zeros(), zeros())
-            )
+
+            def logged_step():
+                grad_max_abs, weight_norm, weights = self._reduce.before_update(grads)
+                with tf.control_dependencies(self._reduce.snapshot(weights)):
+                    return tf.identity(grad_max_abs), tf.identity(weight_norm)
+
+            grad_max_abs, weight_norm = tf.cond(logged, logged_step, lambda: (zeros(), zeros()))
         # Handed to _after_update, the next merge call of the same trace.
         self._trace_state = dict(
             step=step, logged=logged, sums=sums, grad_max_abs=grad_max_abs,
-            weight_norm=weight_norm, loss_scale=loss_scale,
+            weight_norm=weight_norm, weights_before=weights_before, loss_scale=loss_scale,
         )
-        if logged is False:
-            # No weight is read, so the update need not wait: holding every
-            # variable's update until all gradients are reduced cost ~5% of
-            # an unlogged step of the notebook's MLP (benchmarks/README.md).
+        if isinstance(logged, bool):
+            # Nothing waits for the statistics: holding every variable's
+            # update until all reductions are done cost 4-8% of a step of
+            # the notebook's MLP (benchmarks/README.md).
             return []
-        return [t for t in (sums.grad_norm, sums.nonfinite, grad_max_abs, weight_norm) if t is not None]
+        # The update waits for the snapshot copies, so it finds the weights'
+        # buffers unshared and changes them in place instead of copying.
+        return [weight_norm]
 
     def _after_update(self, strategy, flush: bool):
         state, self._trace_state = self._trace_state, None
@@ -99,9 +106,9 @@ class StepRecorder:
             details = None
         else:
             if logged is True:
-                update_norm = self._reduce.after_update()
+                update_norm = self._reduce.update_norm(state["weights_before"], state["weight_norm"])
             else:
-                update_norm = tf.cond(logged, self._reduce.after_update, self._reduce.zeros)
+                update_norm = tf.cond(logged, self._reduce.update_norm_from_snapshot, self._reduce.zeros)
             details = StepDetails(
                 grad_max_abs=state["grad_max_abs"],
                 weight_norm=state["weight_norm"],
@@ -165,9 +172,8 @@ class StepRecorder:
                 reduced = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present) if present else ())
                 tracked = [None if g is None else next(reduced) for g in tracked]
             done_before = merge(self._before_update, (tracked, loss_scale_of(optimizer)))
-        # The update waits for the reads of the weights (and the gradient
-        # reductions beside them), so it finds each weight's buffer unshared
-        # and changes it in place instead of copying it.
+        # Empty unless the logged-step decision is in the graph (see
+        # _before_update).
         with tf.control_dependencies(tf.nest.flatten(done_before)):
             result = apply_fn(grads, trainable_variables)
         flush = flush_when_full and not in_xla_context()

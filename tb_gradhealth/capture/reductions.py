@@ -77,13 +77,17 @@ class LayerReducer:
       count needs another pass and runs only when some sum of squares is not
       finite (any NaN or Inf element makes it so);
     * logged steps also take max and min of each gradient and, before the
-      update, the weights' norm and a copy of the weights into a snapshot
-      variable (`_copy_into`); after the update the snapshot becomes
-      `before - after` in place, and its norm is the update's. The caller
-      runs the optimizer after `before_update`'s results, so the update
-      finds the weights' buffer unshared and changes it in place.
-
-    The snapshots hold one copy of the recorded weights.
+      update, read the weights and take their norm. The reads are not
+      copies: they share the weights' buffers, so the optimizer's update
+      finds them shared and writes the new weights into fresh buffers
+      (TensorFlow's copy-on-write), leaving the values read as they were;
+      after the update `update_norm` subtracts the new weights from them.
+      That copy is the only one, it lives for one step, and nothing waits
+      for the statistics. (A tf.function runs a variable's reads and writes
+      in program order, so the reads see the weights before the update.)
+    * when whether a step is logged is decided in the graph, the values are
+      copied into snapshot variables instead (`snapshot`), created on first
+      use: a tensor cannot leave the branch that computed it.
 
     Args:
       variables: the recorded variables, layer by layer.
@@ -95,13 +99,7 @@ class LayerReducer:
         self.variables = list(variables)
         self.layer_index = tuple(int(i) for i in layer_index)
         self.n_layers = int(n_layers)
-        specs = [(tuple(v.shape), tf.as_dtype(v.dtype)) for v in self.variables]
-        self._snapshots = create_plain(
-            lambda: [
-                tf.Variable(tf.zeros(shape, dtype), trainable=False, name="gradient_health_snapshot")
-                for shape, dtype in specs
-            ]
-        )
+        self._snapshots = None
 
     def _per_layer_sum(self, per_variable: Sequence[tf.Tensor]) -> tf.Tensor:
         return tf.math.unsorted_segment_sum(tf.stack(per_variable), self.layer_index, self.n_layers)
@@ -126,12 +124,8 @@ class LayerReducer:
         layer_half_sq = tf.math.unsorted_segment_sum(half_sq, self.layer_index, self.n_layers)
         return GradientSums(grad_norm=tf.sqrt(2.0 * layer_half_sq), nonfinite=nonfinite)
 
-    def before_update(self, grads: Sequence) -> tuple[tf.Tensor, tf.Tensor]:
-        """Logged steps, before the update: (per-layer max |g|, weight norm); snapshots the weights.
-
-        The weight norm depends on the snapshot copies: whatever waits for it
-        also waits until the weights' reads are released.
-        """
+    def before_update(self, grads: Sequence) -> tuple[tf.Tensor, tf.Tensor, list]:
+        """Logged steps, before the update: (per-layer max |g|, weight norm, the weights read)."""
         zero = tf.zeros([], tf.float32)
         # max(max g, -min g) reads the gradient twice but allocates nothing;
         # on CPU it is faster than reduce_max(abs(g)).
@@ -141,17 +135,35 @@ class LayerReducer:
         grad_max_abs = tf.maximum(
             tf.math.unsorted_segment_max(tf.maximum(top, -bottom), self.layer_index, self.n_layers), zero
         )
-        weight_half_sq, copies = [], []
-        for variable, snapshot in zip(self.variables, self._snapshots):
-            value = read(variable)
-            weight_half_sq.append(tf.nn.l2_loss(_as_float32(value)))
-            copies.append(_copy_into(snapshot, value))
-        with tf.control_dependencies(copies):
-            weight_norm = tf.sqrt(2.0 * self._per_layer_sum(weight_half_sq))
-        return grad_max_abs, weight_norm
+        weights = [read(variable) for variable in self.variables]
+        weight_norm = tf.sqrt(2.0 * self._per_layer_sum([tf.nn.l2_loss(_as_float32(w)) for w in weights]))
+        return grad_max_abs, weight_norm, weights
 
-    def after_update(self) -> tf.Tensor:
-        """Logged steps, after the update: per-layer ||after - before||."""
+    def update_norm(self, weights_before: Sequence[tf.Tensor], weight_norm: tf.Tensor) -> tf.Tensor:
+        """Logged steps, after the update: per-layer ||after - before|| (`before_update`'s reads and norm)."""
+        # Once the weight norm is done the subtraction is the last reader of
+        # the values before, and may write its result into their buffers.
+        with tf.control_dependencies([weight_norm]):
+            half_sq = [
+                tf.nn.l2_loss(_as_float32(before - read(variable)))
+                for before, variable in zip(weights_before, self.variables)
+            ]
+        return tf.sqrt(2.0 * self._per_layer_sum(half_sq))
+
+    def snapshot(self, weights: Sequence[tf.Tensor]) -> list:
+        """Copies `before_update`'s reads into the snapshot variables; returns the copy ops."""
+        if self._snapshots is None:
+            specs = [(tuple(v.shape), tf.as_dtype(v.dtype)) for v in self.variables]
+            self._snapshots = create_plain(
+                lambda: [
+                    tf.Variable(tf.zeros(shape, dtype), trainable=False, name="gradient_health_snapshot")
+                    for shape, dtype in specs
+                ]
+            )
+        return [_copy_into(snapshot, value) for snapshot, value in zip(self._snapshots, weights)]
+
+    def update_norm_from_snapshot(self) -> tf.Tensor:
+        """Like `update_norm`, from the values `snapshot` copied (turned into `before - after` in place)."""
         half_sq = []
         for variable, snapshot in zip(self.variables, self._snapshots):
             snapshot.assign_sub(read(variable), read_value=False)
