@@ -198,7 +198,11 @@ def results_path(name: str, out_dir: pathlib.Path = OUT_DIR) -> pathlib.Path:
 
 
 def write_results(name: str, results: dict, out_dir: pathlib.Path = OUT_DIR, path: pathlib.Path | None = None) -> pathlib.Path:
-    """Writes `results` as JSON to `path` (default: a new `results_path`) and returns the path."""
+    """Writes `results` as JSON to `path` (default: a new `results_path`) and returns the path.
+
+    Notes the load average at the end in `results["machine"]` first.
+    """
+    results["machine"]["load_average_end"] = list(os.getloadavg())
     path = path or results_path(name, out_dir)
     path.write_text(json.dumps(results, indent=1, sort_keys=True))
     return path

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import contextlib
-import os
 import pathlib
 import urllib.parse
 
@@ -198,7 +197,6 @@ def main(argv=None) -> dict:
             paired = [m[key] / b[key] for m, b in zip(results["times"][name], results["times"]["baseline"])]
             summary[name][key.replace("_ms", "_ratio")] = common.median(paired)
     results["summary"] = summary
-    results["machine"]["load_average_end"] = list(os.getloadavg())
     path = common.write_results("frontend_draw", results, out_dir)
     print()
     common.print_table([dict(entry, run=name) for name, entry in summary.items()],

@@ -223,7 +223,6 @@ def main(argv=None) -> dict:
             results["models"].append(measure_model(name, steps[name], configs, args.reps, jit_compile, log_root))
     finally:
         shutil.rmtree(log_root, ignore_errors=True)
-    results["machine"]["load_average_end"] = list(os.getloadavg())
     path = common.write_results("overhead", results, pathlib.Path(args.out_dir))
     _print_report(results)
     print("\nresults: %s" % path)

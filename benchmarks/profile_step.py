@@ -171,7 +171,6 @@ def main(argv=None) -> dict:
         print("model %s: %d rounds of %d steps per function" % (args.model, args.rounds, args.block), flush=True)
         results["steps"] = paired_step_times(iterator, functions, args.rounds, args.block)
         results["profile"] = {name: profile_ops(iterator, functions[name], args.profile_steps) for name in FUNCTIONS}
-    results["machine"]["load_average_end"] = list(os.getloadavg())
     path = common.write_results("profile_step", results, pathlib.Path(args.out_dir))
     _print_report(results)
     print("\nresults: %s" % path)

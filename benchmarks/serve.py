@@ -292,7 +292,6 @@ def main(argv=None) -> dict:
         summaries.append(summary)
     results["summary"] = summaries
     results["ratios"] = _ratios(summaries)
-    results["machine"]["load_average_end"] = list(os.getloadavg())
     common.write_results("serve", results, path=path)
     _print_report(summaries, results["ratios"])
     for failure in results["failed"]:
