@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import pathlib
+import subprocess
+import sys
 import time
-from typing import Iterator, Mapping, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
-from tb_server import TensorBoardServer, running_tensorboard
+from tb_server import PLUGIN_ROUTE, TensorBoardServer, running_tensorboard, strict_json, wsgi_client
 
 # TensorBoard's ingestion backends, as flags: the Rust data server (the
 # default where it is installed); the Python multiplexer as a user asks for
@@ -79,3 +82,46 @@ def poll_until_exit(clients: Mapping[str, object], process, timeout_s: float, pa
         assert returncode in (None, 0), "the writing process failed with %s; seen %s" % (returncode, seen)
         assert time.monotonic() < deadline, "timed out; seen %s, writer rc %s" % (seen, returncode)
         time.sleep(pause_s)
+
+
+def with_reload_interval(flag_sets: Mapping[str, Sequence[str]], seconds: float) -> dict[str, tuple]:
+    """`flag_sets` with `--reload_interval seconds` added to each."""
+    return {name: (*flags, "--reload_interval", str(seconds)) for name, flags in flag_sets.items()}
+
+
+@contextlib.contextmanager
+def writer_process(script: str, *args: str) -> Iterator[subprocess.Popen]:
+    """Runs `python script args...` (a writer of the live tests) until the block ends; kills it if it still runs.
+
+    The writer prints "ready" once set up and waits for its go file
+    (`start_and_poll`); its stdout is a pipe the test may read.
+    """
+    process = subprocess.Popen([sys.executable, script, *args], stdout=subprocess.PIPE, text=True)
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+
+
+def start_and_poll(
+    process, go_file: pathlib.Path, servers: Mapping[str, TensorBoardServer],
+    make_client: Callable[[TensorBoardServer], object], timeout_s: float, pause_s: float,
+) -> dict[str, object]:
+    """Lets the ready writer `process` start (touches `go_file`) and polls one client per server until it exits.
+
+    Returns the clients ({name: client}), with what each saw.
+    """
+    assert process.stdout.readline().strip() == "ready"
+    go_file.touch()
+    clients = {name: make_client(server) for name, server in servers.items()}
+    poll_until_exit(clients, process, timeout_s, pause_s)
+    return clients
+
+
+def assert_health_is_fresh(logdir: str, servers: Mapping[str, TensorBoardServer]) -> None:
+    """Every server's `/health` equals one computed afresh from the finished files: what was polled is not stale."""
+    fresh = strict_json(wsgi_client(logdir).get(PLUGIN_ROUTE + "/health").get_data())
+    for name, server in servers.items():
+        assert server.get_json(PLUGIN_ROUTE + "/health") == fresh, name

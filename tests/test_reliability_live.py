@@ -7,7 +7,6 @@ Run as a script, this module is that training process:
 from __future__ import annotations
 
 import pathlib
-import subprocess
 import sys
 import time
 import types
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 
 import live_support
-from tb_server import PLUGIN_ROUTE, json_float, strict_json, wsgi_client
+from tb_server import PLUGIN_ROUTE, json_float
 
 RUN = "live"
 LAYERS = ("conv", "dense", "<b>out</b>")
@@ -139,26 +138,17 @@ def test_polling_client_sees_consistent_growing_data_and_the_final_state(tmp_pat
     logdir = tmp_path / "logdir"
     logdir.mkdir()
     go_file = tmp_path / "go"
-    writer = subprocess.Popen(
-        [sys.executable, __file__, str(logdir), str(go_file)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        flag_sets = {name: (*flags, "--reload_interval", str(RELOAD_INTERVAL_S)) for name, flags in LOADERS.items()}
+    flag_sets = live_support.with_reload_interval(LOADERS, RELOAD_INTERVAL_S)
+    with live_support.writer_process(__file__, str(logdir), str(go_file)) as writer:
         with live_support.running_tensorboards(str(logdir), flag_sets) as servers:
-            assert writer.stdout.readline().strip() == "ready"
-            go_file.touch()
-            clients = {name: _PollingClient(server) for name, server in servers.items()}
-            live_support.poll_until_exit(clients, writer, WRITER_TIMEOUT_S, POLL_PAUSE_S)
+            clients = live_support.start_and_poll(
+                writer, go_file, servers, _PollingClient, WRITER_TIMEOUT_S, POLL_PAUSE_S
+            )
             # The diagnosis polled during training is not stale at the end:
             # it equals one computed afresh from the finished files.
-            fresh = strict_json(wsgi_client(str(logdir)).get(PLUGIN_ROUTE + "/health").get_data())
+            live_support.assert_health_is_fresh(str(logdir), servers)
             for name, server in servers.items():
-                assert server.get_json(PLUGIN_ROUTE + "/health") == fresh, name
                 assert _check_runs(server.get_json(PLUGIN_ROUTE + "/runs"))["max_step"] == NUM_STEPS - 1, name
-    finally:
-        if writer.poll() is None:
-            writer.kill()
-        writer.wait()
     assert writer.returncode == 0
     assert writer.stdout.read().strip() == "tensorflow not imported"
     for name, client in clients.items():

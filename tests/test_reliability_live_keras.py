@@ -7,7 +7,6 @@ Run as a script, this module is that training process:
 from __future__ import annotations
 
 import pathlib
-import subprocess
 import sys
 import time
 
@@ -17,7 +16,7 @@ import pytest
 import live_support
 import test_capture_support as support
 from tb_gradhealth import metadata, summary
-from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
+from tb_server import PLUGIN_ROUTE
 
 RUN = "train"  # <log_dir>/train, shared by both callbacks
 EPOCHS = 4
@@ -153,24 +152,14 @@ def test_fit_with_both_callbacks_is_served_consistently_while_it_trains(tmp_path
     logdir.mkdir()
     go_file = tmp_path / "go"
     weights_path = tmp_path / "weights.npz"
-    trainer = subprocess.Popen(
-        [sys.executable, __file__, str(logdir), str(go_file), str(weights_path)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        flag_sets = {name: (*flags, "--reload_interval", str(RELOAD_INTERVAL_S)) for name, flags in LOADERS.items()}
+    flag_sets = live_support.with_reload_interval(LOADERS, RELOAD_INTERVAL_S)
+    with live_support.writer_process(__file__, str(logdir), str(go_file), str(weights_path)) as trainer:
         with live_support.running_tensorboards(str(logdir), flag_sets) as servers:
-            assert trainer.stdout.readline().strip() == "ready"
-            go_file.touch()
-            clients = {name: _PollingClient(server) for name, server in servers.items()}
-            live_support.poll_until_exit(clients, trainer, TRAINER_TIMEOUT_S, POLL_PAUSE_S)
+            clients = live_support.start_and_poll(
+                trainer, go_file, servers, _PollingClient, TRAINER_TIMEOUT_S, POLL_PAUSE_S
+            )
             # The diagnosis polled during training is not stale at the end.
-            fresh = strict_json(wsgi_client(str(logdir)).get(PLUGIN_ROUTE + "/health").get_data())
-            for name, server in servers.items():
-                assert server.get_json(PLUGIN_ROUTE + "/health") == fresh, name
-    finally:
-        if trainer.poll() is None:
-            trainer.kill()
-        trainer.wait()
+            live_support.assert_health_is_fresh(str(logdir), servers)
     assert trainer.returncode == 0
 
     written = read_event_files(logdir / RUN)

@@ -103,7 +103,7 @@ def test_steps_appended_to_an_older_file_of_the_run_are_lost_by_the_python_loade
             ours.write(step, {STAT: _row(step)}, LAYERS)
         ours.flush()
         (our_file,) = run_dir.iterdir()
-        flag_sets = {name: (*flags, "--reload_interval", str(RELOAD_INTERVAL_S)) for name, flags in LOADERS.items()}
+        flag_sets = live_support.with_reload_interval(LOADERS, RELOAD_INTERVAL_S)
         with live_support.running_tensorboards(str(tmp_path), flag_sets) as servers:
             _wait_all(servers, _series_steps, first, "our first steps")
             # A later writer's file appears (Keras's at the next fit) ...
