@@ -104,6 +104,10 @@ class LayerReducer:
     def _per_layer_sum(self, per_variable: Sequence[tf.Tensor]) -> tf.Tensor:
         return tf.math.unsorted_segment_sum(tf.stack(per_variable), self.layer_index, self.n_layers)
 
+    def _per_layer_norm(self, half_squares: Sequence[tf.Tensor]) -> tf.Tensor:
+        """Per-layer L2 norm from each variable's `tf.nn.l2_loss` (half its sum of squares)."""
+        return tf.sqrt(2.0 * self._per_layer_sum(half_squares))
+
     def zeros(self) -> tf.Tensor:
         return tf.zeros([self.n_layers], tf.float32)
 
@@ -136,7 +140,7 @@ class LayerReducer:
             tf.math.unsorted_segment_max(tf.maximum(top, -bottom), self.layer_index, self.n_layers), zero
         )
         weights = [read(variable) for variable in self.variables]
-        weight_norm = tf.sqrt(2.0 * self._per_layer_sum([tf.nn.l2_loss(_as_float32(w)) for w in weights]))
+        weight_norm = self._per_layer_norm([tf.nn.l2_loss(_as_float32(w)) for w in weights])
         return grad_max_abs, weight_norm, weights
 
     def update_norm(self, weights_before: Sequence[tf.Tensor], weight_norm: tf.Tensor) -> tf.Tensor:
@@ -148,7 +152,7 @@ class LayerReducer:
                 tf.nn.l2_loss(_as_float32(before - read(variable)))
                 for before, variable in zip(weights_before, self.variables)
             ]
-        return tf.sqrt(2.0 * self._per_layer_sum(half_sq))
+        return self._per_layer_norm(half_sq)
 
     def snapshot(self, weights: Sequence[tf.Tensor]) -> list:
         """Copies `before_update`'s reads into the snapshot variables; returns the copy ops."""
@@ -168,7 +172,7 @@ class LayerReducer:
         for variable, snapshot in zip(self.variables, self._snapshots):
             snapshot.assign_sub(read(variable), read_value=False)
             half_sq.append(tf.nn.l2_loss(_as_float32(snapshot.value())))
-        return tf.sqrt(2.0 * self._per_layer_sum(half_sq))
+        return self._per_layer_norm(half_sq)
 
 
 def update_ratio(update_norm: tf.Tensor, weight_norm: tf.Tensor) -> tf.Tensor:
