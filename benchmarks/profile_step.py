@@ -153,6 +153,9 @@ def profile_ops(iterator, function, steps: int) -> dict:
         "capture_op_us": sum(capture.values()),
         "capture_ops": len(capture),
         "dispatches_per_step": dispatches / steps,
+        # Which kernels ours are, by type and count: unlike their times, this
+        # does not depend on the machine's load.
+        "capture_op_types": dict(sorted(collections.Counter(name.rsplit(":", 1)[-1] for name in capture).items())),
         "top_capture_ops": [[name.rsplit("/", 1)[-1], round(us, 1)] for name, us in collections.Counter(capture).most_common(TOP_OPS)],
     }
 
