@@ -86,8 +86,8 @@ def train_functions(model_name: str, log_dir: str):
     return iterator, functions
 
 
-def paired_step_times(iterator, functions: dict, rounds: int, block: int, seed: int = 0) -> dict:
-    """ms/step of each function per round, and its ratio to `plain` (mean, 95% bootstrap interval, median)."""
+def paired_step_times(iterator, functions: dict, rounds: int, block: int, seed: int = 0, baseline: str = PLAIN) -> dict:
+    """ms/step of each function per round, and its ratio to `baseline` (mean, 95% bootstrap interval, median)."""
     names = list(functions)
     ms = {name: [] for name in names}
     for index in range(rounds):
@@ -101,7 +101,7 @@ def paired_step_times(iterator, functions: dict, rounds: int, block: int, seed: 
     rng = np.random.default_rng(seed)
     summary = {}
     for name in names:
-        ratios = np.asarray(ms[name]) / np.asarray(ms[PLAIN])
+        ratios = np.asarray(ms[name]) / np.asarray(ms[baseline])
         means = rng.choice(ratios, (BOOTSTRAP_SAMPLES, len(ratios))).mean(axis=1)
         summary[name] = {
             "ms_per_step_median": common.median(ms[name]),

@@ -205,3 +205,29 @@ def test_machine_names_the_benchmark_command():
     machine = common.machine("benchmarks.serve", ["--sizes", "1"])
     assert machine["command"] == "python -m benchmarks.serve --sizes 1"
     assert machine["nproc"] >= 1 and machine["versions"]["numpy"] == np.__version__
+
+
+def test_reductions_smoke(tmp_path):
+    from benchmarks import reductions
+
+    results = reductions.main(["--model", "baseline_mlp", "--rounds", "2", "--block", "2", "--out-dir", str(tmp_path)])
+    summary = results["calls"]["summary"]
+    assert set(summary) == set(reductions.FUNCTIONS)
+    assert summary[reductions.NORM]["ratio_mean"] == 1.0
+    assert all(len(times) == 2 for times in results["calls"]["ms_per_step"].values())
+    assert results["numpy_one_pass_us"] > 0
+    assert list(tmp_path.glob("reductions-*.json"))
+
+
+def test_reductions_variants_compute_the_same_statistics():
+    from benchmarks import reductions
+
+    variables = reductions.gradient_like_variables("baseline_mlp")
+    assert [tuple(v.shape) for v in variables] == [(784, 128), (128,), (128, 10), (10,)]
+    functions = reductions.reduction_functions(variables)
+    reductions.check_same_numbers(functions, variables)
+    norms, maxima, minima = (t.numpy() for t in functions[reductions.NORM_MAX_MIN](None))
+    arrays = [v.numpy() for v in variables]
+    np.testing.assert_allclose(norms, [0.5 * np.sum(a.astype(np.float64) ** 2) for a in arrays], rtol=1e-5)
+    np.testing.assert_array_equal(maxima, [a.max() for a in arrays])
+    np.testing.assert_array_equal(minima, [a.min() for a in arrays])
