@@ -101,11 +101,12 @@ class LayerReducer:
         self.n_layers = int(n_layers)
         self._snapshots = None
 
-    def _per_layer_sum(self, per_variable: Sequence[tf.Tensor]) -> tf.Tensor:
-        return tf.math.unsorted_segment_sum(tf.stack(per_variable), self.layer_index, self.n_layers)
+    def _per_layer_sum(self, per_variable: tf.Tensor) -> tf.Tensor:
+        """Per-layer sums of a vector holding one value per recorded variable."""
+        return tf.math.unsorted_segment_sum(per_variable, self.layer_index, self.n_layers)
 
-    def _per_layer_norm(self, half_squares: Sequence[tf.Tensor]) -> tf.Tensor:
-        """Per-layer L2 norm from each variable's `tf.nn.l2_loss` (half its sum of squares)."""
+    def _per_layer_norm(self, half_squares: tf.Tensor) -> tf.Tensor:
+        """Per-layer L2 norm from the vector of each variable's `tf.nn.l2_loss` (half its sum of squares)."""
         return tf.sqrt(2.0 * self._per_layer_sum(half_squares))
 
     def zeros(self) -> tf.Tensor:
@@ -118,15 +119,16 @@ class LayerReducer:
 
         def count_nonfinite():
             return self._per_layer_sum(
-                [
-                    zero if g is None else tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), tf.float32))
-                    for g in grads
-                ]
+                tf.stack(
+                    [
+                        zero if g is None else tf.reduce_sum(tf.cast(tf.logical_not(tf.math.is_finite(g)), tf.float32))
+                        for g in grads
+                    ]
+                )
             )
 
         nonfinite = tf.cond(tf.reduce_all(tf.math.is_finite(half_sq)), self.zeros, count_nonfinite)
-        layer_half_sq = tf.math.unsorted_segment_sum(half_sq, self.layer_index, self.n_layers)
-        return GradientSums(grad_norm=tf.sqrt(2.0 * layer_half_sq), nonfinite=nonfinite)
+        return GradientSums(grad_norm=self._per_layer_norm(half_sq), nonfinite=nonfinite)
 
     def before_update(self, grads: Sequence) -> tuple[tf.Tensor, tf.Tensor, list]:
         """Logged steps, before the update: (per-layer max |g|, weight norm, the weights read)."""
@@ -140,7 +142,7 @@ class LayerReducer:
             tf.math.unsorted_segment_max(tf.maximum(top, -bottom), self.layer_index, self.n_layers), zero
         )
         weights = [read(variable) for variable in self.variables]
-        weight_norm = self._per_layer_norm([tf.nn.l2_loss(_as_float32(w)) for w in weights])
+        weight_norm = self._per_layer_norm(tf.stack([tf.nn.l2_loss(_as_float32(w)) for w in weights]))
         return grad_max_abs, weight_norm, weights
 
     def update_norm(self, weights_before: Sequence[tf.Tensor], weight_norm: tf.Tensor) -> tf.Tensor:
@@ -152,7 +154,7 @@ class LayerReducer:
                 tf.nn.l2_loss(_as_float32(before - read(variable)))
                 for before, variable in zip(weights_before, self.variables)
             ]
-        return self._per_layer_norm(half_sq)
+        return self._per_layer_norm(tf.stack(half_sq))
 
     def snapshot(self, weights: Sequence[tf.Tensor]) -> list:
         """Copies `before_update`'s reads into the snapshot variables; returns the copy ops."""
@@ -172,7 +174,7 @@ class LayerReducer:
         for variable, snapshot in zip(self.variables, self._snapshots):
             snapshot.assign_sub(read(variable), read_value=False)
             half_sq.append(tf.nn.l2_loss(_as_float32(snapshot.value())))
-        return self._per_layer_norm(half_sq)
+        return self._per_layer_norm(tf.stack(half_sq))
 
 
 def update_ratio(update_norm: tf.Tensor, weight_norm: tf.Tensor) -> tf.Tensor:
