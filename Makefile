@@ -12,7 +12,7 @@ FASHION_MNIST_DEB := dataset-fashion-mnist
 # apt-get needs root; elsewhere go through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install test test-fast demo demo-data chromium clean screenshots
+.PHONY: install lint test test-fast demo demo-data chromium clean screenshots
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,12 @@ install: $(INSTALLED)
 chromium:
 	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
 
-test: $(INSTALLED) chromium
+# Lint and format checks first: they take a second and fail fast.
+lint: $(INSTALLED)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+test: $(INSTALLED) chromium lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Everything but the slow tests, for a quick loop while editing.

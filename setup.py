@@ -37,6 +37,7 @@ setuptools.setup(
             "nbformat>=5",
             "ipykernel>=6",
             "build>=1.0",
+            "ruff>=0.6",
         ],
     },
     entry_points={

@@ -23,7 +23,6 @@ OUT_DIR = REPO / "benchmarks" / "out"
 # tests/tb_server.py starts and stops a real `tensorboard` on a free port;
 # the benchmarks use the very same code as the end-to-end tests.
 sys.path.insert(0, str(REPO / "tests"))
-import tb_server  # noqa: E402  (needs the path above)
 
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 _KIB = 1024
@@ -64,7 +63,7 @@ def machine(module: str, argv: list[str] | None) -> dict:
     for package in ("tensorflow", "keras", "tensorboard", "numpy"):
         try:
             versions[package] = __import__(package).__version__
-        except Exception:  # noqa: BLE001 - a missing package is reported as such
+        except Exception:
             versions[package] = None
     try:
         dirty = subprocess.run(

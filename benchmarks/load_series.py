@@ -28,9 +28,9 @@ import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
-import tb_server  # noqa: E402  (needs the path above)
+import tb_server
 
-from tb_gradhealth.summary import GradientHealthFileWriter  # noqa: E402
+from tb_gradhealth.summary import GradientHealthFileWriter
 
 STATS = ("grad_norm", "update_ratio")
 WALL_TIME_0 = 1_700_000_000.0  # seconds since the epoch

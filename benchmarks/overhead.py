@@ -35,13 +35,13 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import keras  # noqa: E402  (after the logging setting)
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
+import keras
+import numpy as np
+import tensorflow as tf
 
-from benchmarks import common  # noqa: E402
-from demo import models as demo_models  # noqa: E402
-from tb_gradhealth import GradientHealthCallback  # noqa: E402
+from benchmarks import common
+from demo import models as demo_models
+from tb_gradhealth import GradientHealthCallback
 
 BATCH_SIZE = 32
 IMAGE_SHAPE = (28, 28)

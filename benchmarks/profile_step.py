@@ -37,12 +37,12 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402  (after the logging setting)
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from benchmarks import common, overhead  # noqa: E402
-from tb_gradhealth import GradientHealthCallback  # noqa: E402
-from tb_gradhealth.capture.recorder import GRAPH_SCOPE  # noqa: E402
+from benchmarks import common, overhead
+from tb_gradhealth import GradientHealthCallback
+from tb_gradhealth.capture.recorder import GRAPH_SCOPE
 
 PLAIN = "plain"
 PLAIN_AGAIN = "plain_again"

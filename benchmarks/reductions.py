@@ -29,10 +29,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402  (after the logging setting)
-import tensorflow as tf  # noqa: E402
+import numpy as np
+import tensorflow as tf
 
-from benchmarks import common, overhead, profile_step  # noqa: E402
+from benchmarks import common, overhead, profile_step
 
 NORM = "norm"
 NORM_AGAIN = "norm_again"

@@ -25,7 +25,6 @@ tab requests on every refresh. The Scalars anchor's equivalent of one
 from __future__ import annotations
 
 import argparse
-import os
 import pathlib
 import time
 import urllib.parse

@@ -7,6 +7,6 @@ import sys
 # before TensorFlow is imported, and only if the user has not chosen a level.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from demo.train import main  # noqa: E402  (after the environment is set)
+from demo.train import main
 
 sys.exit(main())

@@ -12,7 +12,8 @@ import shutil
 import sys
 import tempfile
 import urllib.request
-from typing import Callable, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 import numpy as np
 
@@ -252,7 +253,7 @@ def synthetic(num_train: int = SYNTHETIC_TRAIN, num_test: int = SYNTHETIC_TEST, 
         for _ in range(3):
             (r0, c0), (r1, c1) = rng.integers(6, 22, size=(2, 2))
             for t in np.linspace(0.0, 1.0, 40):
-                r, c = int(round(r0 + t * (r1 - r0))), int(round(c0 + t * (c1 - c0)))
+                r, c = round(r0 + t * (r1 - r0)), round(c0 + t * (c1 - c0))
                 prototypes[label, r - 1 : r + 2, c - 1 : c + 2] = 1.0
 
     def draw(count: int) -> tuple[np.ndarray, np.ndarray]:

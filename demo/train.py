@@ -10,7 +10,8 @@ import shlex
 import shutil
 import sys
 import time
-from typing import Callable, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 import keras
 import numpy as np

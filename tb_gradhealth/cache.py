@@ -7,7 +7,8 @@ import logging
 import queue
 import threading
 import time
-from typing import Callable, Hashable, TypeVar
+from collections.abc import Hashable
+from typing import Callable, TypeVar
 
 Value = TypeVar("Value")
 Job = Callable[[], None]
@@ -39,7 +40,7 @@ class BackgroundWorker:
             job = self._jobs.get()
             try:
                 job()
-            except Exception:  # noqa: BLE001 - one failed job must not stop the later ones
+            except Exception:
                 _logger.exception("background job failed")
 
 
@@ -157,7 +158,7 @@ class ResponseCache:
     def _revalidate(self, key: Hashable, compute: Callable[[], Value], size: Callable[[Value], int]) -> None:
         try:
             value = self._compute(compute)
-        except Exception:  # noqa: BLE001 - e.g. the run was deleted: the next request computes and raises
+        except Exception:
             _logger.debug("revalidating %r failed; entry dropped", key, exc_info=True)
             with self._lock:
                 self._drop(key)

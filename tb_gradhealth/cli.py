@@ -6,7 +6,8 @@ import argparse
 import json
 import os
 import sys
-from typing import Sequence, TextIO
+from collections.abc import Sequence
+from typing import TextIO
 
 # Exit statuses of `report`, documented in its help.
 EXIT_HEALTHY = 0  # every run diagnosed healthy

@@ -246,7 +246,7 @@ def _read_tags(provider, ctx, experiment_id: str, run: str, tags: Sequence[str])
         return read(tags), []
     except errors.PublicError:
         raise
-    except Exception:  # noqa: BLE001 - isolated per tag below
+    except Exception:
         # The providers decode every tensor of the request at once, so one
         # corrupt tensor fails the whole request; read tag by tag to keep
         # every readable tag.
@@ -257,7 +257,7 @@ def _read_tags(provider, ctx, experiment_id: str, run: str, tags: Sequence[str])
             data.update(read([tag]))
         except errors.PublicError:
             raise
-        except Exception as error:  # noqa: BLE001 - any decoding failure of corrupt data
+        except Exception as error:
             message = "skipped: tensors cannot be decoded (%s: %s)" % (type(error).__name__, error)
             problems.append(Problem(tag, message))
     return data, problems

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
@@ -127,7 +127,7 @@ class GradientHealthFileWriter:
     def close(self) -> None:
         self._writer.close()
 
-    def __enter__(self) -> "GradientHealthFileWriter":
+    def __enter__(self) -> GradientHealthFileWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:

@@ -13,12 +13,12 @@ import numpy as np
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
-import keras  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorboard.backend.event_processing import plugin_event_multiplexer  # noqa: E402
-from tensorboard.util import tensor_util  # noqa: E402
+import keras
+import tensorflow as tf
+from tensorboard.backend.event_processing import plugin_event_multiplexer
+from tensorboard.util import tensor_util
 
-from tb_gradhealth import metadata  # noqa: E402
+from tb_gradhealth import metadata
 
 N_SAMPLES = 64
 INPUT_DIM = 5
@@ -257,7 +257,7 @@ def main(argv=None) -> None:
         # One failing case must not hide the other's numbers.
         try:
             summary[name] = case(args.out)
-        except Exception as error:  # noqa: BLE001 - reported to the test, which fails on it
+        except Exception as error:
             summary[name] = {"error": "%s: %s" % (type(error).__name__, error)}
     json.dump(summary, sys.stdout)
 

@@ -8,7 +8,8 @@ import pathlib
 import subprocess
 import sys
 import time
-from typing import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Callable
 
 from tb_server import PLUGIN_ROUTE, TensorBoardServer, running_tensorboard, strict_json, wsgi_client
 
@@ -42,7 +43,7 @@ def running_tensorboards(logdir: str, flag_sets: Mapping[str, Sequence[str]]) ->
         for name, future in futures.items():
             try:
                 servers[name] = future.result()
-            except Exception as error:  # noqa: BLE001 - raised below, once every started server is owned
+            except Exception as error:
                 errors.append(error)
             else:
                 stack.push(managers[name].__exit__)

@@ -13,8 +13,8 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks import eventgen  # noqa: E402  (needs the repository on the path)
-from tb_gradhealth import metadata, reader  # noqa: E402
+from benchmarks import eventgen
+from tb_gradhealth import metadata, reader
 
 pytestmark = pytest.mark.slow
 

@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 
+import keras
 import numpy as np
 import pytest
-
-import keras
-
 import test_capture_support as support
 from tensorboard.backend.event_processing import event_file_loader, plugin_event_accumulator, plugin_event_multiplexer
 from tensorboard.compat.proto import summary_pb2, types_pb2
+
 from tb_gradhealth import GradientHealthCallback, metadata
 
 N_STEPS = 6
@@ -58,7 +57,7 @@ def test_metadata_on_the_first_value_of_each_tag_only(callback_run):
 
 def test_each_step_is_one_float32_vector_per_statistic(callback_run):
     by_tag = _values_by_tag(os.path.join(callback_run, "train"))
-    for tag, values in by_tag.items():
+    for values in by_tag.values():
         assert [step for step, _ in values] == list(range(N_STEPS))
         for _, value in values:
             assert value.tensor.dtype == types_pb2.DT_FLOAT

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import os
-
+import keras
 import numpy as np
 import pytest
-
-import keras
 import tensorflow as tf
-
 import test_capture_support as support
+
 from tb_gradhealth import GradientHealthWriter, metadata
 
 N_STEPS = 7

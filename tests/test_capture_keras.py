@@ -5,13 +5,12 @@ from __future__ import annotations
 import logging
 import os
 
+import keras
 import numpy as np
 import pytest
-
-import keras
 import tensorflow as tf
-
 import test_capture_support as support
+
 from tb_gradhealth import GradientHealthCallback, metadata
 
 N_SAMPLES = 48  # 6 steps per epoch at batch 8

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import pytest
-
 import keras
+import pytest
 
 from tb_gradhealth.capture.layers import group_by_layer, groups_from_pairs, variable_key
 

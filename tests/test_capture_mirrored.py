@@ -9,8 +9,8 @@ import textwrap
 
 import numpy as np
 import pytest
-
 import test_capture_support as support
+
 from tb_gradhealth import metadata
 
 # Logical devices must be configured before TensorFlow initialises, which

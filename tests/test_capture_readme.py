@@ -7,8 +7,8 @@ import pathlib
 import re
 
 import pytest
-
 import test_capture_support as support
+
 from tb_gradhealth import metadata
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"

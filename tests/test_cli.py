@@ -11,13 +11,12 @@ import time
 
 import numpy as np
 import pytest
+from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from tb_gradhealth import cli, metadata, summary
 from tb_gradhealth.summary import GradientHealthFileWriter
-
-from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 
 LAYERS = ("dense", "dense_1", "dense_2")
 NUM_STEPS = 30
@@ -125,7 +124,7 @@ def test_one_run_json_and_exit_status_agree_with_the_route(logdir, health, capsy
 
 
 def test_table_gives_verdict_first_step_and_layers(logdir, capsys):
-    status, out, err = _report(capsys, logdir)
+    status, out, _ = _report(capsys, logdir)
     assert status == cli.EXIT_FINDINGS
     blocks = out.strip().split("\n\n")
     assert blocks[0].splitlines()[:3] == [

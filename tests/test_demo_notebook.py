@@ -10,7 +10,6 @@ import nbformat
 import numpy as np
 import pytest
 from nbclient import NotebookClient
-
 from test_demo_events import read_gradient_health
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parent.parent / "demo" / "gradient_health.ipynb"

@@ -7,12 +7,11 @@ import pathlib
 
 import numpy as np
 import pytest
+from conftest import DEMO_EPOCHS
+from test_demo_events import read_gradient_health, read_other_tags
 
 from demo import data, models, train
 from tb_gradhealth import metadata
-
-from conftest import DEMO_EPOCHS
-from test_demo_events import read_gradient_health, read_other_tags
 
 EPOCHS = 1
 # Keras' fit keeps 10% for validation and steps through the rest in batches of 32.
@@ -75,7 +74,7 @@ def test_previous_demo_runs_are_replaced_but_foreign_folders_kept(tmp_path):
     foreign = tmp_path / "exploding"
     (foreign / "train").mkdir(parents=True)
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="notes.txt"):
+    with pytest.raises(FileExistsError, match=r"notes\.txt"):
         train._clear_run_dir(foreign, messages.append)
     assert (foreign / "notes.txt").exists()
 
@@ -108,7 +107,7 @@ def test_run_all_writes_one_labelled_run_per_model(demo_logdir):
 
 @pytest.mark.slow
 def test_every_run_records_every_step_of_every_layer(demo_logdir):
-    logdir, results, _ = demo_logdir
+    _, results, _ = demo_logdir
     for result in results:
         stats = read_gradient_health(result.path)
         assert set(stats) == set(metadata.BUILTIN_STATS), result.run

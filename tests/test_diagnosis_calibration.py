@@ -339,9 +339,9 @@ def test_dead_layer_and_the_layers_behind_it(calibration):
 
 def test_report_agrees_with_the_health_route_on_trained_runs(calibration_logdir, capsys):
     """`tb-gradhealth report --json` and its exit status against /health of TensorBoard's own app."""
-    from tb_gradhealth import cli
-
     from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
+
+    from tb_gradhealth import cli
 
     response = wsgi_client(calibration_logdir).get(PLUGIN_ROUTE + "/health")
     assert response.status_code == 200

@@ -16,10 +16,19 @@ from urllib.parse import urlencode
 
 import numpy as np
 import pytest
+from tb_server import (
+    HOST,
+    STARTUP_TIMEOUT_S,
+    STOP_TIMEOUT_S,
+    TENSORBOARD_BIN,
+    TensorBoardServer,
+    free_port,
+    strict_json,
+    wsgi_client,
+)
 from werkzeug import serving
 
 from tb_gradhealth.summary import GradientHealthFileWriter
-from tb_server import HOST, STARTUP_TIMEOUT_S, STOP_TIMEOUT_S, TENSORBOARD_BIN, TensorBoardServer, free_port, strict_json, wsgi_client
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
@@ -467,7 +476,7 @@ def in_process_tensorboard(logdir: str):
 
 
 def test_empty_logdir_shows_the_how_to_and_a_dead_server_shows_an_error(tmp_path, page):
-    with in_process_tensorboard(str(tmp_path)) as (url, http):
+    with in_process_tensorboard(str(tmp_path)) as (url, _):
         page.open_tab(url + ENTRY, state="empty")
         how_to = page.page.text_content(".how-to")
         assert "GradientHealthCallback" in how_to

@@ -8,11 +8,11 @@ import time
 
 import pytest
 
-from tb_gradhealth import event_files
-from tb_gradhealth.summary import GradientHealthFileWriter
-
 # The browser and page fixtures and the in-process server come from the main browser tests.
 from test_frontend_browser import ENTRY, MIN_DRAWN_PIXELS, browser, in_process_tensorboard, page  # noqa: F401
+
+from tb_gradhealth import event_files
+from tb_gradhealth.summary import GradientHealthFileWriter
 
 pytestmark = pytest.mark.slow  # a browser and a server: ~10 s on 2 cores
 

@@ -7,10 +7,10 @@ test_capture_contract.py and test_summary_api.py.
 
 from __future__ import annotations
 
+import gradients_support as support
 import numpy as np
 import pytest
 
-import gradients_support as support
 from tb_gradhealth import GradientHealthCallback, metadata, reader
 
 CALLBACK_STEPS = 2

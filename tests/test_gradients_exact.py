@@ -7,11 +7,11 @@ max between logged steps, the last step written by close(), and NaN steps.
 
 from __future__ import annotations
 
+import gradients_support as support
 import keras
 import numpy as np
 import pytest
 
-import gradients_support as support
 from tb_gradhealth import GradientHealthWriter, metadata
 
 RUN = "custom_loop"

@@ -7,10 +7,10 @@ import pathlib
 import subprocess
 import sys
 
+import gradients_support as support
 import numpy as np
 import pytest
 
-import gradients_support as support
 from tb_gradhealth import metadata
 
 SCRIPT = pathlib.Path(support.__file__)

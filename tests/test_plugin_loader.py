@@ -7,13 +7,12 @@ import sys
 from importlib import metadata as importlib_metadata
 
 import pytest
+from tb_server import configured_flags
 from tensorboard.plugins import base_plugin
 
 from tb_gradhealth import metadata
 from tb_gradhealth.loader import DEFAULT_SAMPLES_PER_TAG, GradientHealthLoader
 from tb_gradhealth.plugin import GradientHealthPlugin
-
-from tb_server import configured_flags
 
 
 def test_entry_point_is_registered_and_loads_our_loader():

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 from tensorboard import errors
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.data import provider as tb_provider
@@ -13,8 +14,6 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from tb_gradhealth import metadata, reader
 from tb_gradhealth.summary import GradientHealthFileWriter
-
-from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 
 LAYERS = ("in", "hidden", "out")
 # More than the multiplexer's default of 500 tensors per tag.
@@ -180,7 +179,7 @@ def test_read_run_unknown_run_or_stat_is_not_found(corrupt_provider):
         reader.read_run(*corrupt_provider, "nope")
     with pytest.raises(errors.NotFoundError, match="run 'good' has no readable statistic 'nope'"):
         reader.read_run(*corrupt_provider, GOOD_RUN, stats=["nope"])
-    with pytest.raises(errors.NotFoundError, match="has no readable statistic 'update_ratio' .*cannot be decoded"):
+    with pytest.raises(errors.NotFoundError, match=r"has no readable statistic 'update_ratio' .*cannot be decoded"):
         reader.read_run(*corrupt_provider, BAD_RUN, stats=["update_ratio"])
 
 

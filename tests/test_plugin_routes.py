@@ -9,6 +9,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from tb_server import PLUGIN_ROUTE, json_float, strict_json, wsgi_client
 from tensorboard.backend import json_util
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2
@@ -16,8 +17,6 @@ from tensorboard.util import tensor_util
 
 from tb_gradhealth import diagnosis, metadata, reader
 from tb_gradhealth.summary import GradientHealthFileWriter
-
-from tb_server import PLUGIN_ROUTE, json_float, strict_json, wsgi_client
 
 RUN = "mlp"
 SCALARS_ONLY_RUN = "scalars_only"

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pathlib
 
 import pytest
+from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 
 from tb_gradhealth import static
-
-from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 

@@ -8,6 +8,7 @@ import time
 
 import numpy as np
 import pytest
+from tb_server import PLUGIN_ROUTE, strict_json
 from tensorboard import context as tb_context
 from tensorboard.backend import application
 from tensorboard.backend.event_processing import data_provider as multiplexer_data_provider
@@ -18,8 +19,6 @@ from werkzeug import test as werkzeug_test
 from tb_gradhealth import diagnosis, metadata, plugin, reader
 from tb_gradhealth.cache import BackgroundWorker, ResponseCache
 from tb_gradhealth.summary import GradientHealthFileWriter
-
-from tb_server import PLUGIN_ROUTE, strict_json
 
 MAX_BYTES = 1_000
 REVALIDATE_AFTER_S = 10.0

@@ -8,11 +8,10 @@ import time
 
 import numpy as np
 import pytest
+from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 
 from tb_gradhealth import cli, event_files
 from tb_gradhealth.summary import GradientHealthFileWriter
-
-from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 
 LAYERS = ("in", "hidden", "out")
 NUM_STEPS = 6

@@ -10,13 +10,13 @@ import pathlib
 import sys
 import time
 
+import live_support
 import numpy as np
 import pytest
-
-import live_support
 import test_capture_support as support
-from tb_gradhealth import metadata, summary
 from tb_server import PLUGIN_ROUTE
+
+from tb_gradhealth import metadata, summary
 
 RUN = "train"  # <log_dir>/train, shared by both callbacks
 EPOCHS = 4

@@ -23,16 +23,16 @@ from __future__ import annotations
 
 import time
 
+import live_support
 import numpy as np
 import pytest
+from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 from tensorboard import program
 from tensorboard.compat.proto import event_pb2, summary_pb2
 from tensorboard.plugins.core import core_plugin
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-import live_support
 from tb_gradhealth.summary import GradientHealthFileWriter
-from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 
 RUN = "train"
 STAT = "grad_norm"

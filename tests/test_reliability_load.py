@@ -8,7 +8,7 @@ import sys
 import pytest
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-from benchmarks import load_series  # noqa: E402  (needs the path above)
+from benchmarks import load_series
 
 # Smaller bodies than the benchmark's (benchmarks/README.md, "Load (issue 8)"),
 # so the uncached burst stays short on 2 shared cores.

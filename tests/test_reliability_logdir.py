@@ -8,6 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 
+
 class UnclearError(AssertionError):
     """The error does not say who failed and on which directory."""
 
@@ -90,7 +91,7 @@ def test_a_failed_start_leaves_the_model_trainable_without_the_callback(tmp_path
     model = _model()
     optimizer_type_apply = type(model.optimizer).apply
     x, y = _data()
-    with pytest.raises(Exception):
+    with pytest.raises(OSError, match="cannot write its event files"):
         model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0,
                   callbacks=[GradientHealthCallback(str(_unwritable_log_dir(tmp_path, "through_a_file")))])
     # The optimizer is not left wrapped, so a later fit trains as plain Keras.

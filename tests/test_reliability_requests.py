@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from tb_gradhealth import static
 from tb_gradhealth.summary import GradientHealthFileWriter
-
-from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 
 # Hostile and non-ASCII run names are ordinary directory names.
 HOSTILE_RUN = '<img src=x onerror="alert(1)">'

@@ -7,11 +7,10 @@ import re
 
 import numpy as np
 import pytest
+from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 
 from tb_gradhealth import metadata, static
 from tb_gradhealth.summary import GradientHealthFileWriter
-
-from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 
 FRONTEND = pathlib.Path(__file__).resolve().parent.parent / "frontend"
 # Directory names may hold anything but "/" and NUL.

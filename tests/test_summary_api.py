@@ -10,9 +10,9 @@ import textwrap
 
 import numpy as np
 import pytest
-
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import summary_pb2, types_pb2
+
 from tb_gradhealth import metadata, summary
 from tb_gradhealth.summary import GradientHealthFileWriter, write_layer_stats
 
@@ -126,6 +126,7 @@ def test_works_without_tensorflow(tmp_path):
 def test_same_contract_as_the_keras_callback(tmp_path):
     keras = pytest.importorskip("keras")
     import test_capture_support as support
+
     from tb_gradhealth import GradientHealthCallback
 
     model = support.make_mlp()

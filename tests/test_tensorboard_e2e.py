@@ -8,14 +8,13 @@ import math
 
 import numpy as np
 import pytest
+from tb_server import HOST, PLUGIN_ROUTE, json_float, running_tensorboard, strict_json, wsgi_client
 from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
+from test_plugin_reader import RawWriter
+from test_reliability_corrupt import GARBAGE, age, write_run
 
 from tb_gradhealth import metadata
 from tb_gradhealth.summary import GradientHealthFileWriter
-
-from tb_server import HOST, PLUGIN_ROUTE, json_float, running_tensorboard, strict_json, wsgi_client
-from test_plugin_reader import RawWriter
-from test_reliability_corrupt import GARBAGE, age, write_run
 
 RUN = "train"
 CORRUPT_RUN = "corrupt"

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 import warnings
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 import keras
 import tensorflow as tf
 
 from tb_gradhealth.capture.layers import group_by_layer, groups_from_pairs
-from tb_gradhealth.capture.writer import open_summary_writer
 from tb_gradhealth.capture.recorder import StepRecorder
 from tb_gradhealth.capture.reductions import in_xla_context
+from tb_gradhealth.capture.writer import open_summary_writer
 
 # Logged steps held in the graph before they are written (see keras_callback).
 DEFAULT_BUFFER_STEPS = 128
@@ -86,7 +86,8 @@ class GradientHealthWriter:
             self._warned_xla = True
             warnings.warn(
                 "GradientHealthWriter inside jit_compile: call writer.flush() at least every "
-                "%d logged steps, or rows are dropped" % self._recorder.ring.capacity
+                "%d logged steps, or rows are dropped" % self._recorder.ring.capacity,
+                stacklevel=2,
             )
         with tf.init_scope():
             # Numbering starts at the optimizer's step count (eagerly, also
@@ -116,11 +117,12 @@ class GradientHealthWriter:
         if dropped > self._dropped_reported:
             warnings.warn(
                 "GradientHealthWriter dropped %d logged steps: its buffer was full"
-                % (dropped - self._dropped_reported)
+                % (dropped - self._dropped_reported),
+                stacklevel=2,
             )
             self._dropped_reported = dropped
 
-    def __enter__(self) -> "GradientHealthWriter":
+    def __enter__(self) -> GradientHealthWriter:
         return self
 
     def __exit__(self, *exc_info) -> None:

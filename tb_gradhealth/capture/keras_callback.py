@@ -219,7 +219,8 @@ class GradientHealthCallback(keras.callbacks.Callback):
         if self._dropped > self._dropped_reported:
             warnings.warn(
                 "GradientHealthCallback dropped %d logged steps because its buffer was full"
-                % (self._dropped - self._dropped_reported)
+                % (self._dropped - self._dropped_reported),
+                stacklevel=2,
             )
             self._dropped_reported = self._dropped
 

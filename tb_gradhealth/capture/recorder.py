@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Sequence
+from typing import Callable
 
 import keras
 import tensorflow as tf
@@ -85,10 +86,15 @@ class StepRecorder:
 
             grad_max_abs, weight_norm = tf.cond(logged, logged_step, lambda: (zeros(), zeros()))
         # Handed to _after_update, the next merge call of the same trace.
-        self._trace_state = dict(
-            step=step, logged=logged, sums=sums, grad_max_abs=grad_max_abs,
-            weight_norm=weight_norm, weights_before=weights_before, loss_scale=loss_scale,
-        )
+        self._trace_state = {
+            "step": step,
+            "logged": logged,
+            "sums": sums,
+            "grad_max_abs": grad_max_abs,
+            "weight_norm": weight_norm,
+            "weights_before": weights_before,
+            "loss_scale": loss_scale,
+        }
         if isinstance(logged, bool):
             # Nothing waits for the statistics: holding every variable's
             # update until all reductions are done cost 4-8% of a step of

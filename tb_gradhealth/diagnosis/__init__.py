@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from collections.abc import Mapping
 
 from tb_gradhealth.diagnosis import dead, exploding, nonfinite, tables, vanishing
 from tb_gradhealth.diagnosis.findings import (

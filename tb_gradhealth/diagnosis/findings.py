@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence, Union
+from collections.abc import Mapping, Sequence
+from typing import Union
 
 import numpy as np
 
