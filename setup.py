@@ -16,8 +16,7 @@ setuptools.setup(
     python_requires=">=3.9",
     # The top-level frontend/ folder ships inside the wheel as
     # tb_gradhealth/frontend, next to the plugin that serves it.
-    packages=setuptools.find_packages(include=["tb_gradhealth", "tb_gradhealth.*"])
-    + ["tb_gradhealth.frontend"],
+    packages=setuptools.find_packages(include=["tb_gradhealth", "tb_gradhealth.*"]) + ["tb_gradhealth.frontend"],
     package_dir={"tb_gradhealth.frontend": "frontend"},
     package_data={"tb_gradhealth.frontend": ["*.js", "*.css", "*.html", "vendor/**/*", "vendor/*"]},
     include_package_data=False,

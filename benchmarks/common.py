@@ -67,7 +67,10 @@ def machine(module: str, argv: list[str] | None) -> dict:
             versions[package] = None
     try:
         dirty = subprocess.run(
-            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, check=False
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=False,
         ).stdout.split("\n")
     except OSError:
         dirty = []
@@ -99,7 +102,7 @@ def process_tree(root_pid: int) -> list[int]:
         except OSError:
             continue
         # The command name is in parentheses and may hold spaces.
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         children.setdefault(int(fields[1]), []).append(int(entry.name))
     tree, pending = [], [root_pid]
     while pending:
@@ -144,7 +147,7 @@ def cpu_seconds(pids) -> float:
             stat = pathlib.Path("/proc/%d/stat" % pid).read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         total += int(fields[11]) + int(fields[12])  # utime, stime
     return total / _CLOCK_TICKS_PER_S
 
@@ -196,7 +199,9 @@ def results_path(name: str, out_dir: pathlib.Path = OUT_DIR) -> pathlib.Path:
     return out_dir / ("%s-%s.json" % (name, stamp))
 
 
-def write_results(name: str, results: dict, out_dir: pathlib.Path = OUT_DIR, path: pathlib.Path | None = None) -> pathlib.Path:
+def write_results(
+    name: str, results: dict, out_dir: pathlib.Path = OUT_DIR, path: pathlib.Path | None = None
+) -> pathlib.Path:
     """Writes `results` as JSON to `path` (default: a new `results_path`) and returns the path.
 
     Notes the load average at the end in `results["machine"]` first.

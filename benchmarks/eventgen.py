@@ -144,7 +144,7 @@ def _split_at_payload(summary: summary_pb2.Summary, payload: bytes) -> tuple[byt
     at = serialized.find(payload)
     if at < 0 or serialized.find(payload, at + 1) >= 0:
         raise AssertionError("template payload is not unique in the serialized summary")
-    return serialized[:at], serialized[at + len(payload):]
+    return serialized[:at], serialized[at + len(payload) :]
 
 
 def gradient_health_value(stat: str, layers: list[str], vector: np.ndarray, with_metadata: bool) -> summary_pb2.Summary:
@@ -153,7 +153,9 @@ def gradient_health_value(stat: str, layers: list[str], vector: np.ndarray, with
         tag=metadata.tag_for_stat(stat),
         tensor=tensor_pb2.TensorProto(
             dtype=types_pb2.DT_FLOAT,
-            tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(layers))]),
+            tensor_shape=tensor_shape_pb2.TensorShapeProto(
+                dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(layers))]
+            ),
             tensor_content=np.asarray(vector, dtype="<f4").tobytes(),
         ),
     )
@@ -227,7 +229,7 @@ def scalar_records(run_index: int, n_steps: int, n_layers: int):
     for _, head, row in _steps(run_index, n_steps, n_layers):
         payloads = row.tobytes()
         for index, (before, after) in enumerate(templates):
-            yield head + before + payloads[4 * index:4 * index + 4] + after
+            yield head + before + payloads[4 * index : 4 * index + 4] + after
 
 
 _RECORDS = {GRADIENT_HEALTH: gradient_health_records, SCALARS: scalar_records}

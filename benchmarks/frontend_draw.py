@@ -34,8 +34,14 @@ import urllib.parse
 from benchmarks import common, eventgen
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 ENTRY = "/data/plugin_entry.html?name=gradient_health"
 VIEWPORT = {"width": 1600, "height": 1000}
 LOAD_TIMEOUT_MS = 300_000
@@ -147,9 +153,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--layers", type=int, default=100)
     parser.add_argument("--steps", type=int, default=2_000)
     parser.add_argument("--reps", type=int, default=7)
-    parser.add_argument("--full-series", action="store_true",
-                        help="also visit the measured run with max_points dropped from the tab's /series requests "
-                             "(every step, as before issue 8)")
+    parser.add_argument(
+        "--full-series",
+        action="store_true",
+        help="also visit the measured run with max_points dropped from the tab's /series requests "
+        "(every step, as before issue 8)",
+    )
     parser.add_argument("--out-dir", default=str(common.OUT_DIR))
     args = parser.parse_args(argv)
     out_dir = pathlib.Path(args.out_dir)
@@ -164,9 +173,12 @@ def main(argv=None) -> dict:
     visits = {"measured": ("measured", False), "baseline": ("baseline", False)}
     if args.full_series:
         visits["measured_full"] = ("measured", True)
-    results = {"machine": common.machine("benchmarks.frontend_draw", argv), "args": vars(args),
-               "sizes": {name: specs[server].name for name, (server, _) in visits.items()},
-               "times": {name: [] for name in visits}}
+    results = {
+        "machine": common.machine("benchmarks.frontend_draw", argv),
+        "args": vars(args),
+        "sizes": {name: specs[server].name for name, (server, _) in visits.items()},
+        "times": {name: [] for name in visits},
+    }
     with contextlib.ExitStack() as stack:
         servers = _start_servers(stack, logdirs)
         playwright = stack.enter_context(sync_api.sync_playwright())
@@ -178,16 +190,20 @@ def main(argv=None) -> dict:
         names = list(visits)
         for rep in range(args.reps):
             # Rotated, so no configuration always comes first (or after the heaviest).
-            order = names[rep % len(names):] + names[:rep % len(names)]
+            order = names[rep % len(names) :] + names[: rep % len(names)]
             for name in order:
                 server, full = visits[name]
                 results["times"][name].append(open_once(browser, servers[server].url + ENTRY, full))
-            print("rep %d: %s" % (rep, ", ".join("%s %.0f ms" % (n, results["times"][n][-1]["total_ms"]) for n in names)),
-                  flush=True)
+            print(
+                "rep %d: %s" % (rep, ", ".join("%s %.0f ms" % (n, results["times"][n][-1]["total_ms"]) for n in names)),
+                flush=True,
+            )
     summary = {}
     for name, (server, _) in visits.items():
         times = results["times"][name]
-        summary[name] = {key: common.median([t[key] for t in times]) for key in ("total_ms", "data_ms", "draw_ms", "series_kib")}
+        summary[name] = {
+            key: common.median([t[key] for t in times]) for key in ("total_ms", "data_ms", "draw_ms", "series_kib")
+        }
         summary[name]["size"] = specs[server].name
         summary[name]["rows_shown"] = times[-1]["rows_shown"] or "all"
     for name in visits:
@@ -199,8 +215,10 @@ def main(argv=None) -> dict:
     results["summary"] = summary
     path = common.write_results("frontend_draw", results, out_dir)
     print()
-    common.print_table([dict(entry, run=name) for name, entry in summary.items()],
-                       ["run", "size", "rows_shown", "total_ms", "data_ms", "draw_ms", "series_kib", "total_ratio", "draw_ratio"])
+    common.print_table(
+        [dict(entry, run=name) for name, entry in summary.items()],
+        ["run", "size", "rows_shown", "total_ms", "data_ms", "draw_ms", "series_kib", "total_ratio", "draw_ratio"],
+    )
     print("\nresults: %s" % path)
     return results
 

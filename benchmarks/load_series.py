@@ -108,7 +108,11 @@ class LoadResult:
     wall_s: float
 
     def summary(self) -> dict:
-        result = {"requests": len(self.latencies_s) + len(self.failures), "errors": len(self.failures), "wall_s": self.wall_s}
+        result = {
+            "requests": len(self.latencies_s) + len(self.failures),
+            "errors": len(self.failures),
+            "wall_s": self.wall_s,
+        }
         if self.latencies_s:
             samples = np.asarray(self.latencies_s)
             for q in PERCENTILES:
@@ -237,7 +241,19 @@ def main(argv=None) -> list[dict]:
 
 
 def format_summary(summary: dict) -> str:
-    keys = ("load_fast", "burst", "requests", "concurrency", "errors", "p50_ms", "p90_ms", "p99_ms", "max_ms", "wall_s", "body_kib")
+    keys = (
+        "load_fast",
+        "burst",
+        "requests",
+        "concurrency",
+        "errors",
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "max_ms",
+        "wall_s",
+        "body_kib",
+    )
     cells = []
     for key in keys:
         value = summary.get(key)

@@ -195,8 +195,13 @@ def measure_model(name: str, steps: int, configs, reps: int, jit_compile, log_ro
                 entry["%s_ratio" % kind.split("_")[0]] = common.median(paired)
                 entry["%s_ratio_min_max" % kind.split("_")[0]] = [float(paired.min()), float(paired.max())]
         summary[config] = entry
-    return {"model": name, "steps_per_fit": steps, "params": int(setups[configs[0]][0].count_params()),
-            "times": times, "summary": summary}
+    return {
+        "model": name,
+        "steps_per_fit": steps,
+        "params": int(setups[configs[0]][0].count_params()),
+        "times": times,
+        "summary": summary,
+    }
 
 
 def main(argv=None) -> dict:
@@ -231,7 +236,10 @@ def main(argv=None) -> dict:
 
 def _print_report(results: dict) -> None:
     for measured in results["models"]:
-        print("\n## %s (%d parameters, %d steps per fit)\n" % (measured["model"], measured["params"], measured["steps_per_fit"]))
+        print(
+            "\n## %s (%d parameters, %d steps per fit)\n"
+            % (measured["model"], measured["params"], measured["steps_per_fit"])
+        )
         rows = []
         for config, entry in measured["summary"].items():
             row = dict(entry, config=config)

@@ -156,7 +156,9 @@ def profile_ops(iterator, function, steps: int) -> dict:
         # Which kernels ours are, by type and count: unlike their times, this
         # does not depend on the machine's load.
         "capture_op_types": dict(sorted(collections.Counter(name.rsplit(":", 1)[-1] for name in capture).items())),
-        "top_capture_ops": [[name.rsplit("/", 1)[-1], round(us, 1)] for name, us in collections.Counter(capture).most_common(TOP_OPS)],
+        "top_capture_ops": [
+            [name.rsplit("/", 1)[-1], round(us, 1)] for name, us in collections.Counter(capture).most_common(TOP_OPS)
+        ],
     }
 
 
@@ -185,16 +187,18 @@ def _print_report(results: dict) -> None:
     for name in FUNCTIONS:
         step, profile = results["steps"]["summary"][name], results["profile"][name]
         low, high = step["ratio_ci95"]
-        rows.append({
-            "function": name,
-            "ms_per_step": step["ms_per_step_median"],
-            "ratio_mean": step["ratio_mean"],
-            "ratio_ci95": "%.3f-%.3f" % (low, high),
-            "model_op_us": profile["model_op_us"],
-            "capture_op_us": profile["capture_op_us"],
-            "capture_ops": profile["capture_ops"],
-            "dispatches_per_step": profile["dispatches_per_step"],
-        })
+        rows.append(
+            {
+                "function": name,
+                "ms_per_step": step["ms_per_step_median"],
+                "ratio_mean": step["ratio_mean"],
+                "ratio_ci95": "%.3f-%.3f" % (low, high),
+                "model_op_us": profile["model_op_us"],
+                "capture_op_us": profile["capture_op_us"],
+                "capture_ops": profile["capture_ops"],
+                "dispatches_per_step": profile["dispatches_per_step"],
+            }
+        )
     print("\n## %s: step time and profile per step\n" % results["args"]["model"])
     common.print_table(rows, list(rows[0]))
     print("\nCostliest capture ops (us per step):")

@@ -54,11 +54,16 @@ def _norms(tensors):
 
 
 def _norms_maxima_minima(tensors):
-    return (_norms(tensors), tf.stack([tf.reduce_max(t) for t in tensors]), tf.stack([tf.reduce_min(t) for t in tensors]))
+    return (
+        _norms(tensors),
+        tf.stack([tf.reduce_max(t) for t in tensors]),
+        tf.stack([tf.reduce_min(t) for t in tensors]),
+    )
 
 
 def reduction_functions(variables) -> dict:
     """{name: function of one ignored argument} computing each variant over `variables`."""
+
     def over_variables(reduce, jit_compile=False):
         compiled = tf.function(lambda: reduce([v.read_value() for v in variables]), jit_compile=jit_compile)
         return lambda _unused: compiled()
@@ -105,8 +110,11 @@ def main(argv=None) -> dict:
     for function in functions.values():
         for _ in range(WARMUP_CALLS):
             function(None)
-    print("model %s: %d tensors, %d floats; %d rounds of %d calls per function"
-          % (args.model, len(variables), sum(int(np.prod(v.shape)) for v in variables), args.rounds, args.block), flush=True)
+    print(
+        "model %s: %d tensors, %d floats; %d rounds of %d calls per function"
+        % (args.model, len(variables), sum(int(np.prod(v.shape)) for v in variables), args.rounds, args.block),
+        flush=True,
+    )
     results["calls"] = profile_step.paired_step_times(None, functions, args.rounds, args.block, baseline=NORM)
     results["numpy_one_pass_us"] = numpy_one_pass_us(variables, args.rounds * args.block)
     path = common.write_results("reductions", results, pathlib.Path(args.out_dir))
@@ -114,8 +122,14 @@ def main(argv=None) -> dict:
     for name in FUNCTIONS:
         summary = results["calls"]["summary"][name]
         low, high = summary["ratio_ci95"]
-        rows.append({"function": name, "us_per_call": summary["ms_per_step_median"] * 1e3,
-                     "ratio_mean": summary["ratio_mean"], "ratio_ci95": "%.3f-%.3f" % (low, high)})
+        rows.append(
+            {
+                "function": name,
+                "us_per_call": summary["ms_per_step_median"] * 1e3,
+                "ratio_mean": summary["ratio_mean"],
+                "ratio_ci95": "%.3f-%.3f" % (low, high),
+            }
+        )
     print("\n## %s: gradient passes per call\n" % args.model)
     common.print_table(rows, list(rows[0]))
     print("\nnumpy dot(x, x) over the same tensors: %.0f us per call" % results["numpy_one_pass_us"])

@@ -192,7 +192,9 @@ def measure(spec: eventgen.LogdirSpec, logdir, load_fast: bool, args) -> dict:
         result["latency"] = _sample_latencies(server, spec, args)
         pids = common.process_tree(server.process.pid)
         peaks = common.peak_rss_mib(pids)
-        result["peak_rss_mib_by_process"] = {"%s[%d]" % (common.process_name(pid), pid): mib for pid, mib in peaks.items()}
+        result["peak_rss_mib_by_process"] = {
+            "%s[%d]" % (common.process_name(pid), pid): mib for pid, mib in peaks.items()
+        }
         # VmHWM per process: their sum bounds the peak of the two together.
         result["peak_rss_mib"] = sum(peaks.values())
         result["peak_rss_sampled_mib"] = max(peak_sampled, common.rss_mib(pids))
@@ -203,7 +205,14 @@ def _summarize(measurements: list[dict]) -> dict:
     """Medians over repetitions; latency samples of all repetitions pooled."""
     first = measurements[0]
     summary = {key: first[key] for key in ("layout", "runs", "layers", "load_fast")}
-    for key in ("startup_s", "complete_s", "cpu_to_complete_s", "rss_loaded_mib", "peak_rss_mib", "peak_rss_sampled_mib"):
+    for key in (
+        "startup_s",
+        "complete_s",
+        "cpu_to_complete_s",
+        "rss_loaded_mib",
+        "peak_rss_mib",
+        "peak_rss_sampled_mib",
+    ):
         summary[key] = common.median([m[key] for m in measurements])
     summary["reps"] = len(measurements)
     summary["latency"] = {}
@@ -221,7 +230,9 @@ def _summarize(measurements: list[dict]) -> dict:
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="1,10,50", help="numbers of runs of the Gradient Health logdirs")
-    parser.add_argument("--anchor-sizes", default="1,10", help="numbers of runs of the Scalars anchor logdirs ('' for none)")
+    parser.add_argument(
+        "--anchor-sizes", default="1,10", help="numbers of runs of the Scalars anchor logdirs ('' for none)"
+    )
     parser.add_argument("--layers", type=int, default=100)
     parser.add_argument("--steps", type=int, default=10_000, help="logged steps per run")
     parser.add_argument("--load-fast", default="true,false", help="--load_fast values to run")
@@ -230,9 +241,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--route-budget-s", type=float, default=60.0, help="stop sampling a route after this long")
     parser.add_argument("--complete-timeout-s", type=float, default=3600.0)
     parser.add_argument("--anchor-samples", type=int, default=0, help="scalars samples kept per tag (0: every step)")
-    parser.add_argument("--anchor-python-max-runs", type=int, default=1,
-                        help="largest Scalars logdir run under --load_fast=false (its multiplexer takes ~9 GB and "
-                             "~17 min per run of 100 layers x 10,000 steps on 2 busy cores)")
+    parser.add_argument(
+        "--anchor-python-max-runs",
+        type=int,
+        default=1,
+        help="largest Scalars logdir run under --load_fast=false (its multiplexer takes ~9 GB and "
+        "~17 min per run of 100 layers x 10,000 steps on 2 busy cores)",
+    )
     parser.add_argument("--out-dir", default=str(common.OUT_DIR))
     args = parser.parse_args(argv)
     out_dir = pathlib.Path(args.out_dir)
@@ -251,8 +266,11 @@ def main(argv=None) -> dict:
         logdirs[spec] = eventgen.build_logdir(spec, out_dir)
         total = eventgen.logdir_bytes(logdirs[spec])
         bytes_per_step[spec.name] = total / (spec.runs * spec.steps)
-        print("logdir %s: %.1f MiB, %.0f bytes per logged step (ready in %.1fs)"
-              % (spec.name, total / 2**20, bytes_per_step[spec.name], time.perf_counter() - started), flush=True)
+        print(
+            "logdir %s: %.1f MiB, %.0f bytes per logged step (ready in %.1fs)"
+            % (spec.name, total / 2**20, bytes_per_step[spec.name], time.perf_counter() - started),
+            flush=True,
+        )
 
     plan = [
         (spec, load_fast)
@@ -260,10 +278,15 @@ def main(argv=None) -> dict:
         for load_fast in load_fast_values
         if load_fast or spec.layout != eventgen.SCALARS or spec.runs <= args.anchor_python_max_runs
     ]
-    results = {"machine": common.machine("benchmarks.serve", argv), "args": vars(args), "bytes_per_logged_step": bytes_per_step,
-               "skipped": ["%s load_fast=%s" % (spec.name, lf) for spec in configs for lf in load_fast_values
-                           if (spec, lf) not in plan],
-               "raw": []}
+    results = {
+        "machine": common.machine("benchmarks.serve", argv),
+        "args": vars(args),
+        "bytes_per_logged_step": bytes_per_step,
+        "skipped": [
+            "%s load_fast=%s" % (spec.name, lf) for spec in configs for lf in load_fast_values if (spec, lf) not in plan
+        ],
+        "raw": [],
+    }
     path = common.results_path("serve", out_dir)
     results["failed"] = []
     for rep in range(args.reps):
@@ -274,16 +297,23 @@ def main(argv=None) -> dict:
             except (RuntimeError, TimeoutError, AssertionError, OSError) as error:
                 # Keep what the other configurations measure (e.g. after an out-of-memory kill).
                 print("  FAILED: %s" % str(error)[:2000], flush=True)
-                results["failed"].append({"rep": rep, "config": "%s load_fast=%s" % (spec.name, load_fast), "error": str(error)[:4000]})
+                results["failed"].append(
+                    {"rep": rep, "config": "%s load_fast=%s" % (spec.name, load_fast), "error": str(error)[:4000]}
+                )
                 continue
-            print("  complete in %.1fs, cpu %.1fs, peak rss %.0f MiB"
-                  % (measured["complete_s"], measured["cpu_to_complete_s"], measured["peak_rss_mib"]), flush=True)
+            print(
+                "  complete in %.1fs, cpu %.1fs, peak rss %.0f MiB"
+                % (measured["complete_s"], measured["cpu_to_complete_s"], measured["peak_rss_mib"]),
+                flush=True,
+            )
             results["raw"].append(measured)
             common.write_results("serve", results, path=path)  # partial results survive a later crash
 
     summaries = []
     for spec, load_fast in plan:
-        matching = [m for m in results["raw"] if (m["layout"], m["runs"], m["load_fast"]) == (spec.layout, spec.runs, load_fast)]
+        matching = [
+            m for m in results["raw"] if (m["layout"], m["runs"], m["load_fast"]) == (spec.layout, spec.runs, load_fast)
+        ]
         if not matching:
             continue
         summary = _summarize(matching)
@@ -311,18 +341,20 @@ def _ratios(summaries: list[dict]) -> list[dict]:
             continue
         whole_stat = anchor["latency"][WHOLE_STAT_ROUTE % anchor["layers"]]["p50_ms"]
         series = ours["latency"]["/series (same run)"]
-        ratios.append({
-            "runs": runs,
-            "load_fast": load_fast,
-            "complete_s": ours["complete_s"] / anchor["complete_s"],
-            "cpu_to_complete_s": ours["cpu_to_complete_s"] / anchor["cpu_to_complete_s"],
-            "rss_loaded_mib": ours["rss_loaded_mib"] / anchor["rss_loaded_mib"],
-            "peak_rss_mib": ours["peak_rss_mib"] / anchor["peak_rss_mib"],
-            "bytes_per_step": ours["bytes_per_step"] / anchor["bytes_per_step"],
-            # One statistic of one run: our /series against one Scalars request per layer.
-            "one_stat_first": series["first_ms"] / whole_stat,
-            "one_stat_repeat": series["p50_ms"] / whole_stat if series["p50_ms"] else None,
-        })
+        ratios.append(
+            {
+                "runs": runs,
+                "load_fast": load_fast,
+                "complete_s": ours["complete_s"] / anchor["complete_s"],
+                "cpu_to_complete_s": ours["cpu_to_complete_s"] / anchor["cpu_to_complete_s"],
+                "rss_loaded_mib": ours["rss_loaded_mib"] / anchor["rss_loaded_mib"],
+                "peak_rss_mib": ours["peak_rss_mib"] / anchor["peak_rss_mib"],
+                "bytes_per_step": ours["bytes_per_step"] / anchor["bytes_per_step"],
+                # One statistic of one run: our /series against one Scalars request per layer.
+                "one_stat_first": series["first_ms"] / whole_stat,
+                "one_stat_repeat": series["p50_ms"] / whole_stat if series["p50_ms"] else None,
+            }
+        )
     return ratios
 
 
@@ -330,21 +362,65 @@ def _print_report(summaries: list[dict], ratios: list[dict]) -> None:
     print("\n## Load and memory (medians over repetitions)\n")
     common.print_table(
         summaries,
-        ["layout", "runs", "load_fast", "reps", "startup_s", "complete_s", "cpu_to_complete_s",
-         "rss_loaded_mib", "peak_rss_mib", "bytes_per_step"],
+        [
+            "layout",
+            "runs",
+            "load_fast",
+            "reps",
+            "startup_s",
+            "complete_s",
+            "cpu_to_complete_s",
+            "rss_loaded_mib",
+            "peak_rss_mib",
+            "bytes_per_step",
+        ],
     )
     print("\n## Latency (ms; first = first request after loading)\n")
     rows = []
     for summary in summaries:
         for route, latency in summary["latency"].items():
-            rows.append(dict(latency, layout=summary["layout"], runs=summary["runs"], load_fast=summary["load_fast"], route=route,
-                             errors=len(latency["error_messages"])))
-    common.print_table(rows, ["layout", "runs", "load_fast", "route", "n", "p50_ms", "p95_ms", "max_ms", "first_ms",
-                              "response_kib", "errors"])
+            rows.append(
+                dict(
+                    latency,
+                    layout=summary["layout"],
+                    runs=summary["runs"],
+                    load_fast=summary["load_fast"],
+                    route=route,
+                    errors=len(latency["error_messages"]),
+                )
+            )
+    common.print_table(
+        rows,
+        [
+            "layout",
+            "runs",
+            "load_fast",
+            "route",
+            "n",
+            "p50_ms",
+            "p95_ms",
+            "max_ms",
+            "first_ms",
+            "response_kib",
+            "errors",
+        ],
+    )
     if ratios:
         print("\n## Gradient Health / Scalars (same numbers; < 1 means we are cheaper)\n")
-        common.print_table(ratios, ["runs", "load_fast", "complete_s", "cpu_to_complete_s", "rss_loaded_mib",
-                                    "peak_rss_mib", "bytes_per_step", "one_stat_first", "one_stat_repeat"])
+        common.print_table(
+            ratios,
+            [
+                "runs",
+                "load_fast",
+                "complete_s",
+                "cpu_to_complete_s",
+                "rss_loaded_mib",
+                "peak_rss_mib",
+                "bytes_per_step",
+                "one_stat_first",
+                "one_stat_repeat",
+            ],
+        )
 
 
 if __name__ == "__main__":

@@ -172,9 +172,7 @@ def load_idx_dir(directory: str | os.PathLike, name: str) -> Dataset:
 def load_npz(path: str | os.PathLike, name: str = MNIST) -> Dataset:
     """Loads an `mnist.npz` as written by Keras (x_train, y_train, x_test, y_test)."""
     with np.load(path, allow_pickle=False) as arrays:
-        return Dataset(
-            name, str(path), arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"]
-        )
+        return Dataset(name, str(path), arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"])
 
 
 def load_path(path: str | os.PathLike, name: str = MNIST) -> Dataset:

@@ -216,7 +216,9 @@ def run_all(
     return results
 
 
-def format_summary(results: Sequence[RunResult], logdir: str | os.PathLike, seconds: float, port: int = DEFAULT_PORT) -> str:
+def format_summary(
+    results: Sequence[RunResult], logdir: str | os.PathLike, seconds: float, port: int = DEFAULT_PORT
+) -> str:
     """The closing summary: runs written, time taken and how to look at them."""
     lines = ["", "Wrote %d run(s) to %s in %.0f s:" % (len(results), logdir, seconds)]
     width = max([len(result.run) for result in results], default=0)
@@ -245,7 +247,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--logdir", default=DEFAULT_LOGDIR, help="TensorBoard logdir (default: %(default)s)")
     parser.add_argument(
-        "--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs per model (default: %(default)s; 25 as in the notebook)"
+        "--epochs",
+        type=int,
+        default=DEFAULT_EPOCHS,
+        help="epochs per model (default: %(default)s; 25 as in the notebook)",
     )
     parser.add_argument(
         "--models",

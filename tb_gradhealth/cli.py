@@ -42,7 +42,9 @@ def _parser() -> argparse.ArgumentParser:
         ),
     )
     report.add_argument("logdir", metavar="LOGDIR", help="the directory given to tensorboard --logdir")
-    report.add_argument("--run", metavar="R", help="diagnose only run R (a path relative to LOGDIR, as the tab names it)")
+    report.add_argument(
+        "--run", metavar="R", help="diagnose only run R (a path relative to LOGDIR, as the tab names it)"
+    )
     report.add_argument("--json", action="store_true", help="print the /health JSON body instead of tables")
     return parser
 
@@ -141,7 +143,9 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     # stdout is parsed.
     for run in report["runs"]:
         for problem in run.get("problems", []):
-            err.write("%s report: warning: run %s: skipped %s: %s\n" % (_PROG, run["run"], problem["tag"], problem["message"]))
+            err.write(
+                "%s report: warning: run %s: skipped %s: %s\n" % (_PROG, run["run"], problem["tag"], problem["message"])
+            )
     return exit_status(report)
 
 

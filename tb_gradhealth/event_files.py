@@ -69,7 +69,7 @@ def _scan(path: str, size: int, mtime_ns: int, start: int = 0) -> _Scan:
             if at + _HEADER_BYTES > len(block):
                 stream.seek(offset)
                 block, block_start, at = stream.read(_READ_BLOCK_BYTES), offset, 0
-            header = block[at:at + _HEADER_BYTES]
+            header = block[at : at + _HEADER_BYTES]
             if len(header) < _HEADER_BYTES:
                 return _Scan(size, mtime_ns, offset, _INCOMPLETE)
             length_bytes, length_crc = header[:8], header[8:]

@@ -54,10 +54,7 @@ def validate_stat_name(stat: str) -> str:
         of a tag and of URLs, so it is kept plain).
     """
     if not isinstance(stat, str) or not stat or not set(stat) <= _STAT_NAME_CHARS:
-        raise ValueError(
-            "statistic name must be non-empty and use only a-z, 0-9 and '_', got %r"
-            % (stat,)
-        )
+        raise ValueError("statistic name must be non-empty and use only a-z, 0-9 and '_', got %r" % (stat,))
     return stat
 
 
@@ -70,7 +67,7 @@ def stat_for_tag(tag: str) -> str | None:
     """Returns the statistic of a Gradient Health tag, or None for other tags."""
     if not tag.startswith(TAG_PREFIX):
         return None
-    return tag[len(TAG_PREFIX):] or None
+    return tag[len(TAG_PREFIX) :] or None
 
 
 def create_summary_metadata(stat: str, layers: Sequence[str]) -> summary_pb2.SummaryMetadata:
@@ -115,17 +112,12 @@ def parse_plugin_metadata(content: bytes) -> PluginContent:
     version = decoded.get("version")
     if version != CONTENT_VERSION:
         raise ValueError(
-            "unknown gradient health content version %r (this reader knows %d)"
-            % (version, CONTENT_VERSION)
+            "unknown gradient health content version %r (this reader knows %d)" % (version, CONTENT_VERSION)
         )
     stat = decoded.get("stat")
     layers = decoded.get("layers")
     if not isinstance(stat, str) or not stat:
         raise ValueError("gradient health metadata has no stat name")
-    if (
-        not isinstance(layers, list)
-        or not layers
-        or not all(isinstance(name, str) for name in layers)
-    ):
+    if not isinstance(layers, list) or not layers or not all(isinstance(name, str) for name in layers):
         raise ValueError("gradient health metadata needs a non-empty list of layer names")
     return PluginContent(version=version, stat=stat, layers=tuple(layers))

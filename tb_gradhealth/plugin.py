@@ -137,8 +137,12 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         # One background worker revalidates both stores, so revalidation
         # takes at most one core.
         background = cache.BackgroundWorker().submit
-        self._series_cache = cache.ResponseCache(SERIES_CACHE_MAX_BYTES, CACHE_REVALIDATE_AFTER_S, background=background)
-        self._health_cache = cache.ResponseCache(HEALTH_CACHE_MAX_BYTES, CACHE_REVALIDATE_AFTER_S, background=background)
+        self._series_cache = cache.ResponseCache(
+            SERIES_CACHE_MAX_BYTES, CACHE_REVALIDATE_AFTER_S, background=background
+        )
+        self._health_cache = cache.ResponseCache(
+            HEALTH_CACHE_MAX_BYTES, CACHE_REVALIDATE_AFTER_S, background=background
+        )
 
     def get_plugin_apps(self):
         return {
@@ -195,14 +199,18 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
 
     def series_body(self, ctx, experiment_id: str, run: str, stat: str, max_points: int) -> bytes:
         """Returns the gzipped JSON of `series_impl`, cached while the statistic's data is unchanged."""
-        version = reader.tag_versions(self._provider, ctx, experiment_id, run).get(run, {}).get(metadata.TAG_PREFIX + stat)
+        version = (
+            reader.tag_versions(self._provider, ctx, experiment_id, run).get(run, {}).get(metadata.TAG_PREFIX + stat)
+        )
 
         def compute() -> bytes:
             return _gzipped_json(self.series_impl(ctx, experiment_id, run, stat, max_points))
 
         if version is None:
             return compute()  # raises the NotFoundError
-        return self._series_cache.get_or_compute(("series", experiment_id, run, stat, max_points, version), compute, len)
+        return self._series_cache.get_or_compute(
+            ("series", experiment_id, run, stat, max_points, version), compute, len
+        )
 
     def health_impl(self, ctx, experiment_id: str, run: str | None) -> dict:
         """Returns {"runs": [{"run", "verdict", "findings", "problems"}, ...]}."""
@@ -271,7 +279,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
     def _serve_static(self, request):
         """Serves a file of the frontend folder; 404 for anything else."""
         path = request.path
-        relative = path[len(_ROUTE_PREFIX):] if path.startswith(_ROUTE_PREFIX) else ""
+        relative = path[len(_ROUTE_PREFIX) :] if path.startswith(_ROUTE_PREFIX) else ""
         root = static.frontend_dir()
         asset = static.resolve(root, relative) if root is not None else None
         if asset is None:

@@ -122,17 +122,13 @@ def _decode_tags(tags: Mapping[str, tb_provider.TensorTimeSeries]):
     return decoded, problems
 
 
-def list_runs(
-    provider: tb_provider.DataProvider, ctx: tb_context.RequestContext, experiment_id: str
-) -> list[RunInfo]:
+def list_runs(provider: tb_provider.DataProvider, ctx: tb_context.RequestContext, experiment_id: str) -> list[RunInfo]:
     """Lists every run holding Gradient Health data, sorted by run name.
 
     A run whose every tag is undecodable is still listed, with no stats and
     its problems, so that it is reported rather than silently dropped.
     """
-    listing = provider.list_tensors(
-        ctx, experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME
-    )
+    listing = provider.list_tensors(ctx, experiment_id=experiment_id, plugin_name=metadata.PLUGIN_NAME)
     runs = []
     for run in sorted(listing):
         tags = listing[run]
@@ -205,9 +201,7 @@ def series_from_tensors(
             reason = "tensor of dtype %s is not numeric" % first.dtype
         else:
             reason = "tensor of shape %s, expected (%d,) for %d layers" % (first.shape, len(layers), len(layers))
-        problems.append(
-            Problem(tag, "skipped %d step(s), first at step %d: %s" % (len(skipped), first_step, reason))
-        )
+        problems.append(Problem(tag, "skipped %d step(s), first at step %d: %s" % (len(skipped), first_step, reason)))
         data = [datum for datum, ok in zip(data, keep) if ok]
         arrays = [array for array, ok in zip(arrays, keep) if ok]
     if not arrays:
@@ -232,6 +226,7 @@ def series_from_tensors(
 
 def _read_tags(provider, ctx, experiment_id: str, run: str, tags: Sequence[str]):
     """Returns ({tag: [TensorDatum]}, [Problem]); a tag that cannot be read at all is a problem."""
+
     def read(selected):
         result = provider.read_tensors(
             ctx,

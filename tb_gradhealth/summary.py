@@ -23,9 +23,7 @@ def layer_values_tensor(values: Sequence[float] | np.ndarray) -> tensor_pb2.Tens
         raise ValueError("values must be a non-empty 1-D sequence, got shape %s" % (vector.shape,))
     return tensor_pb2.TensorProto(
         dtype=types_pb2.DT_FLOAT,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=vector.size)]
-        ),
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=vector.size)]),
         tensor_content=vector.astype("<f4", copy=False).tobytes(),
     )
 
@@ -47,9 +45,7 @@ def layer_stat_summary(
     """
     tensor = layer_values_tensor(values)
     if tensor.tensor_shape.dim[0].size != len(layers):
-        raise ValueError(
-            "%s: got %d values for %d layers" % (stat, tensor.tensor_shape.dim[0].size, len(layers))
-        )
+        raise ValueError("%s: got %d values for %d layers" % (stat, tensor.tensor_shape.dim[0].size, len(layers)))
     value = summary_pb2.Summary.Value(tag=metadata.tag_for_stat(stat), tensor=tensor)
     if include_metadata:
         value.metadata.CopyFrom(metadata.create_summary_metadata(stat, layers))
@@ -108,17 +104,11 @@ class GradientHealthFileWriter:
             tag = metadata.tag_for_stat(stat)
             known = self._layers_by_tag.get(tag)
             if known is not None and known != layers:
-                raise ValueError(
-                    "%s: layers changed from %r to %r within one run" % (stat, list(known), list(layers))
-                )
-            values.extend(
-                layer_stat_summary(stat, layers, stat_values, include_metadata=known is None).value
-            )
+                raise ValueError("%s: layers changed from %r to %r within one run" % (stat, list(known), list(layers)))
+            values.extend(layer_stat_summary(stat, layers, stat_values, include_metadata=known is None).value)
         for value in values:
             self._layers_by_tag.setdefault(value.tag, layers)
-        event = event_pb2.Event(
-            wall_time=wall_time, step=int(step), summary=summary_pb2.Summary(value=values)
-        )
+        event = event_pb2.Event(wall_time=wall_time, step=int(step), summary=summary_pb2.Summary(value=values))
         self._writer.add_event(event)
 
     def flush(self) -> None:

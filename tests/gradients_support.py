@@ -134,9 +134,7 @@ def relative_error(actual, expected) -> float:
 
 def multiplexer_for(logdir) -> plugin_event_multiplexer.EventMultiplexer:
     """TensorBoard's Python multiplexer (`--load_fast=false`), keeping every tensor of ours."""
-    multiplexer = plugin_event_multiplexer.EventMultiplexer(
-        tensor_size_guidance={metadata.PLUGIN_NAME: KEEP_ALL}
-    )
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(tensor_size_guidance={metadata.PLUGIN_NAME: KEEP_ALL})
     multiplexer.AddRunsFromDirectory(str(logdir))
     multiplexer.Reload()
     return multiplexer
@@ -187,6 +185,7 @@ def train_custom_loop(writer, model, optimizer, x, y, n_steps: int, strategy=Non
     Returns:
       The weights around each step, as `WeightRecorder.arrays()` gives them.
     """
+
     def replica_step(xb, yb):
         with tf.GradientTape() as tape:
             squared = tf.reduce_mean(tf.square(model(xb, training=True) - yb), axis=-1)
@@ -217,6 +216,7 @@ def train_custom_loop(writer, model, optimizer, x, y, n_steps: int, strategy=Non
 
 # ---------------------------------------------------------------- subprocess
 
+
 def _mirrored_strategy() -> tf.distribute.MirroredStrategy:
     return tf.distribute.MirroredStrategy([device.name for device in tf.config.list_logical_devices("CPU")])
 
@@ -233,7 +233,11 @@ def _mirrored_custom_loop(out: pathlib.Path) -> dict:
     with GradientHealthWriter(str(logdir / TRAIN_RUN), model) as writer:
         weights = train_custom_loop(writer, model, optimizer, x, y, STEPS_PER_EPOCH, strategy=strategy)
     np.savez(out / "mirrored_custom_loop.npz", **weights)
-    return {"logdir": str(logdir), "weights": str(out / "mirrored_custom_loop.npz"), "replicas": strategy.num_replicas_in_sync}
+    return {
+        "logdir": str(logdir),
+        "weights": str(out / "mirrored_custom_loop.npz"),
+        "replicas": strategy.num_replicas_in_sync,
+    }
 
 
 # fit under MirroredStrategy is tested by test_capture_mirrored.py.

@@ -107,8 +107,12 @@ def writer_process(script: str, *args: str) -> Iterator[subprocess.Popen]:
 
 
 def start_and_poll(
-    process, go_file: pathlib.Path, servers: Mapping[str, TensorBoardServer],
-    make_client: Callable[[TensorBoardServer], object], timeout_s: float, pause_s: float,
+    process,
+    go_file: pathlib.Path,
+    servers: Mapping[str, TensorBoardServer],
+    make_client: Callable[[TensorBoardServer], object],
+    timeout_s: float,
+    pause_s: float,
 ) -> dict[str, object]:
     """Lets the ready writer `process` start (touches `go_file`) and polls one client per server until it exits.
 

@@ -129,7 +129,8 @@ class TensorBoardServer:
                 last_error = error
             time.sleep(POLL_INTERVAL_S)
         raise AssertionError(
-            "timed out after %ss waiting for %s (last error: %r)\n%s" % (timeout_s, what, last_error, self.log()[-4000:])
+            "timed out after %ss waiting for %s (last error: %r)\n%s"
+            % (timeout_s, what, last_error, self.log()[-4000:])
         )
 
 

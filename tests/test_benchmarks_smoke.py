@@ -76,14 +76,19 @@ def test_generated_logdir_reads_back_exactly_and_is_reused(tmp_path):
         assert info.max_step == LONG_STEPS - 1
         series = reader.read_run(provider, ctx, experiment, info.run)
         expected = np.concatenate(
-            [eventgen.run_values(index, 1_000, LAYERS, 0), eventgen.run_values(index, LONG_STEPS - 1_000, LAYERS, 1_000)]
+            [
+                eventgen.run_values(index, 1_000, LAYERS, 0),
+                eventgen.run_values(index, LONG_STEPS - 1_000, LAYERS, 1_000),
+            ]
         )
         for column, stat in enumerate(eventgen.STATS):
             assert list(series[stat].layers) == eventgen.layer_names(LAYERS)
             np.testing.assert_array_equal(series[stat].steps, np.arange(LONG_STEPS))
             np.testing.assert_array_equal(series[stat].values, expected[:, column, :].astype(np.float64))
     # A bigger logdir hard-links the runs generated for the smaller one.
-    bigger = eventgen.build_logdir(eventgen.LogdirSpec(eventgen.GRADIENT_HEALTH, 3, LAYERS, LONG_STEPS), tmp_path, log=lambda m: None)
+    bigger = eventgen.build_logdir(
+        eventgen.LogdirSpec(eventgen.GRADIENT_HEALTH, 3, LAYERS, LONG_STEPS), tmp_path, log=lambda m: None
+    )
     first = _only_file(bigger / eventgen.run_name(0))
     assert first.stat().st_nlink >= 3 and first.samefile(_only_file(logdir / eventgen.run_name(0)))
 
@@ -92,8 +97,22 @@ def test_serve_smoke(tmp_path):
     from benchmarks import serve
 
     results = serve.main(
-        ["--sizes", "2", "--anchor-sizes", "2", "--layers", str(LAYERS), "--steps", "20", "--load-fast", "true",
-         "--requests", "2", "--out-dir", str(tmp_path)]
+        [
+            "--sizes",
+            "2",
+            "--anchor-sizes",
+            "2",
+            "--layers",
+            str(LAYERS),
+            "--steps",
+            "20",
+            "--load-fast",
+            "true",
+            "--requests",
+            "2",
+            "--out-dir",
+            str(tmp_path),
+        ]
     )
     assert results["failed"] == [] and results["skipped"] == []
     summaries = {(s["layout"], s["runs"], s["load_fast"]): s for s in results["summary"]}
@@ -103,8 +122,14 @@ def test_serve_smoke(tmp_path):
         assert summary["peak_rss_mib"] > 0 and summary["cpu_to_complete_s"] > 0
         assert all(latency["first_ms"] > 0 and not latency["error_messages"] for latency in summary["latency"].values())
     latency = summaries[(eventgen.GRADIENT_HEALTH, 2, True)]["latency"]
-    assert set(latency) == {"/runs", "/series (same run)", "/series (each other run once)", "/health?run (same run)",
-                            "/health?run (each other run once)", "/health"}
+    assert set(latency) == {
+        "/runs",
+        "/series (same run)",
+        "/series (each other run once)",
+        "/health?run (same run)",
+        "/health?run (each other run once)",
+        "/health",
+    }
     assert latency["/series (same run)"]["n"] == 2
     # The second run is requested once, as the first request of its route.
     assert latency["/series (each other run once)"]["n"] == 0
@@ -124,7 +149,9 @@ def test_serve_smoke(tmp_path):
 def test_overhead_smoke(tmp_path):
     from benchmarks import overhead
 
-    results = overhead.main(["--models", "baseline_mlp", "--reps", "2", "--baseline-steps", "3", "--out-dir", str(tmp_path)])
+    results = overhead.main(
+        ["--models", "baseline_mlp", "--reps", "2", "--baseline-steps", "3", "--out-dir", str(tmp_path)]
+    )
     (measured,) = results["models"]
     assert measured["model"] == "baseline_mlp" and measured["steps_per_fit"] == 3
     assert set(measured["summary"]) == set(overhead.CONFIGS)
@@ -132,7 +159,9 @@ def test_overhead_smoke(tmp_path):
         assert len(measured["times"][config]["wall_s"]) == len(measured["times"][config]["cpu_s"]) == 2
         assert entry["wall_s_median"] > 0 and entry["wall_ratio"] > 0 and entry["cpu_ratio"] > 0
         # Training ends (every on_train_end done) before fit returns.
-        assert all(0 < t <= w for t, w in zip(measured["times"][config]["train_s"], measured["times"][config]["wall_s"]))
+        assert all(
+            0 < t <= w for t, w in zip(measured["times"][config]["train_s"], measured["times"][config]["wall_s"])
+        )
         assert entry["train_ratio"] > 0
     assert measured["summary"][overhead.NONE]["wall_ratio"] == 1.0
     assert list(tmp_path.glob("overhead-*.json"))
@@ -174,8 +203,14 @@ def test_gradient_tape_callback_writes_a_norm_per_variable_and_step(tmp_path):
     x, y = overhead.random_data(steps=3)
     model = overhead.baseline_model()
     model.compile(loss="categorical_crossentropy", optimizer="sgd")
-    model.fit(x, y, batch_size=overhead.BATCH_SIZE, epochs=1, verbose=0,
-              callbacks=[overhead.GradientTapeCallback(str(tmp_path), x[:32], y[:32])])
+    model.fit(
+        x,
+        y,
+        batch_size=overhead.BATCH_SIZE,
+        epochs=1,
+        verbose=0,
+        callbacks=[overhead.GradientTapeCallback(str(tmp_path), x[:32], y[:32])],
+    )
     tags = {}
     for event in _events(_only_file(tmp_path)):
         for value in event.summary.value:

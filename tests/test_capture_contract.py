@@ -24,8 +24,9 @@ def callback_run(tmp_path_factory):
     model = support.make_mlp()
     model.compile(optimizer=keras.optimizers.SGD(support.LEARNING_RATE), loss="mse")
     x, y = support.make_data(N_STEPS * support.BATCH)
-    model.fit(x, y, batch_size=support.BATCH, epochs=1, shuffle=False, verbose=0,
-              callbacks=[GradientHealthCallback(logdir)])
+    model.fit(
+        x, y, batch_size=support.BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[GradientHealthCallback(logdir)]
+    )
     return logdir
 
 

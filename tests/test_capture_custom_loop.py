@@ -15,7 +15,7 @@ N_STEPS = 7
 
 def _batches():
     x, y = support.make_data(N_STEPS * support.BATCH)
-    return [(x[i:i + support.BATCH], y[i:i + support.BATCH]) for i in range(0, len(x), support.BATCH)]
+    return [(x[i : i + support.BATCH], y[i : i + support.BATCH]) for i in range(0, len(x), support.BATCH)]
 
 
 def _train(logdir, wrap=lambda fn: fn, after_step=None, **writer_args):

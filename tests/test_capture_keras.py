@@ -34,7 +34,9 @@ def _fit_overflowing_loss_scale(callback, x, y):
     try:
         model = support.make_mlp()
         recorder = support.weight_recorder()
-        optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(support.LEARNING_RATE), initial_scale=2.0**20)
+        optimizer = keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(support.LEARNING_RATE), initial_scale=2.0**20
+        )
         model.compile(optimizer=optimizer, loss="mse")
         model.fit(x, y, batch_size=support.BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[callback, recorder])
     finally:
@@ -115,7 +117,7 @@ def test_loss_scale_overflows_leave_no_row_until_the_scale_reaches_one(tmp_path)
     # Enough NaN steps for the scale (about 2**13 by then) to halve below 1.
     x, y = support.make_data(30 * support.BATCH)
     persistent_nan_from = 8
-    x[persistent_nan_from * support.BATCH:, 0] = np.nan
+    x[persistent_nan_from * support.BATCH :, 0] = np.nan
     model, recorder = _fit_overflowing_loss_scale(GradientHealthCallback(str(tmp_path)), x, y)
     run = support.read_run(os.path.join(str(tmp_path), "train"))
     reference = support.reference_stats(recorder.snapshots, support.group_sizes(model))
@@ -139,7 +141,7 @@ def test_loss_scale_overflows_leave_no_row_until_the_scale_reaches_one(tmp_path)
 def test_update_freq_keeps_spikes_and_nans_between_logged_steps(tmp_path):
     x, y = support.make_data(25 * support.BATCH)
     spike_step, nan_step = 3, 15
-    y[spike_step * support.BATCH:(spike_step + 1) * support.BATCH] *= 100.0
+    y[spike_step * support.BATCH : (spike_step + 1) * support.BATCH] *= 100.0
     x[nan_step * support.BATCH, 0] = np.nan
     model = support.make_mlp()
     recorder = support.weight_recorder()
@@ -168,7 +170,7 @@ def test_update_freq_keeps_spikes_and_nans_between_logged_steps(tmp_path):
 def _rows_of(weights, model):
     rows, start = [], 0
     for size in support.group_sizes(model):
-        rows.append(weights[start:start + size])
+        rows.append(weights[start : start + size])
         start += size
     return rows
 
@@ -195,7 +197,9 @@ def test_fit_twice_continues_steps_in_one_file_without_retracing(tmp_path):
     np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], [0, 4, 5, 8, 11])
     assert len(support.event_files(os.path.join(str(tmp_path), "train"))) == 1
     reference = support.reference_stats(recorder.snapshots, support.group_sizes(model))
-    np.testing.assert_allclose(run.values[metadata.GRAD_NORM], reference["grad_norm"][[0, 4, 5, 8, 11]], rtol=support.REL_TOL)
+    np.testing.assert_allclose(
+        run.values[metadata.GRAD_NORM], reference["grad_norm"][[0, 4, 5, 8, 11]], rtol=support.REL_TOL
+    )
     # After training the optimizer is Keras's own again.
     assert "apply" not in vars(model.optimizer)
 
@@ -319,7 +323,7 @@ def test_update_freq_with_loss_scale_skips_keeps_the_max_of_applied_steps_only(t
     # (zero in the reference: no update) add nothing.
     previous = -1
     for row, step in enumerate(steps):
-        window = reference["grad_norm"][previous + 1:step + 1]
+        window = reference["grad_norm"][previous + 1 : step + 1]
         np.testing.assert_allclose(run.values[metadata.GRAD_NORM_MAX][row], window.max(axis=0), rtol=support.REL_TOL)
         previous = step
     np.testing.assert_array_equal(run.values[metadata.NONFINITE], 0)

@@ -16,14 +16,20 @@ def test_functional_model_with_nested_sequential_and_attention():
     inputs = keras.Input((4, 6))
     x = keras.layers.Dense(6, name="embed")(inputs)
     x = keras.layers.MultiHeadAttention(2, 3, name="attn")(x, x)
-    x = keras.Sequential([keras.layers.Dense(5, name="a"), keras.layers.Dropout(0.1), keras.layers.Dense(6, name="b")], name="mlp")(x)
+    x = keras.Sequential(
+        [keras.layers.Dense(5, name="a"), keras.layers.Dropout(0.1), keras.layers.Dense(6, name="b")], name="mlp"
+    )(x)
     x = keras.layers.LayerNormalization(name="norm")(x)
     outputs = keras.layers.Dense(2, name="head")(x)
     model = keras.Model(inputs, outputs)
     assert _names(model) == [
         "embed",
-        "attn/query", "attn/key", "attn/value", "attn/attention_output",
-        "mlp/a", "mlp/b",
+        "attn/query",
+        "attn/key",
+        "attn/value",
+        "attn/attention_output",
+        "mlp/a",
+        "mlp/b",
         "norm",
         "head",
     ]

@@ -52,13 +52,14 @@ def test_mirrored_strategy_records_the_summed_gradient(tmp_path):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")]))
     completed = subprocess.run(
         [sys.executable, "-c", _TRAIN_SCRIPT, str(tmp_path), out],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
     saved = np.load(out)
-    snapshots = [
-        [saved["w%d_%d" % (i, j)] for j in range(int(saved["n_vars"]))] for i in range(int(saved["n_steps"]))
-    ]
+    snapshots = [[saved["w%d_%d" % (i, j)] for j in range(int(saved["n_vars"]))] for i in range(int(saved["n_steps"]))]
     run = support.read_run(os.path.join(str(tmp_path), "train"))
     assert run.layers == support.EXPECTED_LAYERS
     reference = support.reference_stats(snapshots, list(saved["sizes"]))

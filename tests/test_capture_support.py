@@ -35,9 +35,7 @@ class RunData:
 
 def read_run(run_dir: str) -> RunData:
     """Reads a run with TensorBoard's Python multiplexer, keeping every tensor event."""
-    mux = plugin_event_multiplexer.EventMultiplexer(
-        size_guidance={plugin_event_accumulator.TENSORS: 0}
-    )
+    mux = plugin_event_multiplexer.EventMultiplexer(size_guidance={plugin_event_accumulator.TENSORS: 0})
     mux.AddRun(run_dir, name=RUN)
     mux.Reload()
     steps, values, metas, layers = {}, {}, {}, None
@@ -123,8 +121,8 @@ def reference_stats(snapshots, sizes, lr: float = LEARNING_RATE) -> dict:
         rows = {name: [] for name in out}
         start = 0
         for size in sizes:
-            b = np.concatenate([w.ravel() for w in before[start:start + size]])
-            a = np.concatenate([w.ravel() for w in after[start:start + size]])
+            b = np.concatenate([w.ravel() for w in before[start : start + size]])
+            a = np.concatenate([w.ravel() for w in after[start : start + size]])
             start += size
             grad = (b - a) / lr
             rows["grad_norm"].append(np.linalg.norm(grad))

@@ -205,7 +205,11 @@ def test_no_gradient_health_data_is_a_usage_error(tmp_path, capsys):
 def test_unknown_run_is_a_usage_error_listing_the_runs(logdir, capsys):
     status, out, err = _report(capsys, logdir, "--run", "nope")
     assert (status, out) == (cli.EXIT_USAGE, "")
-    assert err == "tb-gradhealth report: error: no gradient health data for run 'nope' under %s; runs: broken, corrupt, healthy\n" % logdir
+    assert (
+        err
+        == "tb-gradhealth report: error: no gradient health data for run 'nope' under %s; runs: broken, corrupt, healthy\n"
+        % logdir
+    )
 
 
 @pytest.mark.parametrize("argv", [[], ["report"], ["report", "a", "b"], ["nope"], ["report", "x", "--frobnicate"]])

@@ -60,7 +60,10 @@ def test_notebook_runs_headless_on_synthetic_data(tmp_path, monkeypatch):
     notebook.cells.append(nbformat.v4.new_code_cell("import sys; print(sys.executable)"))
     # Jupyter starts the kernel in the notebook's folder; so does this.
     NotebookClient(
-        notebook, kernel_name=KERNEL_NAME, timeout=CELL_TIMEOUT_S, resources={"metadata": {"path": str(NOTEBOOK.parent)}}
+        notebook,
+        kernel_name=KERNEL_NAME,
+        timeout=CELL_TIMEOUT_S,
+        resources={"metadata": {"path": str(NOTEBOOK.parent)}},
     ).execute()
 
     assert notebook.cells[-1].outputs[0].text.strip() == sys.executable

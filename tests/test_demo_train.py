@@ -26,7 +26,11 @@ NOT_VANISHED_RATIO = 100.0
 
 
 def _parameter_counts(model) -> dict[str, int]:
-    return {layer.name: int(sum(np.prod(w.shape) for w in layer.trainable_weights)) for layer in model.layers if layer.trainable_weights}
+    return {
+        layer.name: int(sum(np.prod(w.shape) for w in layer.trainable_weights))
+        for layer in model.layers
+        if layer.trainable_weights
+    }
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +43,18 @@ def demo_logdir(demo_runs):
 def test_models_match_the_notebook():
     def describe(model):
         return [
-            (type(layer).__name__, getattr(layer, "units", None), getattr(getattr(layer, "activation", None), "__name__", None))
+            (
+                type(layer).__name__,
+                getattr(layer, "units", None),
+                getattr(getattr(layer, "activation", None), "__name__", None),
+            )
             for layer in model.layers
         ]
 
     assert describe(models.baseline()) == [("Flatten", None, None), ("Dense", 128, "sigmoid"), ("Dense", 10, "softmax")]
-    assert describe(models.vanishing()) == [("Flatten", None, None)] + [("Dense", 5, "tanh")] * 5 + [("Dense", 10, "softmax")]
+    assert describe(models.vanishing()) == [("Flatten", None, None)] + [("Dense", 5, "tanh")] * 5 + [
+        ("Dense", 10, "softmax")
+    ]
     exploding = models.exploding()
     assert describe(exploding) == [("Flatten", None, None)] + [("Dense", 5, "relu")] * 5 + [("Dense", 10, "softmax")]
     assert {type(layer.kernel_initializer).__name__ for layer in exploding.layers[1:-1]} == {"HeUniform"}

@@ -64,7 +64,7 @@ def test_healthy_run_has_no_finding_and_no_note():
 
 def _with_nan_from(row: int, columns, values=None, steps_nan=None):
     values = _healthy()[metadata.GRAD_NORM].values.copy() if values is None else values
-    values[row : steps_nan, columns] = np.nan
+    values[row:steps_nan, columns] = np.nan
     return values
 
 
@@ -95,9 +95,7 @@ def test_nonfinite_weights_make_it_critical():
     counts[3, 0] = 1
     weights = np.full((N_STEPS, len(LAYERS)), WEIGHT_NORM)
     weights[4:, 0] = np.nan
-    (finding,) = diagnose(
-        _healthy(**{metadata.NONFINITE: counts, metadata.WEIGHT_NORM: weights})
-    ).findings
+    (finding,) = diagnose(_healthy(**{metadata.NONFINITE: counts, metadata.WEIGHT_NORM: weights})).findings
     assert finding.severity == "critical"
     assert finding.evidence["weights_nonfinite"] == 1
 
@@ -183,7 +181,15 @@ def test_exploding_then_nonfinite_is_critical_and_says_so():
     counts = np.zeros_like(grad)
     counts[12:] = 3
     diagnosis = diagnose(
-        _healthy(noise=0.0, **{metadata.GRAD_NORM: grad, metadata.GRAD_NORM_MAX: None, metadata.GRAD_MAX_ABS: None, metadata.NONFINITE: counts})
+        _healthy(
+            noise=0.0,
+            **{
+                metadata.GRAD_NORM: grad,
+                metadata.GRAD_NORM_MAX: None,
+                metadata.GRAD_MAX_ABS: None,
+                metadata.NONFINITE: counts,
+            },
+        )
     )
     assert [(f.kind, f.first_step) for f in diagnosis.findings] == [("nonfinite", STEPS[12]), ("exploding", STEPS[7])]
     assert diagnosis.findings[1].severity == "critical"
@@ -195,7 +201,15 @@ def test_a_converging_run_whose_norms_fall_is_healthy():
     fall = np.geomspace(1, 1e-3, N_STEPS)[:, None]
     grad = GRAD_NORM * fall * np.ones((1, len(LAYERS)))
     diagnosis = diagnose(
-        _healthy(noise=0.0, **{metadata.GRAD_NORM: grad, metadata.GRAD_NORM_MAX: grad, metadata.GRAD_MAX_ABS: grad / 10, metadata.UPDATE_RATIO: UPDATE_RATIO * fall * np.ones((1, len(LAYERS)))})
+        _healthy(
+            noise=0.0,
+            **{
+                metadata.GRAD_NORM: grad,
+                metadata.GRAD_NORM_MAX: grad,
+                metadata.GRAD_MAX_ABS: grad / 10,
+                metadata.UPDATE_RATIO: UPDATE_RATIO * fall * np.ones((1, len(LAYERS))),
+            },
+        )
     )
     assert diagnosis.findings == []
 

@@ -306,9 +306,7 @@ def test_learning_rate_too_low_is_flagged_on_every_layer(calibration):
 def _first_nonfinite(series) -> tuple[int, tuple[str, ...]]:
     counts = series[metadata.NONFINITE]
     row = int(np.argmax((counts.values > 0).any(axis=1)))
-    return int(counts.steps[row]), tuple(
-        name for name, count in zip(counts.layers, counts.values[row]) if count > 0
-    )
+    return int(counts.steps[row]), tuple(name for name, count in zip(counts.layers, counts.values[row]) if count > 0)
 
 
 @pytest.mark.parametrize("name", ["exploding_learning_rate_too_high", "nonfinite_notebook_relu_10x"])
@@ -329,7 +327,7 @@ def test_dead_layer_and_the_layers_behind_it(calibration):
     series, diagnosis = calibration["dead_relu_layer"]
     (finding,) = diagnosis.findings
     layers = series[metadata.GRAD_NORM].layers
-    assert finding.layers == layers[:2 + 1]
+    assert finding.layers == layers[: 2 + 1]
     assert (series[metadata.GRAD_NORM_MAX].values[:, :3] == 0).all()
     assert (series[metadata.GRAD_NORM_MAX].values[:, 3:] > 0).all()
     assert finding.first_step == 0

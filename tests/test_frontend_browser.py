@@ -53,6 +53,8 @@ UPDATE_SCREENSHOTS = os.environ.get("UPDATE_SCREENSHOTS") == "1"
 
 def screenshot_target(path: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
     return path if UPDATE_SCREENSHOTS else tmp_path / path.name
+
+
 # Serving under a prefix proves every URL of the tab is relative.
 PATH_PREFIX = "/tb"
 ENTRY = "/data/plugin_entry.html?name=gradient_health"
@@ -108,7 +110,11 @@ def logdir(demo_logdir, tmp_path_factory):
     with GradientHealthFileWriter(str(root / HOSTILE_RUN)) as writer:
         for step in range(HOSTILE_STEPS):
             norms = np.abs(0.5 + 0.05 * rng.standard_normal(len(HOSTILE_LAYERS)))
-            writer.write(step, {"grad_norm": norms, USER_STAT: np.full(len(HOSTILE_LAYERS), user_stat_value(step))}, HOSTILE_LAYERS)
+            writer.write(
+                step,
+                {"grad_norm": norms, USER_STAT: np.full(len(HOSTILE_LAYERS), user_stat_value(step))},
+                HOSTILE_LAYERS,
+            )
     write_live_steps(root, range(LIVE_STEPS))
     return root
 
@@ -118,10 +124,27 @@ def tensorboard_process(logdir: pathlib.Path, path_prefix: str):
     """Runs `tensorboard --path_prefix path_prefix` on a free localhost port until the block ends."""
     port = free_port()
     log_path = pathlib.Path(tempfile.mkdtemp(prefix="tb_frontend_")) / "tensorboard.log"
-    command = [str(TENSORBOARD_BIN), "--logdir", str(logdir), "--host", HOST, "--port", str(port), "--path_prefix", path_prefix]
+    command = [
+        str(TENSORBOARD_BIN),
+        "--logdir",
+        str(logdir),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--path_prefix",
+        path_prefix,
+    ]
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+        process = subprocess.Popen(
+            command,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
     server = TensorBoardServer(process, port, log_path)
     try:
         server.wait_until(
@@ -187,7 +210,11 @@ class Page:
 
     def tab_errors(self):
         """Errors of our tab: TensorBoard's own page has its own (e.g. fonts under a path prefix)."""
-        return [error for error in self.errors if not error.startswith("console:") or ROUTES in error or ENTRY.split("?")[0] in error]
+        return [
+            error
+            for error in self.errors
+            if not error.startswith("console:") or ROUTES in error or ENTRY.split("?")[0] in error
+        ]
 
     def _dialog(self, dialog):
         self.dialogs.append(dialog.message)
@@ -265,7 +292,9 @@ def verdicts(server):
 
 
 def run_with_verdict(server, verdict: str) -> str:
-    return sorted(run for run, found in verdicts(server).items() if found == verdict and run not in (HOSTILE_RUN, LIVE_RUN))[0]
+    return sorted(
+        run for run, found in verdicts(server).items() if found == verdict and run not in (HOSTILE_RUN, LIVE_RUN)
+    )[0]
 
 
 def series_body(server, run: str, stat: str = "grad_norm") -> dict:
@@ -422,7 +451,9 @@ def test_new_steps_appear_on_refresh_keeping_zoom_and_selected_step(server, logd
 
 def test_inside_tensorboard_under_a_path_prefix_and_its_reload_button_refreshes_the_tab(demo_server, page, tmp_path):
     runs_requests = []
-    page.page.on("request", lambda request: request.url.endswith(ROUTES + "/runs") and runs_requests.append(request.url))
+    page.page.on(
+        "request", lambda request: request.url.endswith(ROUTES + "/runs") and runs_requests.append(request.url)
+    )
     page.page.goto(demo_server.url + PATH_PREFIX + "/#gradient_health")
     frame = page.page.wait_for_selector("iframe", timeout=LOAD_TIMEOUT_MS).content_frame()
     frame.wait_for_selector("body[data-state=ready]", timeout=LOAD_TIMEOUT_MS)
@@ -498,7 +529,9 @@ def test_a_failing_diagnosis_is_reported_and_the_charts_still_show(tmp_path, pag
     # Our /health never answers 500; injected here to prove the tab degrades gracefully.
     page.page.route(
         "**" + ROUTES + "/health",
-        lambda route: route.fulfill(status=500, content_type="application/json", body='{"error": {"code": 500, "message": "disk on fire"}}'),
+        lambda route: route.fulfill(
+            status=500, content_type="application/json", body='{"error": {"code": 500, "message": "disk on fire"}}'
+        ),
     )
     with in_process_tensorboard(str(tmp_path)) as (url, _):
         page.open_tab(url + ENTRY)
@@ -529,7 +562,12 @@ def test_smoothing_and_heatmap_binning_agree_with_numpy(tmp_path, page):
                 const {kinds, values: binned} = heatmap.aggregateColumns(series, steps[0] - 1.5, steps[steps.length - 1] + 1.5, pixels);
                 return [format.smooth(decoded, weight, true), [...kinds], [...binned]];
             }""",
-            [[v if np.isfinite(v) else ("NaN" if np.isnan(v) else "Infinity") for v in values.tolist()], weight, steps.tolist(), pixels],
+            [
+                [v if np.isfinite(v) else ("NaN" if np.isnan(v) else "Infinity") for v in values.tolist()],
+                weight,
+                steps.tolist(),
+                pixels,
+            ],
         )
     # Debiased exponential moving average of log10, skipping non-finite values (TensorBoard's smoothing).
     expected, last, count = [], 0.0, 0
@@ -540,7 +578,9 @@ def test_smoothing_and_heatmap_binning_agree_with_numpy(tmp_path, page):
         last, count = last * weight + (1 - weight) * np.log10(value), count + 1
         expected.append(10 ** (last / (1 - weight**count)))
     assert [v is None for v in smoothed] == [v is None for v in expected]
-    np.testing.assert_allclose([v for v in smoothed if v is not None], [v for v in expected if v is not None], rtol=1e-9)
+    np.testing.assert_allclose(
+        [v for v in smoothed if v is not None], [v for v in expected if v is not None], rtol=1e-9
+    )
     # Each pixel column covers the steps whose cells (centred on them, 3 steps wide) fall in it:
     # a non-finite value wins, otherwise the largest value survives.
     edges = np.linspace(steps[0] - 1.5, steps[-1] + 1.5, pixels + 1)
@@ -556,10 +596,22 @@ def test_smoothing_and_heatmap_binning_agree_with_numpy(tmp_path, page):
 def test_runs_side_by_side_share_scales_computed_over_all_their_values(tmp_path, page):
     with GradientHealthFileWriter(str(tmp_path / "only")) as writer:
         writer.write(0, {"grad_norm": [1.0]}, ["dense"])
-    first = {"run": "a", "stat": "s", "layers": ["x", "y"], "steps": [0, 5, 10], "wall_times": [0, 1, 2],
-             "values": [[0.02, 3.0], ["NaN", 0.0], [0.5, "Infinity"]]}
-    second = {"run": "b", "stat": "s", "layers": ["z"], "steps": [3, 40], "wall_times": [0, 1],
-              "values": [[7e-6], [250.0]]}
+    first = {
+        "run": "a",
+        "stat": "s",
+        "layers": ["x", "y"],
+        "steps": [0, 5, 10],
+        "wall_times": [0, 1, 2],
+        "values": [[0.02, 3.0], ["NaN", 0.0], [0.5, "Infinity"]],
+    }
+    second = {
+        "run": "b",
+        "stat": "s",
+        "layers": ["z"],
+        "steps": [3, 40],
+        "wall_times": [0, 1],
+        "values": [[7e-6], [250.0]],
+    }
     with in_process_tensorboard(str(tmp_path)) as (url, _):
         page.open_tab(url + ENTRY)
         log_scales, linear_scales, nonfinite = page.page.evaluate(
@@ -576,7 +628,9 @@ def test_runs_side_by_side_share_scales_computed_over_all_their_values(tmp_path,
     positive = finite[finite > 0]
     assert log_scales["x"] == [0, 40]
     # Whole decades around every positive finite value of both runs; zeros and NaN/Inf left out.
-    assert log_scales["y"] == pytest.approx([10.0 ** np.floor(np.log10(positive.min())), 10.0 ** np.ceil(np.log10(positive.max()))])
+    assert log_scales["y"] == pytest.approx(
+        [10.0 ** np.floor(np.log10(positive.min())), 10.0 ** np.ceil(np.log10(positive.max()))]
+    )
     assert log_scales["colour"] == pytest.approx({"lo": np.log10(positive.min()), "hi": np.log10(positive.max())})
     assert linear_scales["y"] == pytest.approx([min(0.0, finite.min()), finite.max() * 1.05])
     assert nonfinite == [[1, 2], []]  # step indices with a NaN or Inf in some layer
@@ -599,7 +653,9 @@ def test_a_late_diagnosis_fills_in_without_redrawing_the_charts(tmp_path, page):
         route.continue_()
         page.page.wait_for_selector("body[data-state=ready]", timeout=LOAD_TIMEOUT_MS)
         verdict = strict_json(urllib.request.urlopen(url + ROUTES + "/health").read())["runs"][0]["verdict"]
-        captions = page.page.evaluate("[...document.querySelectorAll('.cell-caption .badge')].map((b) => b.dataset.verdict)")
+        captions = page.page.evaluate(
+            "[...document.querySelectorAll('.cell-caption .badge')].map((b) => b.dataset.verdict)"
+        )
         assert captions == [verdict] * 3  # diagnosis, trend and heatmap captions
         assert page.page.locator(".panel-diagnosis .diagnosis .muted").count() == 0  # no longer "Diagnosing…"
         assert page.page.evaluate("window.drawnTrend.isConnected")

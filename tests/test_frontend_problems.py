@@ -62,7 +62,10 @@ def broken_logdir(tmp_path_factory):
             "event file ends in an incomplete record: the last %d bytes (from byte %d of %d) are not read"
             % (cut_size - boundaries[-2], boundaries[-2], cut_size),
         ),
-        GARBAGE_RUN: (garbage.name, "event file corrupt: no valid record at byte %d of %d" % (good_end, good_end + len(GARBAGE))),
+        GARBAGE_RUN: (
+            garbage.name,
+            "event file corrupt: no valid record at byte %d of %d" % (good_end, good_end + len(GARBAGE)),
+        ),
     }
     return root, expected
 
@@ -75,7 +78,9 @@ def test_skipped_files_are_listed_per_run_as_text_and_every_run_still_draws(brok
             """[...document.querySelectorAll('.notice-banner .notice')].map((item) => [
                 item.dataset.run, item.querySelector('.notice-run').textContent, item.dataset.tag, item.textContent])"""
         )
-        assert sorted((run, shown, tag) for run, shown, tag, _ in notices) == sorted((run, run, tag) for run, (tag, _) in expected.items())
+        assert sorted((run, shown, tag) for run, shown, tag, _ in notices) == sorted(
+            (run, run, tag) for run, (tag, _) in expected.items()
+        )
         for run, _, tag, text in notices:
             # "run: skipped file: why", with the exact bytes lost computed here from the record boundaries.
             assert text.startswith("%s: skipped %s: %s" % (run, tag, expected[run][1])), text

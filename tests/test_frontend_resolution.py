@@ -78,9 +78,13 @@ def test_series_come_at_plot_resolution_the_reduction_is_told_and_nonfinite_step
         expected_points = request_points(page)
         assert expected_points < NUM_ROWS  # otherwise nothing is reduced and the test proves nothing
         queries = [parse_qs(urlsplit(request_url).query) for request_url in series_urls]
-        assert queries and all(query == {"run": [RUN], "stat": ["grad_norm"], "max_points": [str(expected_points)]} for query in queries)
+        assert queries and all(
+            query == {"run": [RUN], "stat": ["grad_norm"], "max_points": [str(expected_points)]} for query in queries
+        )
 
-        with urllib.request.urlopen(url + ROUTES + "/series?" + urlencode({"run": RUN, "stat": "grad_norm", "max_points": expected_points})) as response:
+        with urllib.request.urlopen(
+            url + ROUTES + "/series?" + urlencode({"run": RUN, "stat": "grad_norm", "max_points": expected_points})
+        ) as response:
             body = strict_json(response.read())
         steps = body["steps"]
         assert body["total_steps"] == NUM_ROWS and len(steps) < NUM_ROWS and NAN_STEP in steps
@@ -90,7 +94,9 @@ def test_series_come_at_plot_resolution_the_reduction_is_told_and_nonfinite_step
         assert page.page.locator(".profile-cell .reduced-note").count() == 0
         assert page.pixels(".heatmap-cell", RUN) > MIN_DRAWN_PIXELS
         assert page.pixels(".trend-cell", RUN) > MIN_DRAWN_PIXELS
-        assert "NaN or Inf in 1 logged step, first at step %s" % format(NAN_STEP, ",") in page.cell_text(".trend-cell", RUN)
+        assert "NaN or Inf in 1 logged step, first at step %s" % format(NAN_STEP, ",") in page.cell_text(
+            ".trend-cell", RUN
+        )
 
         # The trend's red marker sits on the step: the plot area (.u-over) spans the first to the last step.
         trend_canvas = ".trend-cell .uplot canvas"
@@ -126,7 +132,9 @@ def test_series_come_at_plot_resolution_the_reduction_is_told_and_nonfinite_step
 
         # A wider window asks again at its resolution, which here covers every step: the note goes.
         page.page.set_viewport_size(WIDE_VIEWPORT)
-        page.page.wait_for_function("() => document.querySelectorAll('.reduced-note').length === 0 && document.body.dataset.state === 'ready'")
+        page.page.wait_for_function(
+            "() => document.querySelectorAll('.reduced-note').length === 0 && document.body.dataset.state === 'ready'"
+        )
         wide_points = request_points(page)
         assert wide_points > NUM_ROWS
         assert parse_qs(urlsplit(series_urls[-1]).query)["max_points"] == [str(wide_points)]

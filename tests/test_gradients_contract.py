@@ -23,7 +23,12 @@ def callback_run(tmp_path_factory):
     x, y = support.make_data(CALLBACK_STEPS * support.BATCH_SIZE)
     model = support.compile_sgd(support.build_mlp())
     model.fit(
-        x, y, batch_size=support.BATCH_SIZE, epochs=1, shuffle=False, verbose=0,
+        x,
+        y,
+        batch_size=support.BATCH_SIZE,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
         callbacks=[GradientHealthCallback(str(logdir))],
     )
     return logdir

@@ -77,7 +77,10 @@ def test_last_unlogged_step_written_at_close_carries_no_made_up_values(sparse_ru
             continue
         error = support.relative_error(values[-1], expected[stat][LAST_STEP])
         assert error < support.REL_TOL, "%s at the last step %d is %s, the step's value is %s" % (
-            stat, LAST_STEP, values[-1], expected[stat][LAST_STEP],
+            stat,
+            LAST_STEP,
+            values[-1],
+            expected[stat][LAST_STEP],
         )
 
 

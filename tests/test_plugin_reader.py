@@ -52,7 +52,9 @@ class RawWriter:
         value = summary_pb2.Summary.Value(tag=tag, tensor=tensor)
         if tag not in self._tags_with_metadata:
             self._tags_with_metadata.add(tag)
-            value.metadata.CopyFrom(summary_metadata or metadata.create_summary_metadata(metadata.stat_for_tag(tag), LAYERS))
+            value.metadata.CopyFrom(
+                summary_metadata or metadata.create_summary_metadata(metadata.stat_for_tag(tag), LAYERS)
+            )
         event = event_pb2.Event(step=step, wall_time=WALL_TIME_0 + step, summary=summary_pb2.Summary(value=[value]))
         self._writer.add_event(event)
 
@@ -84,7 +86,9 @@ def corrupt_logdir(tmp_path_factory):
         # Steps 1 and 3 have the wrong number of layers.
         raw.write(step, "gradient_health/weight_norm", _vector_tensor(good[step][: 2 if step % 2 else 3]))
         # Step 2 cannot be decoded at all (5 bytes for 3 floats).
-        raw.write(step, "gradient_health/update_ratio", _vector_tensor(good[step], content=b"12345" if step == 2 else None))
+        raw.write(
+            step, "gradient_health/update_ratio", _vector_tensor(good[step], content=b"12345" if step == 2 else None)
+        )
         raw.write(step, "gradient_health/bad_json", _vector_tensor(good[step]), _metadata_with_content(b"{not json"))
         raw.write(
             step,
@@ -147,7 +151,9 @@ def test_list_runs_reports_undecodable_metadata_and_keeps_the_rest(corrupt_provi
         "layers": [],
         "max_step": 0,
         "last_wall_time": WALL_TIME_0,
-        "problems": [{"tag": "gradient_health/grad_norm", "message": "skipped: gradient health metadata must be a JSON object"}],
+        "problems": [
+            {"tag": "gradient_health/grad_norm", "message": "skipped: gradient health metadata must be a JSON object"}
+        ],
     }
 
 
@@ -191,9 +197,7 @@ def test_routes_keep_serving_and_report_corrupt_data(corrupt_logdir):
     assert response.status_code == 200
     body = strict_json(response.get_data())
     assert body["steps"] == [0, 2]
-    assert body["problems"] == [
-        {"tag": "gradient_health/weight_norm", "message": WRONG_SHAPE_MESSAGE}
-    ]
+    assert body["problems"] == [{"tag": "gradient_health/weight_norm", "message": WRONG_SHAPE_MESSAGE}]
     response = client.get(PLUGIN_ROUTE + "/series?run=%s&stat=update_ratio" % BAD_RUN)
     assert response.status_code == 404
     assert "cannot be decoded" in strict_json(response.get_data())["error"]["message"]
@@ -214,7 +218,9 @@ def test_routes_keep_serving_and_report_corrupt_data(corrupt_logdir):
     # The good run's trailing garbage is reported as a problem of its file
     # (see test_reliability_corrupt.py); its data is all served.
     (event_file,) = [path.name for path in (corrupt_logdir / GOOD_RUN).iterdir() if path.stat().st_size]
-    assert [(p["tag"], p["message"].split(":")[0]) for p in health[GOOD_RUN]["problems"]] == [(event_file, "event file corrupt")]
+    assert [(p["tag"], p["message"].split(":")[0]) for p in health[GOOD_RUN]["problems"]] == [
+        (event_file, "event file corrupt")
+    ]
     assert health[BROKEN_ONLY_RUN]["problems"][0]["tag"] == "gradient_health/grad_norm"
 
 
@@ -225,7 +231,12 @@ def test_provider_for_logdir_keeps_every_step(tmp_path):
             writer.write(step * 3, {"grad_norm": row, "my_stat": -row}, LAYERS, wall_time=WALL_TIME_0 + step)
     provider = reader.provider_for_logdir(str(tmp_path))
     (info,) = reader.list_runs(*provider)
-    assert (info.run, info.stats, info.layers, info.max_step) == ("long", ("grad_norm", "my_stat"), LAYERS, 3 * (LONG_RUN_STEPS - 1))
+    assert (info.run, info.stats, info.layers, info.max_step) == (
+        "long",
+        ("grad_norm", "my_stat"),
+        LAYERS,
+        3 * (LONG_RUN_STEPS - 1),
+    )
     series = reader.read_run(*provider, "long")
     np.testing.assert_array_equal(series["grad_norm"].steps, 3 * np.arange(LONG_RUN_STEPS))
     np.testing.assert_array_equal(series["grad_norm"].values, values)

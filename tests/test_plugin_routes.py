@@ -213,7 +213,10 @@ def test_plugins_listing_enables_the_tab_with_its_label(client):
     listing = strict_json(response.get_data())
     assert listing[metadata.PLUGIN_NAME]["enabled"] is True
     assert listing[metadata.PLUGIN_NAME]["tab_name"] == "Gradient Health"
-    assert listing[metadata.PLUGIN_NAME]["loading_mechanism"] == {"type": "IFRAME", "module_path": PLUGIN_ROUTE + "/index.js"}
+    assert listing[metadata.PLUGIN_NAME]["loading_mechanism"] == {
+        "type": "IFRAME",
+        "module_path": PLUGIN_ROUTE + "/index.js",
+    }
 
 
 def test_tab_is_disabled_without_our_data(tmp_path):

@@ -233,7 +233,9 @@ class Served:
         self.multiplexer.AddRunsFromDirectory(str(logdir))
         self.multiplexer.Reload()
         self.provider = multiplexer_data_provider.MultiplexerDataProvider(self.multiplexer, str(logdir))
-        self.plugin = plugin.GradientHealthPlugin(base_plugin.TBContext(data_provider=self.provider, logdir=str(logdir)))
+        self.plugin = plugin.GradientHealthPlugin(
+            base_plugin.TBContext(data_provider=self.provider, logdir=str(logdir))
+        )
         self.client = werkzeug_test.Client(application.TensorBoardWSGI([self.plugin], data_provider=self.provider))
 
     def tag_versions(self, run: str) -> dict:

@@ -156,9 +156,11 @@ def test_a_growing_file_is_checked_incrementally_and_recovers(tmp_path):
     # Records appended after the damage do not repair it: TensorBoard still
     # stops at the bad bytes.
     with open(event_file, "ab") as stream:
-        stream.write(full[len(complete):])
+        stream.write(full[len(complete) :])
     (still,) = checker.problems("live", now=_later())
-    assert "no valid record at byte %d of %d" % (len(complete), len(damaged) + len(full) - len(complete)) in still.message
+    assert (
+        "no valid record at byte %d of %d" % (len(complete), len(damaged) + len(full) - len(complete)) in still.message
+    )
     writer.close()
 
 
@@ -215,7 +217,12 @@ def test_routes_serve_every_readable_step_and_report_the_broken_files(corrupt_lo
     assert {run["run"]: _problem_kinds(run["problems"]) for run in runs} == EXPECTED_FILE_PROBLEMS
     max_steps = {run["run"]: run["max_step"] for run in runs}
     # The cut record (the last step) is lost; the others are all served.
-    assert max_steps == {GOOD_RUN: NUM_STEPS - 1, TRUNCATED_RUN: NUM_STEPS - 2, GARBAGE_RUN: NUM_STEPS - 1, EMPTY_FILE_RUN: NUM_STEPS - 1}
+    assert max_steps == {
+        GOOD_RUN: NUM_STEPS - 1,
+        TRUNCATED_RUN: NUM_STEPS - 2,
+        GARBAGE_RUN: NUM_STEPS - 1,
+        EMPTY_FILE_RUN: NUM_STEPS - 1,
+    }
     for run, max_step in max_steps.items():
         body = strict_json(client.get(PLUGIN_ROUTE + "/series?run=%s&stat=grad_norm" % run).get_data())
         assert body["steps"] == list(range(max_step + 1))
@@ -231,6 +238,8 @@ def test_report_command_says_which_files_it_skipped(corrupt_logdir, capsys):
     lines = capsys.readouterr().err.splitlines()
     for run in (TRUNCATED_RUN, GARBAGE_RUN, EMPTY_FILE_RUN):
         names = [path.name for path in (corrupt_logdir / run).iterdir()]
-        said = [line for line in lines if "run %s:" % run in line and "event file" in line and any(n in line for n in names)]
+        said = [
+            line for line in lines if "run %s:" % run in line and "event file" in line and any(n in line for n in names)
+        ]
         assert len(said) == 1, lines
     assert not any("run %s:" % GOOD_RUN in line for line in lines)

@@ -39,7 +39,7 @@ MIN_PARTIAL_STATES = 3
 
 def values(step: int, stat_index: int) -> np.ndarray:
     """The float32 row written for `step`; NaN and both infinities appear in `grad_norm`."""
-    row = np.array([(step + 1) * (layer + 1) * 10.0 ** -stat_index for layer in range(len(LAYERS))], dtype=np.float32)
+    row = np.array([(step + 1) * (layer + 1) * 10.0**-stat_index for layer in range(len(LAYERS))], dtype=np.float32)
     if stat_index == 0 and step % 17 == 5:
         row[step % len(LAYERS)] = (np.nan, np.inf, -np.inf)[step % 3]
     return row

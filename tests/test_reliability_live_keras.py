@@ -69,7 +69,9 @@ def train_live(logdir: str, go_file: str, weights_path: str) -> None:
     while not pathlib.Path(go_file).exists():
         time.sleep(0.05)
     model.fit(x, y, batch_size=support.BATCH, epochs=EPOCHS, shuffle=False, verbose=0, callbacks=callbacks)
-    trajectory = {"v%d" % i: np.stack([snap[i] for snap in recorder.snapshots]) for i in range(len(recorder.snapshots[0]))}
+    trajectory = {
+        "v%d" % i: np.stack([snap[i] for snap in recorder.snapshots]) for i in range(len(recorder.snapshots[0]))
+    }
     np.savez(weights_path, sizes=np.array(support.group_sizes(model)), **trajectory)
 
 

@@ -72,7 +72,13 @@ def test_unwritable_log_dir_fails_at_train_begin_with_a_clear_message(tmp_path, 
     weights = [w.copy() for w in model.get_weights()]
     counter = _batches_seen()
     with pytest.raises(Exception) as raised:
-        model.fit(*_data(), batch_size=BATCH_SIZE, epochs=1, verbose=0, callbacks=[GradientHealthCallback(str(log_dir)), counter])
+        model.fit(
+            *_data(),
+            batch_size=BATCH_SIZE,
+            epochs=1,
+            verbose=0,
+            callbacks=[GradientHealthCallback(str(log_dir)), counter],
+        )
     # Before any step: no batch began, the weights did not move.
     assert counter.batches == 0
     assert int(model.optimizer.iterations.numpy()) == 0
@@ -92,8 +98,14 @@ def test_a_failed_start_leaves_the_model_trainable_without_the_callback(tmp_path
     optimizer_type_apply = type(model.optimizer).apply
     x, y = _data()
     with pytest.raises(OSError, match="cannot write its event files"):
-        model.fit(x, y, batch_size=BATCH_SIZE, epochs=1, verbose=0,
-                  callbacks=[GradientHealthCallback(str(_unwritable_log_dir(tmp_path, "through_a_file")))])
+        model.fit(
+            x,
+            y,
+            batch_size=BATCH_SIZE,
+            epochs=1,
+            verbose=0,
+            callbacks=[GradientHealthCallback(str(_unwritable_log_dir(tmp_path, "through_a_file")))],
+        )
     # The optimizer is not left wrapped, so a later fit trains as plain Keras.
     if "apply" in vars(model.optimizer):
         raise LeftWrapped("model.optimizer.apply is still %r" % vars(model.optimizer)["apply"])

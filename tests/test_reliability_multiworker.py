@@ -95,7 +95,10 @@ def _keras_multi_worker_workaround(model, sample_batch) -> None:
 def run_worker(logdir: str, weights_path: str, index: str, *ports: str) -> None:
     """One worker of the cluster: trains NUM_STEPS steps with each API, from the same weights."""
     os.environ["TF_CONFIG"] = json.dumps(
-        {"cluster": {"worker": ["127.0.0.1:%s" % port for port in ports]}, "task": {"type": "worker", "index": int(index)}}
+        {
+            "cluster": {"worker": ["127.0.0.1:%s" % port for port in ports]},
+            "task": {"type": "worker", "index": int(index)},
+        }
     )
     import keras
     import tensorflow as tf
@@ -155,8 +158,13 @@ def _expected_grad_norms() -> np.ndarray:
         with tf.GradientTape() as tape:
             loss = tf.reduce_mean(tf.square(model(x) - y))
         grads = tape.gradient(loss, model.trainable_variables)
-        squares = {id(v): float(np.sum(np.square(g.numpy(), dtype=np.float64))) for g, v in zip(grads, model.trainable_variables)}
-        norms.append([np.sqrt(sum(squares[id(v)] for v in model.get_layer(layer).trainable_variables)) for layer in LAYERS])
+        squares = {
+            id(v): float(np.sum(np.square(g.numpy(), dtype=np.float64)))
+            for g, v in zip(grads, model.trainable_variables)
+        }
+        norms.append(
+            [np.sqrt(sum(squares[id(v)] for v in model.get_layer(layer).trainable_variables)) for layer in LAYERS]
+        )
         optimizer.apply(grads, model.trainable_variables)
     return np.asarray(norms)
 
@@ -231,7 +239,9 @@ def test_only_the_chief_writes_one_run_with_the_applied_gradient_norm(cluster_lo
     # Written by the chief only: one file of ours, each step once.
     files = _our_event_files(logdir)
     if len(files) != 1:
-        raise NotChiefOnly("%d workers wrote gradient health files: %s" % (len(files), [str(f.relative_to(logdir)) for f in files]))
+        raise NotChiefOnly(
+            "%d workers wrote gradient health files: %s" % (len(files), [str(f.relative_to(logdir)) for f in files])
+        )
     assert _logged_steps(files[0]) == list(range(NUM_STEPS))
 
 

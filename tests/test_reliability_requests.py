@@ -61,7 +61,24 @@ _param_values = st.one_of(
 _param_names = st.one_of(st.sampled_from(("run", "stat", "max_points")), st.text(max_size=12))
 # Pieces of a query string that no well-behaved client sends.
 _raw_fragments = st.sampled_from(
-    ("%", "%zz", "%ff%fe", "%c3", "run=%c3%28", "&&", "=", "run", "stat=", "a=b=c", ";", "%00", "run=%00", "+", "é", "\xff")
+    (
+        "%",
+        "%zz",
+        "%ff%fe",
+        "%c3",
+        "run=%c3%28",
+        "&&",
+        "=",
+        "run",
+        "stat=",
+        "a=b=c",
+        ";",
+        "%00",
+        "run=%00",
+        "+",
+        "é",
+        "\xff",
+    )
 )
 _query_parts = st.lists(
     st.one_of(
@@ -185,7 +202,11 @@ def _served_files() -> set[str]:
     served = set()
     for path in FRONTEND.rglob("*"):
         relative = path.relative_to(FRONTEND)
-        if path.is_file() and path.suffix in static.CONTENT_TYPES and not any(p.startswith(".") for p in relative.parts):
+        if (
+            path.is_file()
+            and path.suffix in static.CONTENT_TYPES
+            and not any(p.startswith(".") for p in relative.parts)
+        ):
             served.add(relative.as_posix())
     return served
 
@@ -193,9 +214,42 @@ def _served_files() -> set[str]:
 SERVED_FILES = sorted(_served_files())
 _segments = st.one_of(
     st.sampled_from(
-        (".", "..", "...", "%2e%2e", "%2E%2E", "%252e%252e", "..%2f", "..%5c", "..\\..", "\\", "%5c", "%2f", "", "~",
-         "%00", "index.js%00", "etc", "passwd", "setup.py", "C:", "vendor", "uplot", "index.js", "style.css",
-         ".hidden.js", "%c0%ae%c0%ae", "%ff", "ü", "a b", "%20", "*", "$HOME", ".git", "config")
+        (
+            ".",
+            "..",
+            "...",
+            "%2e%2e",
+            "%2E%2E",
+            "%252e%252e",
+            "..%2f",
+            "..%5c",
+            "..\\..",
+            "\\",
+            "%5c",
+            "%2f",
+            "",
+            "~",
+            "%00",
+            "index.js%00",
+            "etc",
+            "passwd",
+            "setup.py",
+            "C:",
+            "vendor",
+            "uplot",
+            "index.js",
+            "style.css",
+            ".hidden.js",
+            "%c0%ae%c0%ae",
+            "%ff",
+            "ü",
+            "a b",
+            "%20",
+            "*",
+            "$HOME",
+            ".git",
+            "config",
+        )
     ),
     st.sampled_from(SERVED_FILES),
     st.text(alphabet=st.characters(codec="utf-8", blacklist_characters="?#"), max_size=20),
@@ -204,8 +258,12 @@ _segments = st.one_of(
 
 
 @settings(EXAMPLES, max_examples=120)
-@given(segments=st.lists(_segments, min_size=1, max_size=6), separator=st.sampled_from(("/", "//", "\\", "%2f")),
-       method=_methods, gzip_ok=_accept_gzip)
+@given(
+    segments=st.lists(_segments, min_size=1, max_size=6),
+    separator=st.sampled_from(("/", "//", "\\", "%2f")),
+    method=_methods,
+    gzip_ok=_accept_gzip,
+)
 def test_static_serves_exactly_the_frontend_files_and_404s_anything_else(client, segments, separator, method, gzip_ok):
     raw = separator.join(segments)
     response = _request(client, method, PLUGIN_ROUTE + "/" + raw, gzip_ok=gzip_ok)
@@ -216,8 +274,8 @@ def test_static_serves_exactly_the_frontend_files_and_404s_anything_else(client,
         # TensorBoard's own 404 for the bare prefix: never reaches the plugin.
         assert response.status_code == 404 and response.headers["X-Content-Type-Options"] == "nosniff"
         return
-    relative = request_path[len(PLUGIN_ROUTE) + 1:]
-    if routed[len(PLUGIN_ROUTE) + 1:] in JSON_ROUTES:
+    relative = request_path[len(PLUGIN_ROUTE) + 1 :]
+    if routed[len(PLUGIN_ROUTE) + 1 :] in JSON_ROUTES:
         return  # another route of ours, tested above
     if relative in SERVED_FILES:
         suffix = pathlib.PurePosixPath(relative).suffix

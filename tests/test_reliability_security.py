@@ -94,11 +94,17 @@ def test_hostile_names_come_back_as_exact_json_strings(client):
 # What a CSP without 'unsafe-inline' / 'unsafe-eval' blocks, or what turns
 # data into markup (and so could run a hostile run or layer name).
 FORBIDDEN_IN_SCRIPTS = {
-    "markup sink": re.compile(r"\.(innerHTML|outerHTML)\s*[+]?=|insertAdjacentHTML|document\.write|createContextualFragment|DOMParser|srcdoc"),
+    "markup sink": re.compile(
+        r"\.(innerHTML|outerHTML)\s*[+]?=|insertAdjacentHTML|document\.write|createContextualFragment|DOMParser|srcdoc"
+    ),
     "eval": re.compile(r"\beval\s*\(|new\s+Function\s*\(|set(Timeout|Interval)\s*\(\s*['\"`]"),
-    "inline handler": re.compile(r"setAttribute\(\s*['\"`]on[a-z]+|attrs\s*:\s*\{[^}]*\bon[a-z]+\s*:|['\"`]\s*on[a-z]+\s*=\s*['\"]"),
+    "inline handler": re.compile(
+        r"setAttribute\(\s*['\"`]on[a-z]+|attrs\s*:\s*\{[^}]*\bon[a-z]+\s*:|['\"`]\s*on[a-z]+\s*=\s*['\"]"
+    ),
     "javascript: URL": re.compile(r"javascript:", re.IGNORECASE),
-    "remote code or style": re.compile(r"(import|from|import\()\s*['\"`]https?:|url\(\s*['\"]?https?:|@import\s+(url\()?['\"]?https?:"),
+    "remote code or style": re.compile(
+        r"(import|from|import\()\s*['\"`]https?:|url\(\s*['\"]?https?:|@import\s+(url\()?['\"]?https?:"
+    ),
 }
 FORBIDDEN_IN_HTML = {
     "inline script": re.compile(r"<script(?![^>]*\bsrc=)[^>]*>", re.IGNORECASE),

@@ -72,7 +72,7 @@ def test_metadata_is_complete_and_on_the_first_value_of_each_tag_only(tmp_path):
 def test_own_statistics_and_non_finite_values_are_kept(tmp_path):
     values = [np.nan, np.inf, -1.5]
     write_layer_stats(str(tmp_path), 3, {"my_stat": values}, LAYERS)
-    (step, _, value), = _values(str(tmp_path))
+    ((step, _, value),) = _values(str(tmp_path))
     assert step == 3 and value.tag == "gradient_health/my_stat"
     np.testing.assert_array_equal(np.frombuffer(value.tensor.tensor_content, "<f4"), np.float32(values))
 
@@ -132,8 +132,15 @@ def test_same_contract_as_the_keras_callback(tmp_path):
     model = support.make_mlp()
     model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
     x, y = support.make_data(2 * support.BATCH)
-    model.fit(x, y, batch_size=support.BATCH, epochs=1, shuffle=False, verbose=0,
-              callbacks=[GradientHealthCallback(str(tmp_path / "keras"))])
+    model.fit(
+        x,
+        y,
+        batch_size=support.BATCH,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[GradientHealthCallback(str(tmp_path / "keras"))],
+    )
     callback_values = _values(str(tmp_path / "keras" / "train"))
     numpy_dir = str(tmp_path / "numpy")
     with GradientHealthFileWriter(numpy_dir) as writer:

@@ -34,7 +34,7 @@ DATA_LOAD_TIMEOUT_S = 120
 def _values():
     rng = np.random.default_rng(42)
     # Magnitudes from 1e-8 to 1e8, so any lossy float handling shows.
-    grad_norm = (rng.random((NUM_STEPS, len(LAYERS))) * 10.0 ** rng.integers(-8, 9, (NUM_STEPS, len(LAYERS))))
+    grad_norm = rng.random((NUM_STEPS, len(LAYERS))) * 10.0 ** rng.integers(-8, 9, (NUM_STEPS, len(LAYERS)))
     grad_norm = grad_norm.astype(np.float32)
     for (step, layer), value in NON_FINITE.items():
         grad_norm[step, layer] = value
@@ -50,7 +50,9 @@ def logdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e_logdir")
     with GradientHealthFileWriter(str(root / RUN)) as writer:
         for step in range(NUM_STEPS):
-            writer.write(step, {stat: rows[step] for stat, rows in VALUES.items()}, LAYERS, wall_time=WALL_TIME_0 + step)
+            writer.write(
+                step, {stat: rows[step] for stat, rows in VALUES.items()}, LAYERS, wall_time=WALL_TIME_0 + step
+            )
     # A run whose event file ends in a truncated record (cut mid-record, as by
     # a crash) must neither fail nor disturb the good run.
     with GradientHealthFileWriter(str(root / CORRUPT_RUN)) as writer:
@@ -77,6 +79,7 @@ def _float_tensor(values, content=None):
 
 def _write_bad_tensors(run_dir):
     """Our tags with a wrong shape, undecodable bytes, bad JSON and an unknown content version."""
+
     def with_content(content: bytes):
         result = metadata.create_summary_metadata("x", BAD_LAYERS)
         result.plugin_data.content = content
@@ -217,7 +220,13 @@ def test_real_tensorboard_serves_the_tab_and_every_step(logdir, load_fast):
             assert status == 404, raw_path
             assert headers["Content-Type"] == "application/json" and headers["X-Content-Type-Options"] == "nosniff"
             assert strict_json(body) == {"error": {"code": 404, "message": "Not found: no such file"}}
-        for path in ("/runs", "/series?run=%s&stat=grad_norm" % RUN, "/health", "/series?run=x", "/series?run=x&stat=y"):
+        for path in (
+            "/runs",
+            "/series?run=%s&stat=grad_norm" % RUN,
+            "/health",
+            "/series?run=x",
+            "/series?run=x&stat=y",
+        ):
             status, headers, _ = server.get(PLUGIN_ROUTE + path)
             assert headers["Content-Type"] == "application/json", path
             assert headers["X-Content-Type-Options"] == "nosniff", path

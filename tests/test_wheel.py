@@ -18,8 +18,19 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 # Built outside the checkout so that concurrent builds and the editable
 # install's files stay apart.
 _NOT_COPIED = shutil.ignore_patterns(
-    ".git", ".venv", "__pycache__", "*.pyc", "*.egg-info", "build", "dist", "logs", "tests",
-    ".pytest_cache", ".hypothesis", "node_modules", "benchmarks",
+    ".git",
+    ".venv",
+    "__pycache__",
+    "*.pyc",
+    "*.egg-info",
+    "build",
+    "dist",
+    "logs",
+    "tests",
+    ".pytest_cache",
+    ".hypothesis",
+    "node_modules",
+    "benchmarks",
 )
 BUILD_TIMEOUT_S = 300
 

@@ -50,9 +50,7 @@ def _walk(layer, path: str, claimed: set, seen_layers: set, groups: list) -> Non
         return
     seen_layers.add(id(layer))
     children = _sublayers(layer)
-    owned_by_children = {
-        variable_key(v) for child in children for v in child.trainable_weights
-    }
+    owned_by_children = {variable_key(v) for child in children for v in child.trainable_weights}
     own = [
         v
         for v in layer.trainable_weights
@@ -93,10 +91,7 @@ def group_by_layer(model) -> list[LayerGroup]:
     groups: list[LayerGroup] = []
     _walk(model, "", set(), set(), groups)
     if not groups:
-        raise ValueError(
-            "model %r has no trainable variables; build it (call it on data or fit it) first"
-            % model.name
-        )
+        raise ValueError("model %r has no trainable variables; build it (call it on data or fit it) first" % model.name)
     return _unique_names(groups)
 
 

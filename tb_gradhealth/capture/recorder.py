@@ -158,8 +158,8 @@ class StepRecorder:
             XLA, where summary ops cannot run).
         """
         grads = list(grads)
-        variables = list(trainable_variables) if trainable_variables is not None else list(
-            optimizer._trainable_variables
+        variables = (
+            list(trainable_variables) if trainable_variables is not None else list(optimizer._trainable_variables)
         )
         by_key = {variable_key(v): g for g, v in zip(grads, variables)}
         tracked = [by_key.get(variable_key(v)) for v in self._variables]

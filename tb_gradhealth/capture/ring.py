@@ -13,9 +13,7 @@ from tb_gradhealth.capture.reductions import GradientSums, StepDetails, in_xla_c
 
 STATS = metadata.BUILTIN_STATS
 # Computed at every step; the others only at logged steps.
-PER_STEP_COLUMNS = tuple(
-    STATS.index(stat) for stat in (metadata.GRAD_NORM, metadata.GRAD_NORM_MAX, metadata.NONFINITE)
-)
+PER_STEP_COLUMNS = tuple(STATS.index(stat) for stat in (metadata.GRAD_NORM, metadata.GRAD_NORM_MAX, metadata.NONFINITE))
 
 
 def _max_keeping_nan(running: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
@@ -31,7 +29,9 @@ def _visible_only(sums: GradientSums, visible) -> GradientSums:
     """`sums`, or zeros where `visible` is False (a step that must leave no trace in the accumulators)."""
     if visible is True:
         return sums
-    return GradientSums(grad_norm=tf.where(visible, sums.grad_norm, 0.0), nonfinite=tf.where(visible, sums.nonfinite, 0.0))
+    return GradientSums(
+        grad_norm=tf.where(visible, sums.grad_norm, 0.0), nonfinite=tf.where(visible, sums.nonfinite, 0.0)
+    )
 
 
 class StatsRing:
@@ -262,7 +262,9 @@ class StatsRing:
                 # an unlogged step with what every step computes (the
                 # per-step statistics; the others are not known there).
                 pending_step = self._pending_step.read_value()
-                dropped_step = tf.where(count > self.capacity, self._row_steps[self.capacity], tf.constant(-1, tf.int64))
+                dropped_step = tf.where(
+                    count > self.capacity, self._row_steps[self.capacity], tf.constant(-1, tf.int64)
+                )
                 pending_row = tf.stack(
                     [
                         self._pending_norm.read_value(),

@@ -56,9 +56,7 @@ def diagnose(series: Mapping[str, StatSeries]) -> RunDiagnosis:
     exploding_finding, exploding_notes = exploding.check(
         stats, nonfinite_finding.first_step if nonfinite_finding else None
     )
-    vanishing_finding, vanishing_notes = vanishing.check(
-        stats, set(dead_finding.layers) if dead_finding else set()
-    )
+    vanishing_finding, vanishing_notes = vanishing.check(stats, set(dead_finding.layers) if dead_finding else set())
     for rule_notes in (nonfinite_notes, exploding_notes, vanishing_notes, dead_notes):
         notes.extend(note for note in rule_notes if note not in notes)
     found = [f for f in (nonfinite_finding, exploding_finding, vanishing_finding, dead_finding) if f]

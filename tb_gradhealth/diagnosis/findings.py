@@ -69,7 +69,9 @@ class Finding:
             "layers": list(self.layers),
             "first_step": int(self.first_step),
             "severity": self.severity,
-            "evidence": {key: (list(value) if isinstance(value, list) else value) for key, value in self.evidence.items()},
+            "evidence": {
+                key: (list(value) if isinstance(value, list) else value) for key, value in self.evidence.items()
+            },
             "message": self.message,
             "advice": self.advice,
         }

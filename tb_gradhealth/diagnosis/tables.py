@@ -52,9 +52,7 @@ def collect(series: Mapping[str, StatSeries]) -> RunStats:
     present = {stat: s for stat, s in series.items() if s.num_steps > 0}
     if not present:
         return RunStats(layers=(), tables={}, notes=["no statistic has any logged step"])
-    reference = next(
-        (stat for stat in metadata.BUILTIN_STATS if stat in present), next(iter(present))
-    )
+    reference = next((stat for stat in metadata.BUILTIN_STATS if stat in present), next(iter(present)))
     layers = tuple(present[reference].layers)
     tables, notes = {}, []
     for stat, stat_series in present.items():
@@ -64,9 +62,7 @@ def collect(series: Mapping[str, StatSeries]) -> RunStats:
             column_in_series = {name: index for index, name in enumerate(stat_series.layers)}
             values = stat_series.values[:, [column_in_series[name] for name in layers]]
         else:
-            notes.append(
-                "%s left out: its layers differ from those of %s" % (stat, reference)
-            )
+            notes.append("%s left out: its layers differ from those of %s" % (stat, reference))
             continue
         tables[stat] = Table(
             steps=np.asarray(stat_series.steps, dtype=np.int64),

@@ -43,9 +43,7 @@ ADVICE_DEPTH = (
     "Use ReLU-family activations with He initialisation, add normalisation layers or residual "
     "connections, or make the network shallower."
 )
-ADVICE_UPDATES = (
-    "Raise the learning rate (or check that its schedule has not decayed it to almost zero)."
-)
+ADVICE_UPDATES = "Raise the learning rate (or check that its schedule has not decayed it to almost zero)."
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,9 +142,7 @@ def _stalled_small_updates(stats: RunStats, alive: np.ndarray):
     if updates is None or norms is None:
         return none, None, None, None, ["no update_ratio or gradient norm: too-small updates not checked"]
     if len(updates.steps) < MIN_TREND_STEPS or len(norms.steps) < MIN_TREND_STEPS:
-        return none, None, None, None, [
-            "fewer than %d logged steps: too-small updates not checked" % MIN_TREND_STEPS
-        ]
+        return none, None, None, None, ["fewer than %d logged steps: too-small updates not checked" % MIN_TREND_STEPS]
     update_median = _nanmedian(np.where(np.isfinite(updates.values), updates.values, np.nan))
     values = np.where(np.isfinite(norms.values), norms.values, np.nan)
     quarter = max(1, len(values) // 4)
