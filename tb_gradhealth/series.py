@@ -17,6 +17,10 @@ class StatSeries:
       steps: int64 `[n_steps]`, strictly increasing.
       wall_times: float64 `[n_steps]`, seconds since the epoch.
       values: float64 `[n_steps, n_layers]`; NaN and +-Inf are kept as such.
+      recorded: bool `[n_steps, n_layers]`, False where the layer was not
+        in the layer set of that step (its value there is NaN and means
+        nothing: not non-finite, not zero); None when every layer was
+        recorded at every step.
     """
 
     stat: str
@@ -24,6 +28,7 @@ class StatSeries:
     steps: np.ndarray
     wall_times: np.ndarray
     values: np.ndarray
+    recorded: np.ndarray | None = None
 
     def __post_init__(self):
         n_steps = len(self.steps)
@@ -34,6 +39,11 @@ class StatSeries:
             )
         if len(self.wall_times) != n_steps:
             raise ValueError("%s: %d wall times for %d steps" % (self.stat, len(self.wall_times), n_steps))
+        if self.recorded is not None and self.recorded.shape != self.values.shape:
+            raise ValueError(
+                "%s: recorded mask of shape %s for values of shape %s"
+                % (self.stat, self.recorded.shape, self.values.shape)
+            )
 
     @property
     def num_steps(self) -> int:

@@ -10,10 +10,9 @@ from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from tb_gradhealth import metadata
+from tb_gradhealth.layer_sets import LayerSetTags
 
-# Keeps our event files apart from those of other writers in the same run
-# directory (e.g. keras.callbacks.TensorBoard writing `<log_dir>/train`).
-FILENAME_SUFFIX = ".gradient_health"
+FILENAME_SUFFIX = metadata.FILENAME_SUFFIX
 
 
 def layer_values_tensor(values: Sequence[float] | np.ndarray) -> tensor_pb2.TensorProto:
@@ -33,22 +32,31 @@ def layer_stat_summary(
     layers: Sequence[str],
     values: Sequence[float] | np.ndarray,
     include_metadata: bool = True,
+    *,
+    scope: str = metadata.SCOPE_LAYER,
+    kinds: Sequence[str] | None = None,
+    params: Sequence[int] | None = None,
+    layer_set: str | None = None,
 ) -> summary_pb2.Summary:
-    """Returns a `Summary` holding one step of one per-layer statistic.
+    """Returns a `Summary` holding one step of one statistic.
 
     Args:
       stat: statistic name, e.g. `grad_norm` or one of your own.
-      layers: layer names in model order, input -> output.
+      layers: layer names in model order, input -> output (`[stat]` for a
+        run-level statistic).
       values: one value per layer, in the order of `layers`.
       include_metadata: TensorBoard keeps the first metadata it sees per tag,
         so writers attach it to the first value of a tag only.
+      scope, kinds, params, layer_set: see `metadata.content_json`.
     """
     tensor = layer_values_tensor(values)
     if tensor.tensor_shape.dim[0].size != len(layers):
         raise ValueError("%s: got %d values for %d layers" % (stat, tensor.tensor_shape.dim[0].size, len(layers)))
-    value = summary_pb2.Summary.Value(tag=metadata.tag_for_stat(stat), tensor=tensor)
+    value = summary_pb2.Summary.Value(tag=metadata.tag_for_stat(stat, layer_set), tensor=tensor)
     if include_metadata:
-        value.metadata.CopyFrom(metadata.create_summary_metadata(stat, layers))
+        value.metadata.CopyFrom(
+            metadata.create_summary_metadata(stat, layers, scope=scope, kinds=kinds, params=params, layer_set=layer_set)
+        )
     return summary_pb2.Summary(value=[value])
 
 
@@ -67,7 +75,9 @@ class GradientHealthFileWriter:
         self._writer = EventFileWriter(
             logdir, max_queue_size=max_queue, flush_secs=flush_secs, filename_suffix=FILENAME_SUFFIX
         )
-        self._layers_by_tag: dict[str, tuple[str, ...]] = {}
+        self._layer_sets = LayerSetTags(self._writer.get_logdir())
+        # Tags whose metadata this file already holds.
+        self._tags_written: set[str] = set()
 
     @property
     def logdir(self) -> str:
@@ -81,12 +91,7 @@ class GradientHealthFileWriter:
         layers: Sequence[str],
         wall_time: float | None = None,
     ) -> None:
-        """Writes one statistic (one value per layer) for one step.
-
-        Raises:
-          ValueError: bad name or shape, or layers differ from those already
-            written under this statistic (the tab relies on a fixed order).
-        """
+        """Writes one statistic (one value per layer) for one step."""
         self.write(step, {stat: values}, layers, wall_time)
 
     def write(
@@ -95,19 +100,59 @@ class GradientHealthFileWriter:
         stats: Mapping[str, Sequence[float] | np.ndarray],
         layers: Sequence[str],
         wall_time: float | None = None,
+        *,
+        loss: float | None = None,
+        kinds: Sequence[str] | None = None,
+        params: Sequence[int] | None = None,
     ) -> None:
-        """Writes several statistics of one step, each one value per layer."""
+        """Writes several statistics of one step, each one value per layer, as one event.
+
+        The layers may change from one step to the next (e.g. layers frozen
+        or unfrozen): each list of layers is written under tags of its own
+        (docs/design.md, "Layer sets"), and the tab shows a layer as not
+        recorded at the steps where it is absent.
+
+        Args:
+          step: the step number (one optimizer update).
+          stats: statistic name -> one value per layer, in the order of `layers`.
+          layers: layer names, input -> output, distinct.
+          wall_time: seconds since the epoch; now when None.
+          loss: the training loss of the step, written as the run-level
+            statistic `loss`.
+          kinds: optional kind of each layer (`metadata.LAYER_KINDS`).
+          params: optional number of trainable parameters of each layer.
+
+        Raises:
+          ValueError: a bad name or shape, duplicate layer names, or `kinds`
+            / `params` not one per layer.
+        """
         layers = tuple(str(name) for name in layers)
         wall_time = time.time() if wall_time is None else float(wall_time)
+        layer_set = self._layer_sets.layer_set(layers) if stats else None
         values = []
         for stat, stat_values in stats.items():
-            tag = metadata.tag_for_stat(stat)
-            known = self._layers_by_tag.get(tag)
-            if known is not None and known != layers:
-                raise ValueError("%s: layers changed from %r to %r within one run" % (stat, list(known), list(layers)))
-            values.extend(layer_stat_summary(stat, layers, stat_values, include_metadata=known is None).value)
-        for value in values:
-            self._layers_by_tag.setdefault(value.tag, layers)
+            tag = metadata.tag_for_stat(stat, layer_set)
+            summary = layer_stat_summary(
+                stat,
+                layers,
+                stat_values,
+                include_metadata=tag not in self._tags_written,
+                kinds=kinds,
+                params=params,
+                layer_set=layer_set,
+            )
+            values.extend(summary.value)
+        if loss is not None:
+            tag = metadata.tag_for_stat(metadata.LOSS)
+            summary = layer_stat_summary(
+                metadata.LOSS,
+                [metadata.LOSS],
+                [loss],
+                include_metadata=tag not in self._tags_written,
+                scope=metadata.SCOPE_RUN,
+            )
+            values.extend(summary.value)
+        self._tags_written.update(value.tag for value in values)
         event = event_pb2.Event(wall_time=wall_time, step=int(step), summary=summary_pb2.Summary(value=values))
         self._writer.add_event(event)
 

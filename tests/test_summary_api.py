@@ -13,7 +13,7 @@ import pytest
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import summary_pb2, types_pb2
 
-from tb_gradhealth import metadata, summary
+from tb_gradhealth import layer_sets, metadata, summary
 from tb_gradhealth.summary import GradientHealthFileWriter, write_layer_stats
 
 LAYERS = ("conv1", "block/fc", "head")
@@ -83,9 +83,52 @@ def test_rejects_bad_input(tmp_path):
             writer.write(0, {"grad_norm": [1.0, 2.0]}, LAYERS)  # one value short
         with pytest.raises(ValueError):
             writer.write(0, {"Grad-Norm": [1.0, 2.0, 3.0]}, LAYERS)
-        writer.write(0, {"grad_norm": [1.0, 2.0, 3.0]}, LAYERS)
-        with pytest.raises(ValueError, match="layers changed"):
-            writer.write(1, {"grad_norm": [1.0, 2.0, 3.0]}, ("a", "b", "c"))
+        with pytest.raises(ValueError, match="given twice"):
+            writer.write(0, {"grad_norm": [1.0, 2.0, 3.0]}, ("a", "b", "a"))
+        with pytest.raises(ValueError, match="kinds"):
+            writer.write(0, {"grad_norm": [1.0, 2.0, 3.0]}, LAYERS, kinds=["dense", "dense", "nope"])
+
+
+def test_a_new_layer_set_goes_under_tags_of_its_own(tmp_path):
+    other = ("a", "b")
+    with GradientHealthFileWriter(str(tmp_path)) as writer:
+        writer.write(0, {"grad_norm": [1.0, 2.0, 3.0]}, LAYERS, loss=0.5)
+        writer.write(1, {"grad_norm": [4.0, 5.0]}, other, loss=0.25, kinds=["conv", "dense"], params=[10, 3])
+        writer.write(2, {"grad_norm": [6.0, 7.0, 8.0]}, LAYERS)
+    tags = [(step, value.tag, value.metadata.plugin_data.content) for step, _, value in _values(str(tmp_path))]
+    other_tag = "gradient_health/grad_norm/" + metadata.layer_set_id(other)
+    assert [(step, tag) for step, tag, _ in tags] == [
+        (0, "gradient_health/grad_norm"),
+        (0, "gradient_health/loss"),
+        (1, other_tag),
+        (1, "gradient_health/loss"),
+        (2, "gradient_health/grad_norm"),
+    ]
+    contents = [json.loads(content) if content else None for _, _, content in tags]
+    assert contents[1] == {"version": 1, "stat": "loss", "layers": ["loss"], "scope": "run"}
+    assert contents[2] == {
+        "version": 1,
+        "stat": "grad_norm",
+        "layers": list(other),
+        "kinds": ["conv", "dense"],
+        "params": [10, 3],
+        "layer_set": metadata.layer_set_id(other),
+    }
+    # Metadata once per tag and file.
+    assert contents[3] is None and contents[4] is None
+
+
+def test_a_second_writer_keeps_the_plain_tags_of_the_directory(tmp_path):
+    write_layer_stats(str(tmp_path), 0, {"grad_norm": [1.0, 2.0, 3.0]}, LAYERS)
+    # Another process would find the plain tags' layers in the files.
+    layer_sets._plain_layers_by_dir.clear()
+    write_layer_stats(str(tmp_path), 1, {"grad_norm": [1.0]}, ["head"])
+    write_layer_stats(str(tmp_path), 2, {"grad_norm": [1.0, 2.0, 3.0]}, LAYERS)
+    tags = [value.tag for _, _, value in _values(str(tmp_path))]
+    assert sorted(tags) == sorted(
+        ["gradient_health/grad_norm", "gradient_health/grad_norm/" + metadata.layer_set_id(["head"])]
+        + ["gradient_health/grad_norm"]
+    )
 
 
 def test_files_use_the_gradient_health_suffix(tmp_path):
