@@ -16,15 +16,15 @@ LEARNING_RATE = 1e-3
 
 
 def _train(logdir: str, run: str, seed: int = 0, learning_rate: float = LEARNING_RATE, hidden=(64, 32), steps=STEPS):
-    """An Adam-trained ReLU MLP with named layers (as in two separate processes, names match)."""
+    """An Adam-trained ReLU MLP whose layers `mlp` names (as two separate processes would: names match)."""
     import keras
 
     from tb_gradhealth import GradientHealthCallback
 
     keras.utils.set_random_seed(seed)
     x, y = calibration.image_data(steps * calibration.BATCH)
-    layers = [calibration.dense(units, "relu", name="hidden_%d" % (index + 1)) for index, units in enumerate(hidden)]
-    model = calibration.mlp(calibration.IMAGE_SHAPE, *layers, calibration.dense(10, "softmax", name="output"))
+    layers = [calibration.dense(units, "relu") for units in hidden]
+    model = calibration.mlp(calibration.IMAGE_SHAPE, *layers, calibration.dense(calibration.N_CLASSES, "softmax"))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy")
     callback = GradientHealthCallback("%s/%s" % (logdir, run))
     model.fit(x, y, batch_size=calibration.BATCH, verbose=0, callbacks=[callback])

@@ -95,15 +95,24 @@ def signal_data(n: int):
 
 
 def mlp(input_shape, *layers):
+    """Flatten, then `layers` (from `dense`) named hidden_1, hidden_2, ... and output, as the demo names them."""
     import keras
 
-    return keras.Sequential([keras.Input(input_shape), keras.layers.Flatten(), *layers])
+    names = ["hidden_%d" % (index + 1) for index in range(len(layers) - 1)] + ["output"]
+    return keras.Sequential(
+        [keras.Input(input_shape), keras.layers.Flatten(), *(layer(name) for layer, name in zip(layers, names))]
+    )
 
 
 def dense(units, activation=None, **kwargs):
-    import keras
+    """A Dense layer for `mlp`, which names it."""
 
-    return keras.layers.Dense(units, activation=activation, **kwargs)
+    def build(name):
+        import keras
+
+        return keras.layers.Dense(units, activation=activation, name=name, **kwargs)
+
+    return build
 
 
 def transformer(blocks: int = 2, width: int = 32):
@@ -167,8 +176,11 @@ def sigmoid_cnn(depth: int = 8, filters: int = 8):
     layers = keras.layers
     return keras.Sequential(
         [keras.Input(SMALL_IMAGE_SHAPE)]
-        + [layers.Conv2D(filters, 3, padding="same", activation="sigmoid") for _ in range(depth)]
-        + [layers.Flatten(), layers.Dense(N_CLASSES, activation="softmax")]
+        + [
+            layers.Conv2D(filters, 3, padding="same", activation="sigmoid", name="conv_%d" % (index + 1))
+            for index in range(depth)
+        ]
+        + [layers.Flatten(), layers.Dense(N_CLASSES, activation="softmax", name="output")]
     )
 
 
