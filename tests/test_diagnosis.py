@@ -761,32 +761,42 @@ def _plain_types(value) -> bool:
     return type(value) in (str, int, float)
 
 
-# Whatever numbers a run holds (NaN, Inf, zeros, negative garbage), the
-# diagnosis returns a consistent, JSON-safe result and never raises.
+# Whatever numbers a run holds (NaN, Inf, zeros, negative garbage), with or
+# without a loss and layers not recorded anywhere, the diagnosis returns a
+# consistent, JSON-safe result and never raises.
 _VALUES = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True, width=32),
     st.sampled_from([0.0, 1e-30, 1e30, np.nan, np.inf]),
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     data=st.data(),
     n_steps=st.integers(1, 12),
     n_layers=st.integers(1, 4),
     stats=st.sets(st.sampled_from(metadata.BUILTIN_STATS), min_size=1),
+    with_loss=st.booleans(),
+    with_recorded=st.booleans(),
 )
-def test_any_numbers_give_a_consistent_result(data, n_steps, n_layers, stats):
+def test_any_numbers_give_a_consistent_result(data, n_steps, n_layers, stats, with_loss, with_recorded):
     layers = tuple("l%d" % i for i in range(n_layers))
+    shape = (n_steps, n_layers)
+    recorded = data.draw(hnp.arrays(bool, shape)) if with_recorded else None
     series = {
         stat: _series(
             stat,
-            data.draw(hnp.arrays(np.float64, (n_steps, n_layers), elements=_VALUES)),
+            data.draw(hnp.arrays(np.float64, shape, elements=_VALUES)),
             layers=layers,
             steps=np.arange(n_steps),
+            recorded=recorded,
         )
         for stat in sorted(stats)
     }
+    if with_loss:
+        series[metadata.LOSS] = _loss_series(
+            data.draw(hnp.arrays(np.float64, n_steps, elements=_VALUES)), steps=np.arange(n_steps)
+        )
     diagnosis = diagnose(series)
     result = diagnosis.to_json()
     assert _plain_types(result)
