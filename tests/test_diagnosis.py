@@ -578,8 +578,12 @@ def test_without_the_loss_findings_have_no_loss_evidence_and_a_note_says_so():
 def test_a_loss_with_too_few_finite_values_gives_no_trend():
     loss = np.full(N_STEPS, np.nan)
     loss[: loss_rule.MIN_STEPS - 1] = 1.0
-    (finding,) = diagnose(_depth_profile(VANISHING_PROFILE, loss=loss)).findings
+    diagnosis = diagnose(_depth_profile(VANISHING_PROFILE, loss=loss))
+    (finding,) = diagnosis.findings
     assert "loss_start" not in finding.evidence
+    assert diagnosis.notes == (
+        "fewer than %d finite loss values: 'not learning' judged from the gradient norms" % loss_rule.MIN_STEPS,
+    )
 
 
 # --- layers not recorded at every step ---------------------------------------

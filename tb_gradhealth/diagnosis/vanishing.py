@@ -138,6 +138,7 @@ def _block_from_input(small: np.ndarray, alive: np.ndarray) -> np.ndarray:
 
 
 def _depth(stats: RunStats, alive: np.ndarray) -> tuple[_Depth, list[str]]:
+    """The block of layers from the input far below the output layer, leading smoothly into the layers above."""
     n_layers = len(stats.layers)
     none = np.zeros(n_layers, bool)
     measures, notes = _depth_measures(stats)
@@ -194,15 +195,18 @@ def _small_updates(stats: RunStats, alive: np.ndarray, trend: loss.LossTrend | N
         return none, ["fewer than %d logged steps: too-small updates not checked" % MIN_TREND_STEPS]
     update_median = column_medians(np.where(np.isfinite(updates.values), updates.values, np.nan))
     tiny = alive & (update_median <= UPDATE_RATIO_TINY)
-    change = None
+    change, notes = None, []
     if trend is not None:
         not_learning = np.full(len(stats.layers), trend.stalled)
     else:
+        if stats.loss is not None:
+            notes.append(
+                "fewer than %d finite loss values: 'not learning' judged from the gradient norms" % loss.MIN_STEPS
+            )
         _, norms = stats.first_of(metadata.GRAD_NORM, metadata.GRAD_NORM_MAX, metadata.GRAD_MAX_ABS)
         if norms is None or len(norms.steps) < MIN_TREND_STEPS:
-            return _SmallUpdates(none.flagged, update_median), [
-                "no gradient norm over %d logged steps: too-small updates not checked" % MIN_TREND_STEPS
-            ]
+            notes.append("no gradient norm over %d logged steps: too-small updates not checked" % MIN_TREND_STEPS)
+            return _SmallUpdates(none.flagged, update_median), notes
         values = np.where(np.isfinite(norms.values), norms.values, np.nan)
         quarter = max(1, len(values) // 4)
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -210,9 +214,9 @@ def _small_updates(stats: RunStats, alive: np.ndarray, trend: loss.LossTrend | N
         not_learning = change >= STALLED_NORM_CHANGE  # NaN compares False
     flagged = tiny & not_learning
     if not flagged.any():
-        return _SmallUpdates(flagged, update_median, change), []
+        return _SmallUpdates(flagged, update_median, change), notes
     below = (updates.values[:, flagged] <= UPDATE_RATIO_TINY).any(axis=1)
-    return _SmallUpdates(flagged, update_median, change, int(updates.steps[np.argmax(below)])), []
+    return _SmallUpdates(flagged, update_median, change, int(updates.steps[np.argmax(below)])), notes
 
 
 def check(stats: RunStats, dead_layers: set[str]) -> tuple[findings.Finding | None, list[str]]:
