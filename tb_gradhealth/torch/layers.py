@@ -72,9 +72,10 @@ class ForwardOrder:
 
     def __init__(self, model: nn.Module):
         self._first_call: dict[str, int] = {}
+        # Named as `group_parameters` names them: inside the wrappers.
         self._handles = [
             module.register_forward_pre_hook(functools.partial(self._called, name))
-            for name, module in model.named_modules()
+            for name, module in unwrap(model).named_modules()
         ]
 
     def _called(self, name: str, module, args) -> None:

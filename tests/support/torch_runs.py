@@ -76,6 +76,7 @@ def train(
     monitor=None,
     before_step: Callable[[int], None] | None = None,
     step: Callable[[], None] | None = None,
+    backward: Callable | None = None,
     micro_batches: int = 1,
 ) -> list[StepRecord]:
     """A plain training loop that notes, per optimizer step, the gradients and weights around `optimizer.step()`.
@@ -86,6 +87,7 @@ def train(
       before_step: called with the step's index after backward, before the
         gradients are noted (e.g. to put a NaN into one).
       step: replaces `optimizer.step()` (e.g. a GradScaler's step).
+      backward: replaces `loss.backward()` (e.g. `scaler.scale(loss).backward()`).
     """
     records = []
     for index in range(len(batches) // micro_batches):
@@ -96,7 +98,7 @@ def train(
             losses.append(float(loss.detach()))
             if monitor is not None:
                 monitor.record_loss(loss)
-            loss.backward()
+            (backward or torch.Tensor.backward)(loss)
         if before_step is not None:
             before_step(index)
         record = StepRecord(snapshot(model, "grad"), snapshot(model, "value"), {}, float(np.mean(losses)))
