@@ -9,6 +9,11 @@ LOGDIR ?= logs
 EPOCHS ?=
 CHROMIUM := /usr/bin/chromium
 FASHION_MNIST_DEB := dataset-fashion-mnist
+# The torch the tests run on, pinned so every machine tests the same build.
+# pip picks the CPU build (2.13.0+cpu) where a wheel folder or index offering
+# it is configured; PyPI alone offers the CUDA build of the same version
+# (several GB more).
+TORCH_PIN ?= torch==2.13.0
 # apt-get needs root; elsewhere go through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -18,8 +23,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(INSTALLED): $(PY) setup.py
-	$(PY) -m pip install --quiet -e '.[test]'
+$(INSTALLED): $(PY) setup.py Makefile
+	$(PY) -m pip install --quiet -e '.[test,torch]' '$(TORCH_PIN)'
 	touch $@
 
 install: $(INSTALLED)

@@ -19,7 +19,7 @@ _KINDS = (
     ((nn.Embedding, nn.EmbeddingBag), "embedding"),
     ((nn.modules.conv._ConvNd,), "conv"),
     ((nn.Linear, nn.Bilinear), "dense"),
-    ((nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.RMSNorm, nn.LocalResponseNorm), "normalization"),
+    ((nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm), "normalization"),
 )
 
 

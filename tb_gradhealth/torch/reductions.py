@@ -58,6 +58,10 @@ class LayerReducer:
     def zeros(self) -> torch.Tensor:
         return torch.zeros(self.n_layers, dtype=torch.float32, device=self.device)
 
+    def _square_norms(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Each tensor's sum of squares, as one float32 vector on `device`."""
+        return self._stacked(torch._foreach_norm(list(tensors), 2)).square_()
+
     def _stacked(self, values: Sequence[torch.Tensor]) -> torch.Tensor:
         if not self._one_device:
             values = [value.to(self.device, non_blocking=True) for value in values]
@@ -84,7 +88,7 @@ class LayerReducer:
         """Per-layer sums of squares of `grads` (as from `gradients()`), a new `[n_layers]` tensor."""
         out = self.zeros()
         if grads:
-            out.index_add_(0, self._rows_of(present), self._stacked(torch._foreach_powsum(list(grads), 2)))
+            out.index_add_(0, self._rows_of(present), self._square_norms(grads))
         return out
 
     def grad_and_weight_square_sums(
@@ -92,11 +96,11 @@ class LayerReducer:
     ) -> None:
         """Adds the per-layer sums of squares of `grads` to `out[0]` and of the weights to `out[1]` (`out`: `[2, n_layers]`)."""
         weights = [p.detach() for p in self.params]
-        sums = torch._foreach_powsum(list(grads) + weights, 2)
+        sums = self._square_norms(list(grads) + weights)
         index = self._layer_of_param_pair
         if present is not None:
             index = torch.cat([self._rows_of(present), self._layer_of_param + self.n_layers])
-        out.view(-1).index_add_(0, index, self._stacked(sums))
+        out.view(-1).index_add_(0, index, sums)
 
     def nonfinite_counts(self, grads: Sequence[torch.Tensor], present: list[int] | None = None) -> torch.Tensor:
         """Per-layer number of NaN and Inf elements: x * 0 is 0 for a finite x and NaN otherwise, counted as non-zero."""
@@ -143,7 +147,7 @@ class LayerReducer:
     def update_square_sums(self, out: torch.Tensor) -> None:
         """After the update: adds the per-layer ||after - before||^2 of the weights `keep_weights` copied to `out`."""
         torch._foreach_sub_(self._before, [p.detach() for p in self.params])
-        out.index_add_(0, self._layer_of_param, self._stacked(torch._foreach_powsum(self._before, 2)))
+        out.index_add_(0, self._layer_of_param, self._square_norms(self._before))
 
 
 def norms_and_ratio(
