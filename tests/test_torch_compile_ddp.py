@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pathlib
 import socket
 
 import numpy as np
@@ -13,7 +14,7 @@ from test_torch_monitor import ZOO_ROWS, Zoo, make_zoo, rows_of, zoo_batches
 from torch import nn
 
 from tb_gradhealth import metadata
-from tb_gradhealth.torch import GradientHealthMonitor
+from tb_gradhealth.torch import GradientHealthMonitor, NonFiniteGradientError
 
 STEPS = 3
 WORLD_SIZE = 2
@@ -62,13 +63,22 @@ def _ddp_worker(rank: int, logdir: str, port: int) -> None:
         torch.manual_seed(0)
         model = nn.parallel.DistributedDataParallel(Zoo())
         optimizer = torch.optim.SGD(model.parameters(), lr=LEARNING_RATE)
-        with GradientHealthMonitor(model, optimizer, logdir) as monitor:
-            for inputs, targets in _rank_batches(rank):
+        batches = _rank_batches(rank)
+        # After the compared steps, one whose loss is NaN on rank 1 only: the
+        # all-reduced gradient is NaN on both ranks, and both stop.
+        batches.append(batches[0])
+        with GradientHealthMonitor(model, optimizer, logdir, stop_on_nonfinite=True) as monitor:
+            for step, (inputs, targets) in enumerate(batches):
                 optimizer.zero_grad()
                 loss = nn.functional.cross_entropy(model(inputs), targets)
+                if step == STEPS and rank == 1:
+                    loss = loss * float("nan")
                 monitor.record_loss(loss)
                 loss.backward()
-                optimizer.step()
+                try:
+                    optimizer.step()
+                except NonFiniteGradientError as error:
+                    (pathlib.Path(logdir).parent / ("stopped-%d" % rank)).write_text(str(error.step))
             assert monitor.layer_names == tuple(ZOO_ROWS)
     finally:
         torch.distributed.destroy_process_group()
@@ -93,12 +103,21 @@ def _reference_records() -> list[torch_runs.StepRecord]:
 
 
 @pytest.mark.slow
-def test_ddp_rank_0_writes_the_all_reduced_gradient_as_one_run(tmp_path):
-    torch.multiprocessing.spawn(_ddp_worker, args=(str(tmp_path), _free_port()), nprocs=WORLD_SIZE, join=True)
-    assert len([p for p in tmp_path.iterdir() if ".tfevents." in p.name]) == 1
-    events = torch_runs.read_events(tmp_path)
+def test_ddp_rank_0_writes_the_all_reduced_gradient_as_one_run_and_every_rank_stops(tmp_path):
+    run = tmp_path / "run"
+    torch.multiprocessing.spawn(_ddp_worker, args=(str(run), _free_port()), nprocs=WORLD_SIZE, join=True)
+    assert len([p for p in run.iterdir() if ".tfevents." in p.name]) == 1
+    events = torch_runs.read_events(run)
     assert events[metadata.GRAD_NORM]["layers"] == tuple(ZOO_ROWS)
     expected = torch_runs.reference_stats(_reference_records(), rows_of(Zoo(), ZOO_ROWS))
-    torch_runs.assert_stats_match(events, expected, range(STEPS))
-    # The loss is rank 0's own.
+    compared = {
+        stat: {**entry, "steps": entry["steps"][:STEPS], "values": entry["values"][:STEPS]}
+        for stat, entry in events.items()
+    }
+    torch_runs.assert_stats_match(compared, expected, range(STEPS))
+    # The loss is rank 0's own, finite also at the step rank 1's loss was NaN.
     assert np.isfinite(events[metadata.LOSS]["values"]).all()
+    # Both ranks stopped at the step whose all-reduced gradient was NaN; rank 0 wrote it.
+    assert [(tmp_path / ("stopped-%d" % rank)).read_text() for rank in range(WORLD_SIZE)] == [str(STEPS)] * WORLD_SIZE
+    assert events[metadata.NONFINITE]["steps"][-1] == STEPS
+    assert (events[metadata.NONFINITE]["values"][-1] > 0).all()

@@ -55,6 +55,12 @@ def test_each_torch_model_has_the_keras_model_s_layers_names_and_initialisation(
         assert not module.bias.detach().numpy().any()
 
 
+def test_run_all_refuses_an_unknown_framework(tmp_path):
+    with pytest.raises(ValueError, match="frameworks must be some of keras, torch"):
+        train.run_all(tmp_path, 1, dataset=data.SYNTHETIC, frameworks=["jax"])
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
 def test_torch_runs_sit_next_to_their_keras_twins_with_the_same_rows_and_verdicts(demo_runs, tmp_path):
     messages = []
