@@ -245,9 +245,14 @@ def test_bad_arguments_are_refused_with_a_clear_error(tmp_path):
         GradientHealthMonitor(model, optimizer, tmp_path, update_freq=0)
     other = nn.Linear(2, 2)
     foreign = torch.optim.SGD(list(model.parameters()) + list(other.parameters()), lr=0.1)
-    monitor = GradientHealthMonitor(model, foreign, tmp_path)
+    with pytest.raises(ValueError, match=r"2 parameter\(s\) that are not part of the model"):
+        GradientHealthMonitor(model, foreign, tmp_path)
+    # A parameter group added later is checked at the next step.
+    late = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = GradientHealthMonitor(model, late, tmp_path)
+    late.add_param_group({"params": list(other.parameters())})
     with pytest.raises(ValueError, match="not part of the model"):
-        torch_runs.train(model, foreign, zoo_batches(1), nn.functional.cross_entropy)
+        torch_runs.train(model, late, zoo_batches(1), nn.functional.cross_entropy)
     monitor.close()
     first = GradientHealthMonitor(model, optimizer, tmp_path)
     with pytest.raises(RuntimeError, match="already has a GradientHealthMonitor"):

@@ -16,7 +16,7 @@ from torch import nn
 
 from tb_gradhealth import metadata
 from tb_gradhealth.summary import GradientHealthFileWriter
-from tb_gradhealth.torch.layers import ForwardOrder, LayerParams, group_parameters, parameter_signature
+from tb_gradhealth.torch.layers import ForwardOrder, LayerParams, group_parameters, parameter_signature, unwrap
 from tb_gradhealth.torch.reductions import LayerReducer, norms_and_ratio
 
 # Columns of the device buffer, one `[n_layers]` vector each per logged step.
@@ -165,6 +165,13 @@ class GradientHealthMonitor:
                 raise RuntimeError(
                     "this %s already has a GradientHealthMonitor; close it first" % type(hooked).__name__
                 )
+        owned = {id(p) for p in unwrap(model).parameters()}
+        foreign = sum(1 for group in optimizer.param_groups for p in group["params"] if id(p) not in owned)
+        if foreign:
+            raise ValueError(
+                "the optimizer updates %d parameter(s) that are not part of the model; "
+                "pass the model the optimizer trains" % foreign
+            )
         self.model = model
         self.optimizer = optimizer
         self.log_dir = os.fspath(log_dir)
@@ -443,7 +450,11 @@ class GradientHealthMonitor:
             rows = self._rows[:count].to("cpu", copy=True).numpy()
             self._rows[:count].zero_()
             present = [loss for loss in self._row_losses if loss is not None]
-            losses = iter(torch.stack([loss.float() for loss in present]).cpu().tolist() if present else ())
+            losses = iter(
+                torch.stack([loss.float().to(present[0].device, non_blocking=True) for loss in present]).cpu().tolist()
+                if present
+                else ()
+            )
             grad_norm, weight_norm, ratio = norms_and_ratio(rows[:, _GRAD_SQ], rows[:, _WEIGHT_SQ], rows[:, _UPDATE_SQ])
             grad_norm_max = np.sqrt(rows[:, _GRAD_SQ_MAX])
             for index in range(count):
