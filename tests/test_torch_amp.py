@@ -17,14 +17,20 @@ STEPS = 5
 INIT_SCALE = 2.0**10
 
 
-def _amp_training(model, optimizer, scaler, monitor, batches, inf_at=(), inf_layer="mix"):
-    """Trains under bfloat16 autocast with `scaler`; returns the loop's records (gradients unscaled) and the scales."""
+def _amp_training(model, optimizer, scaler, monitor, batches, inf_at=(), inf_layer="mix", unscale_first=False):
+    """Trains under bfloat16 autocast with `scaler`; returns the loop's records (gradients unscaled) and the scales.
+
+    With `unscale_first` the loop calls `scaler.unscale_(optimizer)` itself
+    before the step, as it does to clip.
+    """
     scales = []
 
     def before_step(index):
         scales.append(scaler.get_scale())
         if index in inf_at:
             getattr(model, inf_layer).weight.grad[0, 0] = float("inf")
+        if unscale_first:
+            scaler.unscale_(optimizer)
 
     def step():
         scaler.step(optimizer)
@@ -41,13 +47,18 @@ def _amp_training(model, optimizer, scaler, monitor, batches, inf_at=(), inf_lay
             step=step,
             backward=lambda loss: scaler.scale(loss).backward(),
         )
-    for record, scale in zip(records, scales):
-        record.grads = {name: grad / scale for name, grad in record.grads.items()}
+    if not unscale_first:
+        for record, scale in zip(records, scales):
+            record.grads = {name: grad / scale for name, grad in record.grads.items()}
     return records, scales
 
 
-@pytest.mark.parametrize("fused", [False, True], ids=["sgd", "fused_adamw"])
-def test_statistics_are_of_the_unscaled_gradient_and_a_skipped_step_is_no_step(tmp_path, fused):
+@pytest.mark.parametrize(
+    ("fused", "unscale_first"),
+    [(False, False), (True, False), (True, True)],
+    ids=["sgd", "fused_adamw", "fused_adamw_unscaled_by_the_loop"],
+)
+def test_statistics_are_of_the_unscaled_gradient_and_a_skipped_step_is_no_step(tmp_path, fused, unscale_first):
     model, _ = make_zoo()
     if fused:
         # Fused optimizers unscale inside their own kernel and skip an overflowing update themselves.
@@ -56,7 +67,9 @@ def test_statistics_are_of_the_unscaled_gradient_and_a_skipped_step_is_no_step(t
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     scaler = torch.amp.GradScaler("cpu", init_scale=INIT_SCALE)
     monitor = GradientHealthMonitor(model, optimizer, tmp_path, scaler=scaler)
-    records, scales = _amp_training(model, optimizer, scaler, monitor, zoo_batches(STEPS), inf_at=(2,))
+    records, scales = _amp_training(
+        model, optimizer, scaler, monitor, zoo_batches(STEPS), inf_at=(2,), unscale_first=unscale_first
+    )
     monitor.close()
     assert scales[3] == scales[2] / 2  # the overflow was seen and skipped
     applied = [r for index, r in enumerate(records) if index != 2]

@@ -299,7 +299,13 @@ class GradientHealthMonitor:
         grad_scale = getattr(optimizer, "grad_scale", None)
         found_inf = getattr(optimizer, "found_inf", None)
         if found_inf is not None and float(found_inf) > 0:
-            self._skipped_by_scaler(1.0 if grad_scale is None else float(grad_scale), grad_scale)
+            # Without `grad_scale` the loop unscaled the gradient itself; the
+            # scale it overflowed at is the scaler's.
+            if grad_scale is not None:
+                scale = float(grad_scale)
+            else:
+                scale = self._scaler.get_scale() if self._scaler is not None else GENUINE_OVERFLOW_MAX_SCALE
+            self._skipped_by_scaler(scale, grad_scale)
             return
         with torch.no_grad():
             self._state = self._before_update(keep_weights=True, grad_scale=grad_scale)
