@@ -7,6 +7,8 @@ INSTALLED := $(VENV)/.installed
 PORT ?= 6006
 LOGDIR ?= logs
 EPOCHS ?=
+# `keras`, `torch` or both (`make demo FRAMEWORK="keras torch"`): which runs the demo trains.
+FRAMEWORK ?= keras
 CHROMIUM := /usr/bin/chromium
 FASHION_MNIST_DEB := dataset-fashion-mnist
 # The torch the tests run on, pinned so every machine tests the same build.
@@ -54,7 +56,7 @@ demo-data: $(INSTALLED)
 
 # demo-data already tried the download, so the demo does not wait for it again.
 demo: $(INSTALLED) demo-data
-	$(PY) -m demo --no-download --logdir $(LOGDIR) --port $(PORT) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(PY) -m demo --no-download --logdir $(LOGDIR) --port $(PORT) $(if $(EPOCHS),--epochs $(EPOCHS)) --framework $(FRAMEWORK)
 	@echo "Gradient Health tab: http://127.0.0.1:$(PORT)/#gradient_health  (Ctrl+C stops TensorBoard)"
 	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --host 127.0.0.1 --port $(PORT)
 
