@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TextIO
 
 # Exit statuses of `report`, documented in its help.
@@ -49,12 +49,44 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def health_report(logdir: str, run: str | None = None) -> tuple[dict, set[str]]:
-    """Diagnoses `logdir` with the plugin's own `/health` code, reading the event files directly.
+# What the in-process provider keeps per tag: every step of ours (0 means
+# unbounded), one point of other plugins' tensors, which are never read.
+_OWN_TENSORS_KEEP_ALL = 0
+_OTHER_TENSORS_KEPT = 1
+
+
+def provider_for_logdir(logdir: str):
+    """Builds an in-process data provider over `logdir` that keeps every Gradient Health step.
+
+    It goes through the same multiplexer TensorBoard uses with
+    `--load_fast=false`, so both read the files the same way; for a local
+    logdir without importing TensorFlow.
 
     Returns:
-      The `/health` body, and the runs in it with no readable statistic at
-      all (their data is corrupt; the body lists them with their problems).
+      (provider, ctx, experiment_id) to pass to the `reader` functions.
+    """
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer, tag_types
+
+    from tb_gradhealth import metadata
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(
+        size_guidance={tag_types.TENSORS: _OTHER_TENSORS_KEPT},
+        tensor_size_guidance={metadata.PLUGIN_NAME: _OWN_TENSORS_KEEP_ALL},
+    )
+    multiplexer.AddRunsFromDirectory(logdir)
+    multiplexer.Reload()
+    return data_provider.MultiplexerDataProvider(multiplexer, logdir), context.RequestContext(), ""
+
+
+def run_healths(logdir: str, run: str | None = None) -> tuple[Iterator[dict], set[str]]:
+    """Diagnoses `logdir`'s runs straight from the event files, each as its `/health` entry.
+
+    Returns:
+      An iterator over the runs' entries, each computed when it is reached
+      (so a report can print the first run while the others are read), and
+      the selected runs with no readable statistic at all (their data is
+      corrupt; their entries list their problems).
 
     Raises:
       UsageError: `logdir` is not a directory, holds no readable Gradient
@@ -62,31 +94,35 @@ def health_report(logdir: str, run: str | None = None) -> tuple[dict, set[str]]:
     """
     if not os.path.isdir(logdir):
         raise UsageError("%s is not a directory" % logdir)
-    # Imported here so that `--help` and usage errors answer without
-    # loading TensorBoard.
-    from tensorboard import errors
-    from tensorboard.plugins import base_plugin
+    provider, ctx, experiment_id = provider_for_logdir(logdir)
+    from tb_gradhealth import event_files, health, reader
 
-    from tb_gradhealth import plugin, reader
-
-    provider, ctx, experiment_id = reader.provider_for_logdir(logdir)
-    infos = reader.list_runs(provider, ctx, experiment_id)
-    runs = [info.run for info in infos]
+    listing = reader.list_run_tags(provider, ctx, experiment_id)
+    runs = list(listing)
     if not runs:
         raise UsageError("no gradient health data under %s" % logdir)
-    if run is not None and run not in runs:
+    if run is not None and run not in listing:
         raise UsageError("no gradient health data for run %r under %s; runs: %s" % (run, logdir, ", ".join(runs)))
     selected = [run] if run is not None else runs
-    unreadable = {info.run for info in infos if info.run in selected and not info.stats}
+    unreadable = {name for name in selected if not listing[name].stats}
     if unreadable == set(selected):
         raise UsageError(
             "no readable gradient health data under %s: every tag of %s is corrupt" % (logdir, ", ".join(selected))
         )
-    health = plugin.GradientHealthPlugin(base_plugin.TBContext(data_provider=provider, logdir=logdir))
-    try:
-        return health.health_impl(ctx, experiment_id, run), unreadable
-    except errors.NotFoundError as error:
-        raise UsageError(str(error)) from None
+    checker = event_files.RunFileChecker(logdir)
+
+    def entries() -> Iterator[dict]:
+        for name in selected:
+            data = reader.load_run(provider, ctx, experiment_id, name, run_tags=listing[name])
+            yield health.run_health(name, health.diagnose(data), checker.problems(name))
+
+    return entries(), unreadable
+
+
+def health_report(logdir: str, run: str | None = None) -> tuple[dict, set[str]]:
+    """Returns the `/health` body of `logdir` (all runs, or `run`) and its unreadable runs; see `run_healths`."""
+    entries, unreadable = run_healths(logdir, run)
+    return {"runs": list(entries)}, unreadable
 
 
 def exit_status(report: dict) -> int:
@@ -95,18 +131,30 @@ def exit_status(report: dict) -> int:
 
 
 def format_report(report: dict, unreadable: set[str] = frozenset()) -> str:
-    """Renders a `/health` body as one block per run: verdict, a findings table, details and skipped data."""
-    blocks = [_format_run(run, run["run"] in unreadable) for run in report["runs"]]
-    with_findings = sum(1 for run in report["runs"] if run["findings"])
-    healthy = len(report["runs"]) - with_findings - len(unreadable)
-    summary = "%d run(s): %d healthy, %d with findings" % (len(report["runs"]), healthy, with_findings)
-    if unreadable:
-        summary += ", %d unreadable (skipped)" % len(unreadable)
-    blocks.append(summary)
+    """Renders a `/health` body as one block per run (see `format_run`), then a summary line."""
+    blocks = [format_run(run, run["run"] in unreadable) for run in report["runs"]]
+    blocks.append(_summary(report["runs"], unreadable))
     return "\n\n".join(blocks) + "\n"
 
 
-def _format_run(run: dict, unreadable: bool) -> str:
+def _summary(runs: Sequence[dict], unreadable: set[str]) -> str:
+    with_findings = sum(1 for run in runs if run["findings"])
+    healthy = len(runs) - with_findings - len(unreadable)
+    summary = "%d run(s): %d healthy, %d with findings" % (len(runs), healthy, with_findings)
+    if unreadable:
+        summary += ", %d unreadable (skipped)" % len(unreadable)
+    return summary
+
+
+def _problem_line(problem: dict) -> str:
+    """`skipped <tag>: why`, or `skipped file <name>: why` for a broken event file."""
+    if "file" in problem:
+        return "skipped file %s: %s" % (problem["file"], problem["message"])
+    return "skipped %s: %s" % (problem["tag"], problem["message"])
+
+
+def format_run(run: dict, unreadable: bool = False) -> str:
+    """Renders one run's `/health` entry: verdict, a findings table, details, notes and skipped data."""
     verdict = "SKIPPED: no readable gradient health data" if unreadable else run["verdict"].upper()
     lines = ["run %s: %s" % (run["run"], verdict)]
     if run["findings"]:
@@ -120,17 +168,35 @@ def _format_run(run: dict, unreadable: bool) -> str:
         for finding in run["findings"]:
             lines.append("%s%s: %s" % (_INDENT, finding["kind"], finding["message"]))
             lines.append("%s%sadvice: %s" % (_INDENT, _INDENT, finding["advice"]))
+    for note in run.get("notes", []):
+        lines.append("%snote: %s" % (_INDENT, note))
     for problem in run.get("problems", []):
-        lines.append("%sskipped %s: %s" % (_INDENT, problem["tag"], problem["message"]))
+        lines.append(_INDENT + _problem_line(problem))
     return "\n".join(lines)
+
+
+def _warn_problems(run: dict, err: TextIO) -> None:
+    # Skipped data also goes to stderr, where a CI log shows it even when
+    # stdout is parsed.
+    for problem in run.get("problems", []):
+        err.write("%s report: warning: run %s: %s\n" % (_PROG, run["run"], _problem_line(problem)))
 
 
 def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
-        report, unreadable = health_report(args.logdir, args.run)
+        entries, unreadable = run_healths(args.logdir, args.run)
     except UsageError as error:
         err.write("%s report: error: %s\n" % (_PROG, error))
         return EXIT_USAGE
+    runs = []
+    for run in entries:
+        runs.append(run)
+        if not args.json:
+            # Each run as soon as it is diagnosed: a big logdir shows progress.
+            out.write(format_run(run, run["run"] in unreadable) + "\n\n")
+            out.flush()
+        _warn_problems(run, err)
+    report = {"runs": runs}
     if args.json:
         from tensorboard.backend import json_util
 
@@ -138,20 +204,24 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         # output parses with any strict JSON parser.
         out.write(json.dumps(json_util.Cleanse(report), indent=2) + "\n")
     else:
-        out.write(format_report(report, unreadable))
-    # Skipped data also goes to stderr, where a CI log shows it even when
-    # stdout is parsed.
-    for run in report["runs"]:
-        for problem in run.get("problems", []):
-            err.write(
-                "%s report: warning: run %s: skipped %s: %s\n" % (_PROG, run["run"], problem["tag"], problem["message"])
-            )
+        out.write(_summary(runs, unreadable) + "\n")
     return exit_status(report)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns its exit status (the console script exits with it)."""
+    """Runs the command line; returns its exit status (the console script exits with it).
+
+    Args:
+      argv: the arguments; None takes them from `sys.argv`, as the console
+        script does, and means the process is the command line's own: then
+        TensorBoard reads local event files with its own TensorFlow stub
+        instead of importing TensorFlow.
+    """
     args = _parser().parse_args(argv)
+    if argv is None and getattr(args, "logdir", None) is not None:
+        from tb_gradhealth import tensorflow_free
+
+        tensorflow_free.use_stub_for(args.logdir)
     if args.command == "report":
         return _report(args, sys.stdout, sys.stderr)
     raise AssertionError("unhandled command %r" % args.command)

@@ -38,6 +38,9 @@ class FileProblem:
     file: str  # the file's name inside its run directory
     message: str
 
+    def to_json(self) -> dict:
+        return {"file": self.file, "message": self.message}
+
 
 @dataclasses.dataclass(frozen=True)
 class _Scan:

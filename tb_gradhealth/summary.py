@@ -7,9 +7,8 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from tb_gradhealth import metadata
+from tb_gradhealth import metadata, tensorflow_free
 from tb_gradhealth.layer_sets import LayerSetTags
 
 FILENAME_SUFFIX = metadata.FILENAME_SUFFIX
@@ -72,7 +71,9 @@ class GradientHealthFileWriter:
     """
 
     def __init__(self, logdir: str, max_queue: int = 1024, flush_secs: int = 30):
-        self._writer = EventFileWriter(
+        # TensorBoard's own writer imports TensorFlow when it is installed:
+        # seconds of start-up for a numpy-only writer.
+        self._writer = tensorflow_free.event_file_writer_for(
             logdir, max_queue_size=max_queue, flush_secs=flush_secs, filename_suffix=FILENAME_SUFFIX
         )
         self._layer_sets = LayerSetTags(self._writer.get_logdir())

@@ -7,6 +7,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
@@ -161,8 +162,8 @@ def test_damaged_event_file_is_reported_as_skipped(tmp_path, capsys):
     assert status == cli.EXIT_HEALTHY
     lines = out.splitlines()
     assert lines[0] == "run healthy: HEALTHY"
-    assert lines[1].startswith("  skipped %s: " % event_file.name)
-    assert err.startswith("tb-gradhealth report: warning: run healthy: skipped %s: " % event_file.name)
+    assert lines[1].startswith("  skipped file %s: event file corrupt: " % event_file.name)
+    assert err.startswith("tb-gradhealth report: warning: run healthy: skipped file %s: " % event_file.name)
 
 
 def test_run_whose_every_tag_is_corrupt_is_skipped_not_healthy(tmp_path, capsys):
@@ -218,6 +219,30 @@ def test_bad_arguments_exit_2(argv, capsys):
         cli.main(argv)
     assert exit_info.value.code == cli.EXIT_USAGE
     assert "usage: tb-gradhealth" in capsys.readouterr().err
+
+
+_CLI_MODULES_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from tb_gradhealth import cli
+    sys.argv = ["tb-gradhealth", "report", sys.argv[1]]
+    status = cli.main()
+    sys.stdout.flush()
+    sys.stderr.write("tensorflow imported: %s\\n" % ("tensorflow" in sys.modules))
+    sys.exit(status)
+    """
+)
+
+
+def test_report_imports_no_tensorflow_and_writes_only_its_own_lines(logdir):
+    """As the console script runs it (argv from the command line): TensorBoard's stub reads the local files."""
+    process = subprocess.run([sys.executable, "-c", _CLI_MODULES_SCRIPT, str(logdir)], capture_output=True, text=True)
+    assert process.returncode == cli.EXIT_FINDINGS, process.stderr
+    assert process.stdout.splitlines()[0] == "run broken: NONFINITE"
+    lines = process.stderr.splitlines()
+    assert lines[-1] == "tensorflow imported: False"
+    # Nothing but the report's own warnings: no TensorFlow start-up lines.
+    assert lines[:-1] and all(line.startswith("tb-gradhealth report: warning: ") for line in lines[:-1])
 
 
 @pytest.mark.slow

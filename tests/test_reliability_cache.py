@@ -238,8 +238,8 @@ class Served:
         )
         self.client = werkzeug_test.Client(application.TensorBoardWSGI([self.plugin], data_provider=self.provider))
 
-    def tag_versions(self, run: str) -> dict:
-        return reader.tag_versions(self.provider, tb_context.RequestContext(), "", run)
+    def run_version(self, run: str) -> tuple:
+        return reader.list_run_tags(self.provider, tb_context.RequestContext(), "", run)[run].version
 
     def get_json(self, path: str):
         response = self.client.get(PLUGIN_ROUTE + path)
@@ -257,10 +257,10 @@ def reads(monkeypatch):
     lock = threading.Lock()
     real_load_run = reader.load_run
 
-    def counting_load_run(provider, ctx, experiment_id, run, stats=None):
+    def counting_load_run(provider, ctx, experiment_id, run, stats=None, **kwargs):
         with lock:
             counted[(run, None if stats is None else tuple(stats))] += 1
-        return real_load_run(provider, ctx, experiment_id, run, stats)
+        return real_load_run(provider, ctx, experiment_id, run, stats, **kwargs)
 
     monkeypatch.setattr(reader, "load_run", counting_load_run)
     return counted
@@ -350,8 +350,146 @@ def test_a_change_the_key_cannot_see_shows_after_the_revalidation_bound(logdir, 
     last = NUM_STEPS - 1
     with GradientHealthFileWriter(str(logdir / RUNS[2])) as writer:
         writer.write(last, _nonfinite_values(last, 2), LAYERS, wall_time=_wall_time(last))
-    versions = served.tag_versions(RUNS[2])
+    version = served.run_version(RUNS[2])
     served.multiplexer.Reload()
-    assert served.tag_versions(RUNS[2]) == versions
+    assert served.run_version(RUNS[2]) == version
     wait_for(lambda: served.verdicts()[RUNS[2]] == diagnosis.NONFINITE, "the revalidated diagnosis")
     assert served.verdicts() == {RUNS[0]: diagnosis.HEALTHY, RUNS[1]: diagnosis.HEALTHY, RUNS[2]: diagnosis.NONFINITE}
+
+
+# Bounded work per request: identical requests share one computation
+# whatever its size, sizes are normalised, wide runs are capped, and heavy
+# computations run a few at a time.
+
+WIDE_LAYERS = tuple("layer_%d" % index for index in range(3))
+WIDE_STEPS = 100
+
+
+class Calls:
+    """Wraps a function of a module: counts its calls and the most that ran at once."""
+
+    def __init__(self, monkeypatch, module, name: str, delay_s: float = 0.0):
+        self.calls = 0
+        self.running = 0
+        self.most_at_once = 0
+        self._lock = threading.Lock()
+        real = getattr(module, name)
+
+        def counted(*args, **kwargs):
+            with self._lock:
+                self.calls += 1
+                self.running += 1
+                self.most_at_once = max(self.most_at_once, self.running)
+            try:
+                time.sleep(delay_s)
+                return real(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.running -= 1
+
+        monkeypatch.setattr(module, name, counted)
+
+
+def _burst(served: Served, paths: list[str]) -> list:
+    """GETs every path from its own thread, all released at once; returns the decoded bodies."""
+    start = threading.Barrier(len(paths))
+    answers = [None] * len(paths)
+
+    def request(index):
+        client = werkzeug_test.Client(served.client.application)
+        start.wait()
+        response = client.get(PLUGIN_ROUTE + paths[index])
+        assert response.status_code == 200, response.get_data(as_text=True)
+        answers[index] = strict_json(response.get_data())
+
+    threads = [threading.Thread(target=request, args=(index,)) for index in range(len(paths))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def test_identical_concurrent_series_requests_compute_once_even_when_too_big_to_keep(logdir, monkeypatch):
+    # Nothing fits the stores: each body and each statistic read is too big to keep.
+    monkeypatch.setattr(plugin, "SERIES_CACHE_MAX_BYTES", 4)
+    monkeypatch.setattr(plugin, "STAT_CACHE_MAX_VALUE_BYTES", 1)
+    reads = Calls(monkeypatch, reader, "read_stat", delay_s=SLOW_COMPUTE_S)
+    encodes = Calls(monkeypatch, plugin, "series_json")
+    served = Served(logdir)
+    answers = _burst(served, ["/series?run=%s&stat=grad_norm" % RUNS[0]] * THREADS)
+    assert all(answer == answers[0] for answer in answers) and answers[0]["total_steps"] == NUM_STEPS
+    assert (reads.calls, encodes.calls) == (1, 1)
+    # Not kept: the next request computes again.
+    served.get_json("/series?run=%s&stat=grad_norm" % RUNS[0])
+    assert (reads.calls, encodes.calls) == (2, 2)
+
+
+def test_any_max_points_falls_on_a_few_cached_bodies_from_one_read(logdir, monkeypatch):
+    reads = Calls(monkeypatch, reader, "read_stat")
+    encodes = Calls(monkeypatch, plugin, "series_json")
+    served = Served(logdir)
+    requested = list(range(2, 12_000, 600))
+    served_sizes = set()
+    for max_points in requested:
+        body = served.get_json("/series?run=%s&stat=grad_norm&max_points=%d" % (RUNS[0], max_points))
+        assert body["max_points"] in plugin.MAX_POINTS_SIZES and body["max_points"] >= min(
+            max_points, plugin.MAX_POINTS_SIZES[-1]
+        )
+        served_sizes.add(body["max_points"])
+    assert encodes.calls == len(served_sizes) <= len(plugin.MAX_POINTS_SIZES) < len(requested)
+    assert reads.calls == 1
+
+
+def _wide_logdir(root, nonfinite_rows=()):
+    values = np.random.default_rng(5).uniform(1.0, 2.0, size=(WIDE_STEPS, len(WIDE_LAYERS))).astype(np.float32)
+    values[list(nonfinite_rows), 0] = np.nan
+    with GradientHealthFileWriter(str(root / "wide")) as writer:
+        for step in range(WIDE_STEPS):
+            writer.write(step, {metadata.GRAD_NORM: values[step]}, WIDE_LAYERS, wall_time=_wall_time(step))
+    return values
+
+
+def test_a_wide_run_is_capped_in_values_and_says_so(tmp_path, monkeypatch):
+    # 60 values of 3 layers: 20 rows fit, of the 100 steps.
+    monkeypatch.setattr(plugin, "MAX_VALUES_PER_RESPONSE", 60)
+    values = _wide_logdir(tmp_path)
+    body = Served(tmp_path).get_json("/series?run=wide&stat=grad_norm")
+    rows = len(body["steps"])
+    assert rows * len(WIDE_LAYERS) <= 60 and body["total_steps"] == WIDE_STEPS
+    assert body["notices"] == [
+        "3 layers: at most 60 values are served per response, so %d of the 100 steps are shown (not %d), "
+        "with the steps that matter kept first" % (rows, plugin.DEFAULT_MAX_POINTS)
+    ]
+    # The promise still holds within the cap: each layer's extremes are there.
+    kept = set(body["steps"])
+    assert set(values.argmin(axis=0).tolist()) | set(values.argmax(axis=0).tolist()) <= kept
+    assert body["values"] == values[body["steps"]].tolist()
+
+
+def test_a_cap_too_small_for_every_nonfinite_step_says_which_it_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(plugin, "MAX_VALUES_PER_RESPONSE", 60)
+    nonfinite_rows = list(range(30, 60))
+    _wide_logdir(tmp_path, nonfinite_rows)
+    body = Served(tmp_path).get_json("/series?run=wide&stat=grad_norm")
+    assert len(body["steps"]) == 20
+    assert {0, WIDE_STEPS - 1, nonfinite_rows[0]} <= set(body["steps"])
+    assert body["notices"][1].startswith("not every step that matters fits: 20 of the ")
+
+
+def test_heavy_computations_run_a_few_at_a_time(logdir, monkeypatch):
+    reads = Calls(monkeypatch, reader, "read_stat", delay_s=SLOW_COMPUTE_S)
+    served = Served(logdir)
+    paths = ["/series?run=%s&stat=%s" % (run, stat) for run in RUNS for stat in metadata.BUILTIN_STATS[:4]]
+    _burst(served, paths)
+    assert reads.calls == len(paths)
+    assert reads.most_at_once == plugin.MAX_HEAVY_COMPUTATIONS
+
+
+def test_concurrent_runs_requests_parse_each_content_once(logdir):
+    served = Served(logdir)
+    before = metadata._parsed.parses
+    answers = _burst(served, ["/runs"] * THREADS)
+    assert all(answer == answers[0] for answer in answers)
+    # One content per statistic, the same in every run (the same layers).
+    assert metadata._parsed.parses - before <= len(metadata.BUILTIN_STATS)
