@@ -127,37 +127,48 @@ def order_stats(stats: Iterable[str]) -> list[str]:
 
 
 def merge_layer_orders(orders: Sequence[Sequence[str]]) -> tuple[str, ...]:
-    """Returns the union of layer orders in model order: the last order, with layers only in earlier ones after their predecessor there.
+    """Returns the union of layer orders in model order: the newest order, with layers only in older ones after their predecessor there.
 
     Args:
-      orders: layer lists, oldest first. A layer of an earlier list that
-        the later ones lack follows the layer before it in that list (or
-        leads, when it is that list's first), and layers placed after the
-        same one keep the order they are met in, newest list first.
+      orders: layer lists, oldest first. A layer of an older list that the
+        newer ones lack follows the layer before it in that list; the first
+        of a list precedes the first layer after it that newer lists have
+        (or leads, when there is none). Layers placed at the same spot keep
+        the order they are met in, newest list first.
     """
     if not orders:
         return ()
     base = list(orders[-1])
     placed = set(base)
-    # {layer or None (the start): layers placed right after it}
-    followers: dict[str | None, list[str]] = {}
+    # {layer: layers placed right after it}, {layer or None (the start): layers right before it}
+    followers: dict[str, list[str]] = {}
+    preceders: dict[str | None, list[str]] = {}
     for order in reversed(orders[:-1]):
-        previous = None
-        for name in order:
-            if name not in placed:
-                followers.setdefault(previous, []).append(name)
-                placed.add(name)
-            previous = name
-    if not followers:
+        known = [name in placed for name in order]
+        for index, name in enumerate(order):
+            if known[index]:
+                continue
+            if index > 0:
+                followers.setdefault(order[index - 1], []).append(name)
+            else:
+                # Before the first layer after it that is already placed.
+                anchor = next((order[later] for later in range(1, len(order)) if known[later]), None)
+                preceders.setdefault(anchor, []).append(name)
+            placed.add(name)
+    if not followers and not preceders:
         return tuple(base)
     merged: list[str] = []
     # Depth first without recursion: a chain of placed layers can be long.
-    stack = list(reversed(base))
-    stack.extend(reversed(followers.get(None, ())))
+    stack: list[tuple[bool, str]] = [(False, name) for name in reversed(base)]
+    stack.extend((False, name) for name in reversed(preceders.get(None, ())))
     while stack:
-        name = stack.pop()
-        merged.append(name)
-        stack.extend(reversed(followers.get(name, ())))
+        emit, name = stack.pop()
+        if emit:
+            merged.append(name)
+            continue
+        stack.extend((False, follower) for follower in reversed(followers.get(name, ())))
+        stack.append((True, name))
+        stack.extend((False, preceder) for preceder in reversed(preceders.get(name, ())))
     return tuple(merged)
 
 

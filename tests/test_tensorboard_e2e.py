@@ -18,6 +18,7 @@ from tb_gradhealth import metadata
 from tb_gradhealth.summary import GradientHealthFileWriter
 
 RUN = "train"
+LAYER_SETS_RUN = "transfer"
 HOSTILE_RUN = "hostile"
 CORRUPT_RUN = "corrupt"
 GARBAGE_RUN = "garbage"
@@ -68,6 +69,17 @@ def logdir(tmp_path_factory):
         stream.write(GARBAGE)
     _write_bad_tensors(root / BAD_TENSORS_RUN)
     _write_hostile_metadata(root / HOSTILE_RUN)
+    with GradientHealthFileWriter(str(root / LAYER_SETS_RUN)) as writer:
+        for step in range(6):
+            layers, kinds = (("base", "head"), ("conv", "dense")) if step % 3 else (("head", "head_2"), None)
+            writer.write(
+                step,
+                {"grad_norm": [step + 1.0, 2.0]},
+                layers,
+                wall_time=WALL_TIME_0 + step,
+                loss=1.0 / (step + 1),
+                kinds=kinds,
+            )
     return root
 
 
@@ -209,8 +221,15 @@ def test_real_tensorboard_serves_the_tab_and_every_step(logdir, load_fast):
         assert listing["tab_name"] == "Gradient Health"
 
         runs = server.get_json(PLUGIN_ROUTE + "/runs")["runs"]
-        assert [run["run"] for run in runs] == [BAD_TENSORS_RUN, CORRUPT_RUN, GARBAGE_RUN, HOSTILE_RUN, RUN]
-        assert runs[-1] == {
+        assert [run["run"] for run in runs] == [
+            BAD_TENSORS_RUN,
+            CORRUPT_RUN,
+            GARBAGE_RUN,
+            HOSTILE_RUN,
+            RUN,
+            LAYER_SETS_RUN,
+        ]
+        assert runs[-2] == {
             "run": RUN,
             "stats": [metadata.GRAD_NORM, CUSTOM_STAT],
             "scalars": [],
@@ -239,7 +258,18 @@ def test_real_tensorboard_serves_the_tab_and_every_step(logdir, load_fast):
             GARBAGE_RUN: ["event file corrupt"],
             HOSTILE_RUN: ["skipped", "skipped", "skipped"],
             RUN: ["1 value(s) below 0, first at step 1999 in layer 'logits'"],
+            LAYER_SETS_RUN: [],
         }
+        # Layer sets and the loss read as the in-process reading reads them.
+        in_process = wsgi_client(str(logdir))
+        for stat in ("grad_norm", "loss"):
+            path = "%s/series?run=%s&stat=%s" % (PLUGIN_ROUTE, LAYER_SETS_RUN, stat)
+            expected = strict_json(in_process.get(path).get_data())
+            assert server.get_json(path) == expected
+        assert expected["scope"] == "run" and len(expected["steps"]) == 6
+        transfer = strict_json(in_process.get(PLUGIN_ROUTE + "/runs").get_data())["runs"][-1]
+        assert (transfer["layers"], transfer["scalars"]) == (["base", "head", "head_2"], ["loss"])
+        assert runs[-1] == transfer
         hostile = next(run for run in server.get_json(PLUGIN_ROUTE + "/health")["runs"] if run["run"] == HOSTILE_RUN)
         assert hostile["verdict"] == "unreadable"
         assert [problem["message"] for problem in hostile["problems"]] == [
