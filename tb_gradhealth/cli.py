@@ -49,26 +49,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# What the in-process provider keeps per tag: every step of ours (0 means
-# unbounded), one point of other plugins' tensors, which are never read.
+# What the in-process provider of a remote logdir keeps per tag: every step
+# of ours (0 means unbounded), one point of other plugins' tensors, which
+# are never read.
 _OWN_TENSORS_KEEP_ALL = 0
 _OTHER_TENSORS_KEPT = 1
 
 
 def provider_for_logdir(logdir: str):
-    """Builds an in-process data provider over `logdir` that keeps every Gradient Health step.
+    """Builds an in-process data provider over `logdir` that holds every Gradient Health step.
 
-    It goes through the same multiplexer TensorBoard uses with
-    `--load_fast=false`, so both read the files the same way; for a local
-    logdir without importing TensorFlow.
+    A local logdir is read straight from its event files
+    (`local_logdir.LocalLogdir`: no TensorFlow, checksums checked in bulk);
+    a remote one (`gs://`, `s3://`) through the multiplexer TensorBoard uses
+    with `--load_fast=false`, which needs TensorFlow's file systems.
 
     Returns:
       (provider, ctx, experiment_id) to pass to the `reader` functions.
     """
     from tensorboard import context
-    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer, tag_types
 
-    from tb_gradhealth import metadata
+    from tb_gradhealth import local_logdir, metadata, tensorflow_free
+
+    if not tensorflow_free.is_remote(logdir):
+        return local_logdir.LocalLogdir(logdir), context.RequestContext(), ""
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer, tag_types
 
     multiplexer = plugin_event_multiplexer.EventMultiplexer(
         size_guidance={tag_types.TENSORS: _OTHER_TENSORS_KEPT},
@@ -79,62 +84,66 @@ def provider_for_logdir(logdir: str):
     return data_provider.MultiplexerDataProvider(multiplexer, logdir), context.RequestContext(), ""
 
 
-def run_healths(logdir: str, run: str | None = None) -> tuple[Iterator[dict], set[str]]:
-    """Diagnoses `logdir`'s runs straight from the event files, each as its `/health` entry.
+def run_healths(logdir: str, run: str | None = None) -> Iterator[tuple[dict, bool]]:
+    """Diagnoses `logdir`'s runs straight from the event files, one at a time: yields each one's `/health` entry.
 
-    Returns:
-      An iterator over the runs' entries, each computed when it is reached
-      (so a report can print the first run while the others are read), and
-      the selected runs with no readable statistic at all (their data is
-      corrupt; their entries list their problems).
+    Yields:
+      (entry, unreadable): a run's entry, and whether it has no readable
+      statistic at all (its data is corrupt; the entry lists its problems).
+      Each run is read when it is reached, so a report can print the first
+      one while the others are read.
 
     Raises:
-      UsageError: `logdir` is not a directory, holds no readable Gradient
-        Health data, or has no run `run`.
+      UsageError: `logdir` is not a directory, or has no run `run` (before
+        anything is yielded); or, after the runs, it holds no Gradient
+        Health data or none that can be read (having yielded only
+        unreadable runs).
     """
-    if not os.path.isdir(logdir):
+    from tb_gradhealth import tensorflow_free
+
+    if not tensorflow_free.is_remote(logdir) and not os.path.isdir(logdir):
         raise UsageError("%s is not a directory" % logdir)
     provider, ctx, experiment_id = provider_for_logdir(logdir)
     from tb_gradhealth import event_files, health, reader
 
-    listing = reader.list_run_tags(provider, ctx, experiment_id)
-    runs = list(listing)
-    if not runs:
-        raise UsageError("no gradient health data under %s" % logdir)
-    if run is not None and run not in listing:
+    candidates = sorted(info.run_name for info in provider.list_runs(ctx, experiment_id=experiment_id))
+
+    def listing(name: str):
+        return reader.list_run_tags(provider, ctx, experiment_id, name).get(name)
+
+    if run is not None and (run not in candidates or listing(run) is None):
+        runs = [name for name in candidates if listing(name) is not None]
+        if not runs:
+            raise UsageError("no gradient health data under %s" % logdir)
         raise UsageError("no gradient health data for run %r under %s; runs: %s" % (run, logdir, ", ".join(runs)))
-    selected = [run] if run is not None else runs
-    unreadable = {name for name in selected if not listing[name].stats}
-    if unreadable == set(selected):
-        raise UsageError(
-            "no readable gradient health data under %s: every tag of %s is corrupt" % (logdir, ", ".join(selected))
-        )
     checker = event_files.RunFileChecker(logdir)
-
-    def entries() -> Iterator[dict]:
-        for name in selected:
-            data = reader.load_run(provider, ctx, experiment_id, name, run_tags=listing[name])
-            yield health.run_health(name, health.diagnose(data), checker.problems(name))
-
-    return entries(), unreadable
+    found, unreadable = [], []
+    for name in [run] if run is not None else candidates:
+        run_tags = listing(name)
+        if run_tags is None:
+            continue
+        found.append(name)
+        if not run_tags.stats:
+            unreadable.append(name)
+        data = reader.load_run(provider, ctx, experiment_id, name, run_tags=run_tags)
+        yield health.run_health(name, health.diagnose(data), checker.problems(name)), not run_tags.stats
+    if not found:
+        raise UsageError("no gradient health data under %s" % logdir)
+    if len(unreadable) == len(found):
+        raise UsageError(
+            "no readable gradient health data under %s: every tag of %s is corrupt" % (logdir, ", ".join(found))
+        )
 
 
 def health_report(logdir: str, run: str | None = None) -> tuple[dict, set[str]]:
     """Returns the `/health` body of `logdir` (all runs, or `run`) and its unreadable runs; see `run_healths`."""
-    entries, unreadable = run_healths(logdir, run)
-    return {"runs": list(entries)}, unreadable
+    entries = list(run_healths(logdir, run))
+    return {"runs": [entry for entry, _ in entries]}, {entry["run"] for entry, unreadable in entries if unreadable}
 
 
 def exit_status(report: dict) -> int:
     """`EXIT_FINDINGS` if any run has a finding, else `EXIT_HEALTHY`."""
     return EXIT_FINDINGS if any(run["findings"] for run in report["runs"]) else EXIT_HEALTHY
-
-
-def format_report(report: dict, unreadable: set[str] = frozenset()) -> str:
-    """Renders a `/health` body as one block per run (see `format_run`), then a summary line."""
-    blocks = [format_run(run, run["run"] in unreadable) for run in report["runs"]]
-    blocks.append(_summary(report["runs"], unreadable))
-    return "\n\n".join(blocks) + "\n"
 
 
 def _summary(runs: Sequence[dict], unreadable: set[str]) -> str:
@@ -183,19 +192,28 @@ def _warn_problems(run: dict, err: TextIO) -> None:
 
 
 def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    runs, unreadable = [], set()
+    # Unreadable runs wait until a readable one is found: if none is, the
+    # report is a usage error and prints nothing else.
+    held: list[tuple[str, dict]] = []
     try:
-        entries, unreadable = run_healths(args.logdir, args.run)
+        for run, is_unreadable in run_healths(args.logdir, args.run):
+            runs.append(run)
+            if is_unreadable:
+                unreadable.add(run["run"])
+            held.append((format_run(run, is_unreadable), run))
+            if is_unreadable and len(unreadable) == len(runs):
+                continue
+            for block, held_run in held:
+                if not args.json:
+                    # Each run as soon as it is diagnosed: a big logdir shows progress.
+                    out.write(block + "\n\n")
+                    out.flush()
+                _warn_problems(held_run, err)
+            held = []
     except UsageError as error:
         err.write("%s report: error: %s\n" % (_PROG, error))
         return EXIT_USAGE
-    runs = []
-    for run in entries:
-        runs.append(run)
-        if not args.json:
-            # Each run as soon as it is diagnosed: a big logdir shows progress.
-            out.write(format_run(run, run["run"] in unreadable) + "\n\n")
-            out.flush()
-        _warn_problems(run, err)
     report = {"runs": runs}
     if args.json:
         from tensorboard.backend import json_util
@@ -209,19 +227,8 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Runs the command line; returns its exit status (the console script exits with it).
-
-    Args:
-      argv: the arguments; None takes them from `sys.argv`, as the console
-        script does, and means the process is the command line's own: then
-        TensorBoard reads local event files with its own TensorFlow stub
-        instead of importing TensorFlow.
-    """
+    """Runs the command line; returns its exit status (the console script exits with it)."""
     args = _parser().parse_args(argv)
-    if argv is None and getattr(args, "logdir", None) is not None:
-        from tb_gradhealth import tensorflow_free
-
-        tensorflow_free.use_stub_for(args.logdir)
     if args.command == "report":
         return _report(args, sys.stdout, sys.stderr)
     raise AssertionError("unhandled command %r" % args.command)
