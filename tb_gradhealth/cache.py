@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import queue
 import threading
@@ -95,6 +96,49 @@ class SingleFlight:
         finally:
             with self._lock:
                 del self._pending[key]
+
+
+class Workers:
+    """Runs jobs on a fixed set of threads, urgent jobs first; the caller waits for its job's value (or exception).
+
+    Heavy work (reading a statistic, encoding a body, diagnosing a run) runs
+    on a few long-lived threads instead of the threads of the requests:
+    that bounds how much runs at once, and the memory such work frees stays
+    with those threads for their next job (the C allocator keeps memory per
+    thread that allocated it; every request thread would grow a pool of
+    its own). The tab waits on a chart (`/series`) while a diagnosis of
+    every run (`/health`) may read statistic after statistic: the chart's
+    job is marked urgent and goes next.
+    """
+
+    def __init__(self, threads: int, name: str):
+        self._threads = threads
+        self._name = name
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._started = False
+        self._lock = threading.Lock()
+
+    def run(self, job: Callable[[], Value], urgent: bool = False) -> Value:
+        with self._lock:
+            if not self._started:
+                for index in range(self._threads):
+                    name = "tb_gradhealth-%s-%d" % (self._name, index)
+                    threading.Thread(target=self._work, name=name, daemon=True).start()
+                self._started = True
+        pending = _Pending()
+        self._jobs.put((0 if urgent else 1, next(self._order), job, pending))
+        return pending.wait()
+
+    def _work(self) -> None:
+        while True:
+            _, _, job, pending = self._jobs.get()
+            try:
+                value = job()
+            except BaseException as error:
+                pending.finish(error=error)
+            else:
+                pending.finish(value)
 
 
 class ResponseCache:

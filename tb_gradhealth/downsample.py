@@ -32,19 +32,28 @@ class RowSelection:
         return self.required_kept == self.required
 
 
+# Layers (columns) looked at together while finding the required rows: the
+# temporary arrays are this many columns tall, not the whole table.
+_COLUMNS_AT_ONCE = 64
+
+
 def _required(values: np.ndarray, recorded: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """Returns (the sorted rows holding the first or last step, a non-finite value, or a layer's smallest or largest finite value; the non-finite cells)."""
-    n_rows = values.shape[0]
-    finite = np.isfinite(values)
-    nonfinite = ~finite if recorded is None else ~finite & recorded
+    """Returns (the sorted rows holding the first or last step, a non-finite value, or a layer's smallest or largest finite value; whether each row holds a non-finite value)."""
+    n_rows, n_columns = values.shape
     required = np.zeros(n_rows, dtype=bool)
     required[[0, n_rows - 1]] = True
-    required |= nonfinite.any(axis=1)
-    # Cells not recorded hold NaN, so `finite` leaves them out of the extremes.
-    has_finite = finite.any(axis=0)
-    required[np.where(finite, values, np.inf).argmin(axis=0)[has_finite]] = True
-    required[np.where(finite, values, -np.inf).argmax(axis=0)[has_finite]] = True
-    return np.flatnonzero(required), nonfinite
+    nonfinite_rows = np.zeros(n_rows, dtype=bool)
+    for start in range(0, n_columns, _COLUMNS_AT_ONCE):
+        block = values[:, start : start + _COLUMNS_AT_ONCE]
+        finite = np.isfinite(block)
+        nonfinite = ~finite if recorded is None else ~finite & recorded[:, start : start + _COLUMNS_AT_ONCE]
+        nonfinite_rows |= nonfinite.any(axis=1)
+        # Cells not recorded hold NaN, so `finite` leaves them out of the extremes.
+        has_finite = finite.any(axis=0)
+        required[np.where(finite, block, np.inf).argmin(axis=0)[has_finite]] = True
+        required[np.where(finite, block, -np.inf).argmax(axis=0)[has_finite]] = True
+    required |= nonfinite_rows
+    return np.flatnonzero(required), nonfinite_rows
 
 
 def _spread(candidates: np.ndarray, count: int) -> np.ndarray:
@@ -87,7 +96,7 @@ def select_rows(
         return RowSelection(np.arange(n_rows))
     required, nonfinite = _required(values, recorded)
     if limit is not None and len(required) > limit:
-        first_nonfinite = np.flatnonzero(nonfinite.any(axis=1))[:1].tolist()
+        first_nonfinite = np.flatnonzero(nonfinite)[:1].tolist()
         # In this order, as far as the limit allows.
         leading = np.unique(list(dict.fromkeys([0, n_rows - 1, *first_nonfinite]))[:limit])
         others = np.setdiff1d(required, leading, assume_unique=True)

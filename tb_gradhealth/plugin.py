@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-import gzip
 import json
 import logging
 import math
 import re
-import threading
+import zlib
 
 import numpy as np
 from tensorboard import errors, plugin_util
@@ -21,19 +20,30 @@ from tb_gradhealth.series import StatSeries
 
 # The sizes /series serves (`max_points`, steps per series): a request is
 # rounded up to the next one (down to the largest), so that the responses
-# of every viewer and chart width fall on a few cached bodies.
-MAX_POINTS_SIZES = (500, 1_000, 2_000, 5_000, 10_000)  # steps per series
-# About a chart's width in device pixels; a run of up to this many logged
-# steps is served whole.
-DEFAULT_MAX_POINTS = 2_000  # steps per series
+# of every viewer and chart width fall on a few cached bodies. Powers of
+# two, as the tab rounds a chart's width in device pixels; the largest holds
+# a run of TensorBoard's default sample (10,000 steps) whole.
+MAX_POINTS_SIZES = (512, 1_024, 2_048, 4_096, 8_192, 16_384)  # steps per series
+# About a wide chart's width in device pixels.
+DEFAULT_MAX_POINTS = 2_048  # steps per series
 # Values (steps x layers) in one /series response: bounds its memory and
 # CPU (about 20 bytes of JSON per value) whatever the run; a wide run gets
-# fewer steps, and the response says so in `notices`.
-MAX_VALUES_PER_RESPONSE = 1_000_000
-# Reading a statistic, encoding a body and diagnosing a run each take memory
-# in proportion to a run's data; at most this many run at once, the other
-# requests wait. Two keep one core for TensorBoard's own work.
+# fewer steps (a smaller size of MAX_POINTS_SIZES: 1,024 at 1,000 layers),
+# and the response says so in `notices`.
+MAX_VALUES_PER_RESPONSE = 2**20
+# Reading a statistic from the data provider holds it up to three times at
+# once (the provider's message, its arrays, our table), on both sides of the
+# provider's connection: one read at a time (on its own thread), the other
+# requests wait.
+MAX_CONCURRENT_READS = 1
+# Encoding a body and diagnosing a run take memory in proportion to the
+# response or to a run's data: at most this many at once (on threads of
+# their own). Two keep a core for TensorBoard's own work.
 MAX_HEAVY_COMPUTATIONS = 2
+# Values encoded and compressed at a time: a body is never held as Python
+# floats or uncompressed text whole, and other requests' threads get the
+# interpreter between two parts.
+_VALUES_ENCODED_AT_ONCE = 2_048
 
 # Responses computed from unchanged data are kept: the tab polls /health and
 # the /series of every shown run, and each viewer multiplies that; a burst of
@@ -56,6 +66,7 @@ CACHE_REVALIDATE_AFTER_S = 30 * 60.0  # seconds
 # A fast level: the bodies are large and computed once, and level 1 costs a
 # fraction of the CPU of higher levels for a few percent more bytes.
 _GZIP_LEVEL = 1
+_GZIP_WBITS = 31  # zlib's gzip container
 
 _JSON = "application/json"
 _UNSIGNED_INT = re.compile(r"[0-9]{1,18}")
@@ -149,16 +160,6 @@ def _json_floats(array: np.ndarray, recorded: np.ndarray | None = None) -> list:
     return values
 
 
-def _gzipped_json(value) -> bytes:
-    """Gzipped JSON as http_util.Respond writes it: ASCII only, no bare NaN or Infinity.
-
-    `allow_nan=False`: a non-finite float not made a string first raises
-    rather than write invalid JSON.
-    """
-    text = json.dumps(value, allow_nan=False)
-    return gzip.compress(text.encode("ascii"), compresslevel=_GZIP_LEVEL, mtime=0)
-
-
 def _json_size(value) -> int:
     return len(json.dumps(json_util.Cleanse(value)))
 
@@ -168,34 +169,52 @@ def _stat_size(read: tuple) -> int:
     return (series.nbytes if series is not None else 0) + 1_024 * (1 + len(problems))
 
 
-def series_json(
+def rows_served(max_points: int, n_layers: int) -> tuple[int, int]:
+    """Returns (the size of `MAX_POINTS_SIZES` served, the most rows a response may hold) for `n_layers` layers.
+
+    The size is `max_points` unless its rows of `n_layers` values exceed
+    `MAX_VALUES_PER_RESPONSE`: then the largest size that fits (or as many
+    rows as fit, at least `downsample.MIN_POINTS`, when none does).
+    """
+    limit = max(downsample.MIN_POINTS, MAX_VALUES_PER_RESPONSE // max(1, n_layers))
+    if max_points <= limit:
+        return max_points, limit
+    fitting = [size for size in MAX_POINTS_SIZES if size <= limit]
+    return (fitting[-1] if fitting else limit), limit
+
+
+def series_response(
     run: str,
     stat_tags: reader.StatTags,
     series: StatSeries,
     problems,
     max_points: int,
     after_step: int | None = None,
-) -> dict:
-    """Returns the `/series` body of one statistic (see http_api.md), ready for `json.dumps`.
+) -> tuple[dict, np.ndarray, np.ndarray | None]:
+    """Returns the `/series` body of one statistic (see http_api.md): (its fields, the rows of `values`, their recorded mask).
 
-    NaN and infinities are already the strings http_util.Respond writes,
-    cells not recorded are None.
+    The fields are ready for `json.dumps`, `values` among them as None: the
+    values are encoded by `gzipped_series`, a part at a time.
+
+    Args:
+      max_points: the size asked for, one of `MAX_POINTS_SIZES`.
     """
     n_layers = len(series.layers)
-    limit = max(downsample.MIN_POINTS, MAX_VALUES_PER_RESPONSE // n_layers)
-    target = min(max_points, limit)
+    size, limit = rows_served(max_points, n_layers)
     notices = []
-    partial = after_step is not None and series.num_steps <= target
+    partial = after_step is not None and series.num_steps <= size
     if partial:
         rows = np.arange(np.searchsorted(series.steps, after_step, side="right"), series.num_steps)
     else:
-        selection = downsample.select_rows(series.values, target, series.recorded, limit)
+        selection = downsample.select_rows(series.values, size, series.recorded, limit)
         rows = selection.indices
-        if target < max_points and series.num_steps > target:
+        widest, _ = rows_served(MAX_POINTS_SIZES[-1], n_layers)
+        if widest < MAX_POINTS_SIZES[-1] and series.num_steps > size:
+            # Said whatever size was asked, so that every size gives one body.
             notices.append(
-                "%d layers: at most %d values are served per response, so %d of the %d steps are shown "
-                "(not %d), with the steps that matter kept first"
-                % (n_layers, MAX_VALUES_PER_RESPONSE, len(rows), series.num_steps, max_points)
+                "%d layers: at most %d values are served per response, so no more than %d of the %d steps are "
+                "shown, each layer's extremes and the non-finite steps first"
+                % (n_layers, MAX_VALUES_PER_RESPONSE, widest, series.num_steps)
             )
         if not selection.complete:
             notices.append(
@@ -203,8 +222,7 @@ def series_json(
                 "layer's smallest or largest value are shown (the first non-finite step among them)"
                 % (selection.required_kept, selection.required)
             )
-    recorded = None if series.recorded is None else series.recorded[rows]
-    return {
+    fields = {
         "run": run,
         "stat": series.stat,
         "scope": stat_tags.scope,
@@ -213,13 +231,45 @@ def series_json(
         "params": None if stat_tags.params is None else list(stat_tags.params),
         "steps": series.steps[rows].tolist(),
         "wall_times": _json_floats(series.wall_times[rows]),
-        "values": _json_floats(series.values[rows], recorded),
+        "values": None,
         "total_steps": series.num_steps,
-        "max_points": max_points,
+        "max_points": size,
         "partial": partial,
         "notices": notices,
         "problems": [problem.to_json() for problem in problems],
     }
+    return fields, series.values[rows], None if series.recorded is None else series.recorded[rows]
+
+
+def _json(value) -> str:
+    # allow_nan=False: a non-finite float not made a string first raises
+    # rather than write invalid JSON.
+    return json.dumps(value, allow_nan=False, check_circular=False)
+
+
+def gzipped_series(fields: dict, values: np.ndarray, recorded: np.ndarray | None) -> bytes:
+    """Gzipped JSON of a `/series` body, as http_util.Respond would write it (ASCII only, no bare NaN or Infinity).
+
+    The text is what `json.dumps` makes of the whole body; the values are
+    encoded and compressed a few rows at a time, so that a big body takes
+    the memory of its compressed bytes, not of its Python floats and text.
+    """
+    # The key of `values` can occur only once in the text: quotes inside
+    # names are escaped.
+    head, found, tail = _json(fields).partition('"values": null')
+    if not found:
+        raise AssertionError("a /series body has values")
+    compressor = zlib.compressobj(_GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
+    parts = [compressor.compress(head.encode("ascii") + b'"values": [')]
+    rows_at_once = max(1, _VALUES_ENCODED_AT_ONCE // max(1, values.shape[1]))
+    for start in range(0, len(values), rows_at_once):
+        end = start + rows_at_once
+        chunk = _json_floats(values[start:end], None if recorded is None else recorded[start:end])
+        text = _json(chunk)[1:-1]
+        parts.append(compressor.compress(((", " if start else "") + text).encode("ascii")))
+    parts.append(compressor.compress(b"]" + tail.encode("ascii")))
+    parts.append(compressor.flush())
+    return b"".join(parts)
 
 
 class GradientHealthPlugin(base_plugin.TBPlugin):
@@ -250,7 +300,8 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         # Listings are never kept (new data must show at once), but a burst
         # of requests shares one.
         self._listings = cache.SingleFlight()
-        self._heavy = threading.BoundedSemaphore(MAX_HEAVY_COMPUTATIONS)
+        self._readers = cache.Workers(MAX_CONCURRENT_READS, "read")
+        self._workers = cache.Workers(MAX_HEAVY_COMPUTATIONS, "encode")
 
     def get_plugin_apps(self):
         return {
@@ -280,12 +331,15 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
             (experiment_id, run), lambda: reader.list_run_tags(self._provider, ctx, experiment_id, run)
         )
 
-    def _read_stat(self, provider, ctx, experiment_id: str, run: str, stat_tags: reader.StatTags):
-        """`reader.read_stat`, kept per version of the statistic's tags and run one of `MAX_HEAVY_COMPUTATIONS`."""
+    def _read_stat(self, provider, ctx, experiment_id: str, run: str, stat_tags: reader.StatTags, urgent=False):
+        """`reader.read_stat`, kept per version of the statistic's tags, `MAX_CONCURRENT_READS` at a time.
+
+        Args:
+          urgent: a chart waits for it: it goes before the reads of diagnoses.
+        """
 
         def compute():
-            with self._heavy:
-                return reader.read_stat(provider, ctx, experiment_id, run, stat_tags)
+            return self._readers.run(lambda: reader.read_stat(provider, ctx, experiment_id, run, stat_tags), urgent)
 
         key = ("stat", experiment_id, run, stat_tags.stat, stat_tags.version)
         return self._stat_cache.get_or_compute(key, compute, _stat_size)
@@ -305,7 +359,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
     def series_body(
         self, ctx, experiment_id: str, run: str, stat: str, max_points: int, after_step: int | None = None
     ) -> bytes:
-        """Returns the gzipped JSON of `series_json`, cached while the statistic's data is unchanged.
+        """Returns the gzipped JSON of `series_response`, cached while the statistic's data is unchanged.
 
         Args:
           max_points: one of `MAX_POINTS_SIZES`.
@@ -316,16 +370,20 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
         stat_tags = run_tags.stats.get(stat)
 
         def compute() -> bytes:
-            data = reader.load_run(
-                self._provider, ctx, experiment_id, run, [stat], run_tags=run_tags, read=self._read_stat
-            )
-            with self._heavy:
-                body = series_json(run, stat_tags, data.series[stat], data.problems, max_points, after_step)
-                return _gzipped_json(body)
+            read = functools.partial(self._read_stat, urgent=True)
+            data = reader.load_run(self._provider, ctx, experiment_id, run, [stat], run_tags=run_tags, read=read)
+            series = data.series[stat]
+
+            def encode() -> bytes:
+                return gzipped_series(*series_response(run, stat_tags, series, data.problems, max_points, after_step))
+
+            return self._workers.run(encode, urgent=True)
 
         if stat_tags is None:
             return compute()  # raises the NotFoundError
-        key = ("series", experiment_id, run, stat, max_points, after_step, stat_tags.version)
+        # Every size a wide run is capped at gives the same body.
+        size, _ = rows_served(max_points, len(stat_tags.layers))
+        key = ("series", experiment_id, run, stat, size, after_step, stat_tags.version)
         return self._series_cache.get_or_compute(key, compute, len)
 
     def health_impl(self, ctx, experiment_id: str, run: str | None) -> dict:
@@ -340,8 +398,7 @@ class GradientHealthPlugin(base_plugin.TBPlugin):
                 data = reader.load_run(
                     self._provider, ctx, experiment_id, run_tags.run, run_tags=run_tags, read=self._read_stat
                 )
-                with self._heavy:
-                    return health.diagnose(data)
+                return self._workers.run(lambda: health.diagnose(data))
 
             key = ("health", experiment_id, name, run_tags.version)
             diagnosed = self._health_cache.get_or_compute(key, compute, _json_size)

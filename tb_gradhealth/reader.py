@@ -308,13 +308,15 @@ def series_from_tensors(
 ) -> tuple[StatSeries | None, list[Problem]]:
     """Returns (StatSeries or None, [Problem]) from one tag's tensors, as a data provider returns them.
 
-    Steps whose tensor is not a numeric `[n_layers]` vector are skipped and
+    A list `data` is emptied: each tensor is released once copied into the
+    table, so the two are never both held whole. Steps whose tensor is not a numeric `[n_layers]` vector are skipped and
     counted in one problem. A step written twice (a restarted run, two
     writers) keeps its latest write. Values keep their written float type
     (float32 for every writer of ours), integers become float64: exact
     either way.
     """
     shape = (len(layers),)
+    given = data
     arrays = [np.asarray(datum.numpy) for datum in data]
     # One pass of attribute checks, then whole-array conversions: per-row
     # numpy calls cost more than the data.
@@ -335,19 +337,21 @@ def series_from_tensors(
     steps = np.fromiter((datum.step for datum in data), dtype=np.int64, count=len(data))
     wall_times = np.fromiter((datum.wall_time for datum in data), dtype=np.float64, count=len(data))
     dtype = np.result_type(*{array.dtype for array in arrays})
-    values = np.stack(arrays).astype(dtype if dtype.kind == "f" else np.float64, copy=False)
-    # Sort by step, then wall time; of equal steps keep the last (latest).
-    order = np.lexsort((wall_times, steps))
-    steps, wall_times, values = steps[order], wall_times[order], values[order]
-    last_of_step = np.append(steps[1:] != steps[:-1], True)
-    series = StatSeries(
-        stat=stat,
-        layers=layers,
-        steps=steps[last_of_step],
-        wall_times=wall_times[last_of_step],
-        values=values[last_of_step],
-    )
-    return series, problems
+    values = np.empty((len(arrays), len(layers)), dtype=dtype if dtype.kind == "f" else np.float64)
+    # Row by row, dropping each row's array once copied.
+    del data
+    if isinstance(given, list):
+        given.clear()
+    for row in range(len(arrays) - 1, -1, -1):
+        values[row] = arrays.pop()
+    if not (steps[1:] > steps[:-1]).all():
+        # Sort by step, then wall time; of equal steps keep the last (latest).
+        # (Copies the table: only for data out of order, e.g. a restarted run.)
+        order = np.lexsort((wall_times, steps))
+        steps, wall_times, values = steps[order], wall_times[order], values[order]
+        last_of_step = np.append(steps[1:] != steps[:-1], True)
+        steps, wall_times, values = steps[last_of_step], wall_times[last_of_step], values[last_of_step]
+    return StatSeries(stat=stat, layers=layers, steps=steps, wall_times=wall_times, values=values), problems
 
 
 def _merged(stat_tags: StatTags, parts: list[tuple[TagInfo, StatSeries]]) -> StatSeries:
@@ -462,10 +466,12 @@ def read_stat(
     for info in stat_tags.tags:
         if info.tag in unreadable:
             continue
-        if not data.get(info.tag):
+        # Popped: the tensors are freed as they are copied into the table.
+        points = data.pop(info.tag, None)
+        if not points:
             problems.append(Problem(info.tag, "skipped: no data"))
             continue
-        series, tag_problems = series_from_tensors(stat_tags.stat, info.tag, info.content.layers, data[info.tag])
+        series, tag_problems = series_from_tensors(stat_tags.stat, info.tag, info.content.layers, points)
         problems.extend(tag_problems)
         if series is not None:
             parts.append((info, series))

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tb_server import PLUGIN_ROUTE, json_float, strict_json, wsgi_client
 
-from tb_gradhealth import diagnosis, metadata, reader
+from tb_gradhealth import diagnosis, metadata, plugin, reader
 from tb_gradhealth.summary import GradientHealthFileWriter
 
 RUN = "transfer"
@@ -107,7 +107,7 @@ def test_series_merges_the_layer_sets_with_null_where_not_recorded(client, stat)
         "wall_times": [WALL_TIME_0 + step for step in steps],
         "values": _expected_cells(stat, steps),
         "total_steps": NUM_STEPS,
-        "max_points": 2_000,
+        "max_points": plugin.DEFAULT_MAX_POINTS,
         "partial": False,
         "notices": [],
         "problems": [],

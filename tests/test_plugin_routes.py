@@ -150,6 +150,16 @@ def test_series_keeps_nan_and_both_infinities_apart(client):
     assert {body["values"][7][1], body["values"][12][2], body["values"][13][0]} == {"NaN", "Infinity", "-Infinity"}
 
 
+def test_a_body_encoded_a_row_at_a_time_is_the_same_text(client, monkeypatch):
+    # One value per part: every join between parts is exercised.
+    monkeypatch.setattr(plugin, "_VALUES_ENCODED_AT_ONCE", 1)
+    response = client.get(
+        PLUGIN_ROUTE + "/series?run=%s&stat=grad_norm&after_step=-1" % RUN, headers={"Accept-Encoding": "gzip"}
+    )
+    expected = dict(expected_series(metadata.GRAD_NORM), partial=True)
+    assert gzip.decompress(response.get_data()).decode("ascii") == json.dumps(json_util.Cleanse(expected))
+
+
 @pytest.mark.parametrize("accept_gzip", [True, False])
 def test_series_body_is_the_json_tensorboard_itself_writes(client, accept_gzip):
     # Byte for byte what http_util.Respond makes of the same numbers

@@ -14,7 +14,7 @@ from test_plugin_bounds import DEEP_CONTENT
 from test_plugin_reader import RawWriter
 from test_reliability_corrupt import GARBAGE, age, write_run
 
-from tb_gradhealth import metadata
+from tb_gradhealth import metadata, plugin
 from tb_gradhealth.summary import GradientHealthFileWriter
 
 RUN = "train"
@@ -164,7 +164,7 @@ def _expected_series(stat):
         "wall_times": [WALL_TIME_0 + step for step in range(NUM_STEPS)],
         "values": [[json_float(float(value)) for value in row] for row in VALUES[stat]],
         "total_steps": NUM_STEPS,
-        "max_points": 2_000,
+        "max_points": plugin.DEFAULT_MAX_POINTS,
         "partial": False,
         "notices": [],
         "problems": problems,
