@@ -506,7 +506,7 @@ def test_a_cap_too_small_for_every_nonfinite_step_says_which_it_kept(tmp_path, m
 
 
 def test_reads_of_the_data_provider_run_one_at_a_time(logdir, monkeypatch):
-    reads = Calls(monkeypatch, reader, "read_stat", delay_s=SLOW_COMPUTE_S)
+    reads = Calls(monkeypatch, reader, "read_stat", delay_s=SLOW_COMPUTE_S / 3)
     served = Served(logdir)
     paths = ["/series?run=%s&stat=%s" % (run, stat) for run in RUNS for stat in metadata.BUILTIN_STATS[:4]]
     _burst(served, paths)
