@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
-from tb_gradhealth import diagnosis, event_files, reader
+from tb_gradhealth import diagnosis, event_files, metadata, reader
 
 # The verdict of a run none of whose statistics can be read, or whose data
 # the diagnosis fails on (its `problems` say why); the diagnosis itself
@@ -30,9 +30,10 @@ def diagnose(data: reader.RunData) -> dict:
         # Data the rules do not expect must cost this run its diagnosis,
         # never the answer for every other run.
         _logger.exception("diagnosis of run %r failed", data.run)
+        # Of every tag of the run: the tag prefix names them all.
         failure = {
-            "tag": "",
-            "message": "the diagnosis failed on this run's data (%s: %s)" % (type(error).__name__, error),
+            "tag": metadata.PLUGIN_NAME,
+            "message": "the diagnosis failed on this run's data (%s: %s)" % (type(error).__name__, str(error)[:500]),
         }
         return {"verdict": UNREADABLE_VERDICT, "findings": [], "problems": problems + [failure], "notes": []}
     verdict = result.to_json()

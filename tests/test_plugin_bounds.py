@@ -282,3 +282,28 @@ def test_reader_never_lets_a_recursion_error_escape():
     with pytest.raises(ValueError):
         metadata.parse_plugin_metadata(b"[" * 100_000)
     assert reader.MAX_EXACT_STEP == 2**53
+
+
+def test_a_diagnosis_that_fails_costs_its_run_only(tmp_path, monkeypatch):
+    from tb_gradhealth import diagnosis
+
+    _write_good_run(tmp_path)
+    with GradientHealthFileWriter(str(tmp_path / BAD_RUN)) as writer:
+        writer.write(0, {"grad_norm": [1.0]}, ["a"])
+    real = diagnosis.diagnose
+
+    def failing_on_the_bad_run(series):
+        if list(series["grad_norm"].layers) == ["a"]:
+            raise ValueError("rules met data they do not expect")
+        return real(series)
+
+    monkeypatch.setattr(diagnosis, "diagnose", failing_on_the_bad_run)
+    _, health = _assert_good_run_served(wsgi_client(str(tmp_path)))
+    bad = next(run for run in health["runs"] if run["run"] == BAD_RUN)
+    assert (bad["verdict"], bad["findings"]) == ("unreadable", [])
+    assert bad["problems"] == [
+        {
+            "tag": "gradient_health",
+            "message": "the diagnosis failed on this run's data (ValueError: rules met data they do not expect)",
+        }
+    ]
