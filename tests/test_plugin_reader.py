@@ -12,7 +12,7 @@ from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_
 from tensorboard.data import provider as tb_provider
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from tb_gradhealth import metadata, reader
+from tb_gradhealth import cli, metadata, reader
 from tb_gradhealth.summary import GradientHealthFileWriter
 
 LAYERS = ("in", "hidden", "out")
@@ -115,7 +115,7 @@ def corrupt_logdir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def corrupt_provider(corrupt_logdir):
-    return reader.provider_for_logdir(str(corrupt_logdir))
+    return cli.provider_for_logdir(str(corrupt_logdir))
 
 
 BAD_METADATA_PROBLEMS = [
@@ -133,12 +133,15 @@ WRONG_SHAPE_MESSAGE = "skipped 2 step(s), first at step 1: tensor of shape (2,),
 
 
 def test_list_runs_reports_undecodable_metadata_and_keeps_the_rest(corrupt_provider):
-    runs = {info.run: info.to_json() for info in reader.list_runs(*corrupt_provider)}
+    runs = {run: reader.run_info(tags) for run, tags in reader.list_run_tags(*corrupt_provider).items()}
     assert sorted(runs) == [BAD_RUN, BROKEN_ONLY_RUN, GOOD_RUN]
     assert runs[GOOD_RUN] == {
         "run": GOOD_RUN,
         "stats": ["grad_norm"],
+        "scalars": [],
         "layers": list(LAYERS),
+        "kinds": None,
+        "params": None,
         "max_step": 4,
         "last_wall_time": WALL_TIME_0 + 4,
         "problems": [],
@@ -148,7 +151,10 @@ def test_list_runs_reports_undecodable_metadata_and_keeps_the_rest(corrupt_provi
     assert runs[BROKEN_ONLY_RUN] == {
         "run": BROKEN_ONLY_RUN,
         "stats": [],
+        "scalars": [],
         "layers": [],
+        "kinds": None,
+        "params": None,
         "max_step": 0,
         "last_wall_time": WALL_TIME_0,
         "problems": [
@@ -218,7 +224,7 @@ def test_routes_keep_serving_and_report_corrupt_data(corrupt_logdir):
     # The good run's trailing garbage is reported as a problem of its file
     # (see test_reliability_corrupt.py); its data is all served.
     (event_file,) = [path.name for path in (corrupt_logdir / GOOD_RUN).iterdir() if path.stat().st_size]
-    assert [(p["tag"], p["message"].split(":")[0]) for p in health[GOOD_RUN]["problems"]] == [
+    assert [(p["file"], p["message"].split(":")[0]) for p in health[GOOD_RUN]["problems"]] == [
         (event_file, "event file corrupt")
     ]
     assert health[BROKEN_ONLY_RUN]["problems"][0]["tag"] == "gradient_health/grad_norm"
@@ -229,12 +235,12 @@ def test_provider_for_logdir_keeps_every_step(tmp_path):
     with GradientHealthFileWriter(str(tmp_path / "long")) as writer:
         for step, row in enumerate(values):
             writer.write(step * 3, {"grad_norm": row, "my_stat": -row}, LAYERS, wall_time=WALL_TIME_0 + step)
-    provider = reader.provider_for_logdir(str(tmp_path))
-    (info,) = reader.list_runs(*provider)
-    assert (info.run, info.stats, info.layers, info.max_step) == (
+    provider = cli.provider_for_logdir(str(tmp_path))
+    (info,) = [reader.run_info(tags) for tags in reader.list_run_tags(*provider).values()]
+    assert (info["run"], info["stats"], info["layers"], info["max_step"]) == (
         "long",
-        ("grad_norm", "my_stat"),
-        LAYERS,
+        ["grad_norm", "my_stat"],
+        list(LAYERS),
         3 * (LONG_RUN_STEPS - 1),
     )
     series = reader.read_run(*provider, "long")

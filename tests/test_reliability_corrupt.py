@@ -27,7 +27,7 @@ EMPTY_FILE_RUN = "with_empty_file"
 
 
 def _values(step: int) -> list[float]:
-    return [step + 0.5, -step * 2.0, 1.0 / (step + 1)]
+    return [step + 0.5, step * 2.0, 1.0 / (step + 1)]
 
 
 def write_run(run_dir: pathlib.Path, num_steps: int = NUM_STEPS) -> tuple[pathlib.Path, list[int]]:
@@ -200,7 +200,7 @@ def corrupt_logdir(tmp_path_factory):
 
 
 def _problem_kinds(problems):
-    return [(problem["tag"].split(".")[-1], problem["message"].split(":")[0]) for problem in problems]
+    return [(problem["file"].split(".")[-1], problem["message"].split(":")[0]) for problem in problems]
 
 
 EXPECTED_FILE_PROBLEMS = {
