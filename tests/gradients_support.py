@@ -151,6 +151,8 @@ def read_stats(logdir, run: str = TRAIN_RUN):
     layers, stats = None, {}
     for tag, content in contents.items():
         parsed = metadata.parse_plugin_metadata(content)
+        if parsed.stat == metadata.LOSS:
+            continue
         assert layers is None or parsed.layers == layers
         layers = parsed.layers
         events = multiplexer.Tensors(run, tag)

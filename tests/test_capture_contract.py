@@ -40,9 +40,12 @@ def _values_by_tag(run_dir):
     return by_tag
 
 
-def test_one_tag_per_builtin_statistic(callback_run):
+STATS = metadata.BUILTIN_STATS + (metadata.LOSS,)
+
+
+def test_one_tag_per_builtin_statistic_and_the_loss(callback_run):
     by_tag = _values_by_tag(os.path.join(callback_run, "train"))
-    assert sorted(by_tag) == sorted(metadata.tag_for_stat(stat) for stat in metadata.BUILTIN_STATS)
+    assert sorted(by_tag) == sorted(metadata.tag_for_stat(stat) for stat in STATS)
 
 
 def test_metadata_on_the_first_value_of_each_tag_only(callback_run):
@@ -52,17 +55,22 @@ def test_metadata_on_the_first_value_of_each_tag_only(callback_run):
         assert first.plugin_data.plugin_name == "gradient_health"
         assert first.data_class == summary_pb2.DATA_CLASS_TENSOR
         content = json.loads(first.plugin_data.content.decode("utf-8"))
-        assert content == {"version": 1, "stat": metadata.stat_for_tag(tag), "layers": list(support.EXPECTED_LAYERS)}
+        stat = metadata.stat_for_tag(tag)
+        if stat == metadata.LOSS:
+            assert content == {"version": 1, "stat": "loss", "layers": ["loss"], "scope": "run"}
+        else:
+            assert content == {"version": 1, "stat": stat, "layers": list(support.EXPECTED_LAYERS)}
         assert all(not value.metadata.plugin_data.plugin_name for _, value in values[1:])
 
 
 def test_each_step_is_one_float32_vector_per_statistic(callback_run):
     by_tag = _values_by_tag(os.path.join(callback_run, "train"))
-    for values in by_tag.values():
+    for tag, values in by_tag.items():
         assert [step for step, _ in values] == list(range(N_STEPS))
+        width = 1 if tag == metadata.tag_for_stat(metadata.LOSS) else len(support.EXPECTED_LAYERS)
         for _, value in values:
             assert value.tensor.dtype == types_pb2.DT_FLOAT
-            assert [d.size for d in value.tensor.tensor_shape.dim] == [len(support.EXPECTED_LAYERS)]
+            assert [d.size for d in value.tensor.tensor_shape.dim] == [width]
 
 
 def test_python_multiplexer_lists_and_reads_the_plugin_data(callback_run):
@@ -71,10 +79,11 @@ def test_python_multiplexer_lists_and_reads_the_plugin_data(callback_run):
     mux.Reload()
     content = mux.PluginRunToTagToContent("gradient_health")
     assert set(content) == {"train"}
-    assert set(content["train"]) == {metadata.tag_for_stat(stat) for stat in metadata.BUILTIN_STATS}
+    assert set(content["train"]) == {metadata.tag_for_stat(stat) for stat in STATS}
     for tag, raw in content["train"].items():
         parsed = metadata.parse_plugin_metadata(raw)
-        assert parsed.layers == support.EXPECTED_LAYERS and parsed.stat == metadata.stat_for_tag(tag)
+        layers = ("loss",) if parsed.stat == metadata.LOSS else support.EXPECTED_LAYERS
+        assert parsed.layers == layers and parsed.stat == metadata.stat_for_tag(tag)
         assert mux.SummaryMetadata("train", tag).data_class == summary_pb2.DATA_CLASS_TENSOR
     events = mux.Tensors("train", metadata.tag_for_stat(metadata.GRAD_NORM))
     assert [e.step for e in events] == list(range(N_STEPS))

@@ -29,7 +29,7 @@ def _train(logdir, wrap=lambda fn: fn, after_step=None, **writer_args):
         with tf.GradientTape() as tape:
             loss = loss_fn(y, model(x, training=True))
         grads = tape.gradient(loss, model.trainable_variables)
-        writer.apply_gradients(optimizer, grads, model.trainable_variables)
+        writer.apply_gradients(optimizer, grads, model.trainable_variables, loss=loss)
         return loss
 
     step_fn = wrap(train_step)
@@ -50,6 +50,11 @@ def _check(logdir, model, snapshots, expected_steps):
     reference = support.reference_stats(snapshots, support.group_sizes(model))
     support.assert_matches_reference(run, reference)
     np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], expected_steps)
+    # The loss handed to apply_gradients, at every logged step.
+    x, y = support.make_data(N_STEPS * support.BATCH)
+    np.testing.assert_array_equal(run.steps[metadata.LOSS], run.steps[metadata.GRAD_MAX_ABS])
+    expected_loss = support.mlp_losses(snapshots, x, y)[run.steps[metadata.LOSS]]
+    np.testing.assert_allclose(run.values[metadata.LOSS][:, 0], expected_loss, rtol=support.REL_TOL)
 
 
 def test_eager_loop_matches_numpy(tmp_path):

@@ -14,6 +14,8 @@ import test_capture_support as support
 from tb_gradhealth import GradientHealthCallback, metadata
 
 N_SAMPLES = 48  # 6 steps per epoch at batch 8
+# float16 has 11 significant bits.
+FLOAT16_REL_TOL = 1e-2
 
 
 def _fit(model, callbacks, epochs=2, x=None, y=None, lr=support.LEARNING_RATE, compile=True, **compile_args):
@@ -57,9 +59,15 @@ def test_plain_sgd_matches_numpy_every_step(tmp_path):
     model = support.make_mlp()
     recorder = support.weight_recorder()
     callback = GradientHealthCallback(str(tmp_path))
-    _fit(model, [callback, recorder])
+    x, y = support.make_data(N_SAMPLES)
+    _fit(model, [callback, recorder], x=x, y=y)
     run = _check_run(tmp_path, model, recorder)
     np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(2 * N_SAMPLES // support.BATCH))
+    # The loss of each step is its batch's loss under the weights before the
+    # update (not Keras's running mean over the epoch).
+    np.testing.assert_array_equal(run.steps[metadata.LOSS], run.steps[metadata.GRAD_NORM])
+    expected_loss = support.mlp_losses(recorder.snapshots, np.concatenate([x, x]), np.concatenate([y, y]))
+    np.testing.assert_allclose(run.values[metadata.LOSS][:, 0], expected_loss, rtol=support.REL_TOL)
     # The weights before each update were read, not copied into variables:
     # no persistent copy of the model.
     assert callback._recorder._reduce._snapshots is None
@@ -93,11 +101,12 @@ def test_steps_per_execution_matches_a_step_by_step_reference(tmp_path):
 
 @pytest.mark.slow
 def test_mixed_float16_records_unscaled_gradients(tmp_path):
+    x, y = support.make_data(N_SAMPLES)
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         model = support.make_mlp()
         recorder = support.weight_recorder()
-        _fit(model, [GradientHealthCallback(str(tmp_path)), recorder])
+        _fit(model, [GradientHealthCallback(str(tmp_path)), recorder], x=x, y=y)
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -110,6 +119,11 @@ def test_mixed_float16_records_unscaled_gradients(tmp_path):
     # fp16 forward passes: gradients carry float16 rounding of the
     # activations, but the comparison is still exact to the applied update.
     support.assert_matches_reference(run, reference)
+    # The loss is the unscaled one (the scale starts at 2**15), to float16's
+    # precision of the forward pass.
+    expected_loss = support.mlp_losses(recorder.snapshots, np.concatenate([x, x]), np.concatenate([y, y]))
+    np.testing.assert_array_equal(run.steps[metadata.LOSS], applied)
+    np.testing.assert_allclose(run.values[metadata.LOSS][:, 0], expected_loss[applied], rtol=FLOAT16_REL_TOL)
 
 
 @pytest.mark.slow
@@ -165,6 +179,12 @@ def test_update_freq_keeps_spikes_and_nans_between_logged_steps(tmp_path):
     n_parameters = [sum(w.size for w in group) for group in _rows_of(recorder.snapshots[0], model)]
     assert (nonfinite[2] >= n_parameters).all() and (nonfinite[2] <= 6 * np.array(n_parameters)).all()
     assert np.isnan(grad_norm_max[2]).all()
+    # The loss is kept at logged steps only (the last step's row carries the
+    # per-step statistics alone).
+    np.testing.assert_array_equal(run.steps[metadata.LOSS], [0, 10, 20])
+    expected_loss = support.mlp_losses(recorder.snapshots, x, y)
+    np.testing.assert_allclose(run.values[metadata.LOSS][:2, 0], expected_loss[[0, 10]], rtol=support.REL_TOL)
+    assert np.isnan(run.values[metadata.LOSS][2, 0])
 
 
 def _rows_of(weights, model):
@@ -353,3 +373,41 @@ def test_a_sweep_of_callbacks_does_not_trip_tensorflows_retracing_warning(tmp_pa
     assert not [message for message in collect.messages if "retracing" in message]
     for trial in range(4):
         assert support.read_run(str(tmp_path / str(trial) / "train")).layers == support.EXPECTED_LAYERS
+
+
+class _GuideTrainStep(keras.Model):
+    """The custom train step of Keras's guide: `compute_loss`, then `optimizer.apply`; no loss scaling."""
+
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape() as tape:
+            loss = self.compute_loss(y=y, y_pred=self(x, training=True))
+        self.optimizer.apply(tape.gradient(loss, self.trainable_variables), self.trainable_variables)
+        return {"loss": loss}
+
+
+class _OwnLossTrainStep(keras.Model):
+    """A custom train step that computes its loss itself: nothing tells the callback what it is."""
+
+    def train_step(self, data):
+        x, y = data
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(tf.square(self(x, training=True) - y))
+        self.optimizer.apply(tape.gradient(loss, self.trainable_variables), self.trainable_variables)
+        return {"loss": loss}
+
+
+@pytest.mark.parametrize("model_class", [_GuideTrainStep, _OwnLossTrainStep])
+def test_custom_train_step_loss_comes_from_compute_loss_or_is_absent(tmp_path, model_class):
+    template = support.make_mlp()
+    model = model_class(template.inputs, template.outputs, name="custom_step")
+    recorder = support.weight_recorder()
+    x, y = support.make_data(N_SAMPLES)
+    _fit(model, [GradientHealthCallback(str(tmp_path)), recorder], epochs=1, x=x, y=y)
+    run = _check_run(tmp_path, model, recorder)
+    if model_class is _OwnLossTrainStep:
+        assert metadata.LOSS not in run.values
+        return
+    np.testing.assert_allclose(
+        run.values[metadata.LOSS][:, 0], support.mlp_losses(recorder.snapshots, x, y), rtol=support.REL_TOL
+    )

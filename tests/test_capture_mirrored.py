@@ -65,3 +65,8 @@ def test_mirrored_strategy_records_the_summed_gradient(tmp_path):
     reference = support.reference_stats(snapshots, list(saved["sizes"]))
     support.assert_matches_reference(run, reference)
     np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(12))
+    # Each replica's loss is its share of the batch's; the loss recorded is
+    # the whole batch's.
+    x, y = support.make_data(48)
+    expected_loss = support.mlp_losses(snapshots, np.concatenate([x, x]), np.concatenate([y, y]))
+    np.testing.assert_allclose(run.values[metadata.LOSS][:, 0], expected_loss, rtol=support.REL_TOL)

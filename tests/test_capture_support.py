@@ -7,6 +7,7 @@ subprocess) import these helpers.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import numpy as np
@@ -46,8 +47,9 @@ def read_run(run_dir: str) -> RunData:
         events = mux.Tensors(RUN, tag)
         summary_metadata = mux.SummaryMetadata(RUN, tag)
         metas[stat] = summary_metadata
-        content = metadata.parse_plugin_metadata(summary_metadata.plugin_data.content)
-        layers = content.layers
+        content = json.loads(summary_metadata.plugin_data.content.decode("utf-8"))
+        if content.get("scope", metadata.SCOPE_LAYER) == metadata.SCOPE_LAYER:
+            layers = tuple(content["layers"])
         steps[stat] = np.array([e.step for e in events])
         values[stat] = np.stack([tensor_util.make_ndarray(e.tensor_proto) for e in events])
     return RunData(layers=layers, steps=steps, values=values, metadata=metas)
@@ -73,6 +75,20 @@ def make_mlp(name_prefix: str = ""):
 
 
 EXPECTED_LAYERS = ("first", "block/inner", "last")
+
+
+def mlp_losses(snapshots, x, y, batch: int = BATCH) -> np.ndarray:
+    """Mean squared error of each batch under the weights before its step (`make_mlp`, float64 numpy).
+
+    Step i uses snapshot i and batch i, as `weight_recorder` records them.
+    """
+    losses = []
+    for step, weights in enumerate(snapshots[:-1]):
+        xb, yb = x[step * batch : (step + 1) * batch], y[step * batch : (step + 1) * batch]
+        hidden = np.tanh(xb @ weights[0] + weights[1])
+        hidden = np.tanh(hidden @ weights[2] + weights[3])
+        losses.append(np.mean((hidden @ weights[4] + weights[5] - yb) ** 2))
+    return np.array(losses)
 
 
 def weight_recorder():

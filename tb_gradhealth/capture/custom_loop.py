@@ -70,11 +70,19 @@ class GradientHealthWriter:
     def layer_names(self) -> tuple[str, ...]:
         return self._recorder.layer_names
 
-    def apply_gradients(self, optimizer, grads: Sequence, variables: Sequence) -> None:
+    def apply_gradients(self, optimizer, grads: Sequence, variables: Sequence, *, loss=None) -> None:
         """Applies `grads` to `variables` with `optimizer` and records the step.
 
         Under a `LossScaleOptimizer` pass the scaled gradients, as to its own
         `apply_gradients`; the recorded values are unscaled.
+
+        Args:
+          optimizer: a Keras optimizer.
+          grads, variables: as for `optimizer.apply(grads, variables)`.
+          loss: the scalar loss the gradients came from, before
+            `optimizer.scale_loss` (inside `strategy.run`, the replica's
+            loss, whose gradients the replicas' sum); recorded as the step's
+            `loss`. None records no loss.
         """
         grads = list(grads)
         variables = list(variables)
@@ -93,7 +101,7 @@ class GradientHealthWriter:
             # Numbering starts at the optimizer's step count (eagerly, also
             # when this runs while a tf.function traces).
             self._recorder.ring.start_at(int(tf.convert_to_tensor(optimizer.iterations).numpy()))
-        self._recorder.apply(optimizer, optimizer.apply, grads, variables, flush_when_full=True)
+        self._recorder.apply(optimizer, optimizer.apply, grads, variables, loss=loss, flush_when_full=True)
 
     def flush(self) -> None:
         """Writes the buffered rows to disk (call from Python, not inside a tf.function)."""

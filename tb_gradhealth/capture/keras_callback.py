@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from tb_gradhealth.capture.layers import group_by_layer
 from tb_gradhealth.capture.recorder import StepRecorder
+from tb_gradhealth.capture.step_loss import FROM_COMPUTE_LOSS, FROM_SCALE_LOSS, StepLoss
 from tb_gradhealth.capture.writer import open_summary_writer
 
 # Logged steps kept in the graph between two writes by the host. At
@@ -19,8 +20,36 @@ from tb_gradhealth.capture.writer import open_summary_writer
 DEFAULT_BUFFER_STEPS = 128
 # Same subdirectory as keras.callbacks.TensorBoard, so both share a log_dir.
 TRAIN_SUBDIR = "train"
-# Attribute of our `apply` wrapper: the instance-level `apply` it replaced (or None).
+# Attribute of our method wrappers: the instance-level method each replaced (or None).
 _WRAPS = "_gradient_health_wraps"
+
+
+def _original_method(owner, name: str):
+    """`owner.name` as it is without our wrappers (one left by a fit that raised is skipped)."""
+    previous = vars(owner).get(name)
+    while previous is not None and hasattr(previous, _WRAPS):
+        previous = getattr(previous, _WRAPS)
+    return previous
+
+
+def _wrap_method(owner, name: str, make_wrapper) -> None:
+    """Sets the instance attribute `owner.name` to `make_wrapper(original bound method)`."""
+    previous = _original_method(owner, name)
+    original = previous if previous is not None else getattr(type(owner), name).__get__(owner)
+    wrapper = functools.wraps(original)(make_wrapper(original))
+    setattr(wrapper, _WRAPS, previous)
+    object.__setattr__(owner, name, wrapper)
+
+
+def _unwrap_method(owner, name: str) -> None:
+    wrapper = vars(owner).get(name)
+    if wrapper is None or not hasattr(wrapper, _WRAPS):
+        return
+    previous = getattr(wrapper, _WRAPS)
+    if previous is not None:
+        object.__setattr__(owner, name, previous)
+    else:
+        object.__delattr__(owner, name)
 
 
 def _logged_steps_between(first: int, end: int, update_freq: int) -> int:
@@ -77,6 +106,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
         self._instrumented_train_functions: dict = {}
         self._instrumented_for = None
         self._wrapped_optimizer = None
+        self._step_loss = StepLoss()
         # Host-side mirror of the step counter, so the host knows when the
         # buffer fills without reading the device.
         self._next_step = 0
@@ -113,19 +143,34 @@ class GradientHealthCallback(keras.callbacks.Callback):
     def _install(self, model) -> None:
         optimizer = model.optimizer
         recorder = self._recorder
-        # An instance-level `apply` left by a fit that raised (Keras then
-        # skips on_train_end) is one of ours: unwrap it, never record twice.
-        previous = vars(optimizer).get("apply")
-        while previous is not None and hasattr(previous, _WRAPS):
-            previous = getattr(previous, _WRAPS)
-        original = previous if previous is not None else type(optimizer).apply.__get__(optimizer)
+        step_loss = self._step_loss
 
-        @functools.wraps(original)
-        def apply(grads, trainable_variables=None):
-            return recorder.apply(optimizer, original, grads, trainable_variables)
+        def apply_wrapper(original):
+            def apply(grads, trainable_variables=None):
+                return recorder.apply(optimizer, original, grads, trainable_variables, loss=step_loss.take())
 
-        setattr(apply, _WRAPS, previous)
-        optimizer.apply = apply
+            return apply
+
+        def scale_loss_wrapper(original):
+            def scale_loss(loss):
+                step_loss.note(loss, FROM_SCALE_LOSS)
+                return original(loss)
+
+            return scale_loss
+
+        def compute_loss_wrapper(original):
+            def compute_loss(*args, **kwargs):
+                loss = original(*args, **kwargs)
+                step_loss.note(loss, FROM_COMPUTE_LOSS)
+                return loss
+
+            return compute_loss
+
+        # An instance-level method left by a fit that raised (Keras then
+        # skips on_train_end) is one of ours: it is replaced, never wrapped.
+        _wrap_method(optimizer, "apply", apply_wrapper)
+        _wrap_method(optimizer, "scale_loss", scale_loss_wrapper)
+        _wrap_method(model, "compute_loss", compute_loss_wrapper)
         self._wrapped_optimizer = optimizer
         # Keras built (but did not trace) its train function before
         # on_train_begin; ours must be traced with the wrapped apply.
@@ -154,11 +199,9 @@ class GradientHealthCallback(keras.callbacks.Callback):
     def _uninstall(self, model) -> None:
         optimizer = self._wrapped_optimizer
         if optimizer is not None:
-            previous = getattr(vars(optimizer).get("apply"), _WRAPS, None)
-            if previous is not None:
-                optimizer.apply = previous
-            elif "apply" in vars(optimizer):
-                del optimizer.apply
+            _unwrap_method(optimizer, "apply")
+            _unwrap_method(optimizer, "scale_loss")
+        _unwrap_method(model, "compute_loss")
         self._wrapped_optimizer = None
         if model.train_function in self._instrumented_train_functions.values():
             model.train_function = self._keras_train_function

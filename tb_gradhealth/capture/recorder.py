@@ -65,10 +65,11 @@ class StepRecorder:
     def layer_names(self) -> tuple[str, ...]:
         return self.ring.layer_names
 
-    def _before_update(self, strategy, grads, loss_scale):
+    def _before_update(self, strategy, grads, loss_scale, loss):
         # Cross-replica (or default) context: runs once per step.
         grads = [_first_replica(strategy, g) for g in grads]
         loss_scale = _first_replica(strategy, loss_scale)
+        loss = _first_replica(strategy, loss)
         step, logged = self.ring.position(self.logged_mode)
         sums = self._reduce.gradient_sums(grads)
         weights_before = None
@@ -94,6 +95,7 @@ class StepRecorder:
             "weight_norm": weight_norm,
             "weights_before": weights_before,
             "loss_scale": loss_scale,
+            "loss": loss,
         }
         if isinstance(logged, bool):
             # Nothing waits for the statistics: holding every variable's
@@ -133,7 +135,7 @@ class StepRecorder:
             visible = tf.logical_or(
                 tf.equal(tf.reduce_sum(sums.nonfinite), 0.0), loss_scale <= GENUINE_OVERFLOW_MAX_SCALE
             )
-        self.ring.record(state["step"], logged, sums, details, visible)
+        self.ring.record(state["step"], logged, sums, details, visible, state["loss"])
         if flush:
             self.ring.flush_if_full_in_graph()
 
@@ -143,6 +145,7 @@ class StepRecorder:
         apply_fn: Callable,
         grads: Sequence,
         trainable_variables: Sequence | None,
+        loss=None,
         flush_when_full: bool = False,
     ):
         """Runs `apply_fn(grads, trainable_variables)` and records the step.
@@ -153,6 +156,9 @@ class StepRecorder:
         as a zero gradient. The ring needs its start step (`start_at`).
 
         Args:
+          loss: the loss the gradients came from, before any loss scaling (a
+            replica's share under a distribution strategy, as its gradients
+            are), or None.
           flush_when_full: also write the buffer from the graph when it is
             full (for custom loops, which have no host hook; ignored inside
             XLA, where summary ops cannot run).
@@ -171,13 +177,17 @@ class StepRecorder:
             merge = lambda fn, args: context.merge_call(fn, args=args)  # noqa: E731
         with tf.name_scope(GRAPH_SCOPE) as scope:
             tracked = [None if g is None else dense_gradient(g) for g in tracked]
+            if loss is not None:
+                loss = tf.reshape(tf.cast(loss, tf.float32), [])
             if context is not None and context.num_replicas_in_sync > 1:
                 # Each replica holds its share (Keras divides the loss by the
-                # number of replicas); the gradient applied is their sum.
-                present = [g for g in tracked if g is not None]
+                # number of replicas); the gradient applied, and the loss it
+                # came from, are their sums.
+                present = [g for g in tracked + [loss] if g is not None]
                 reduced = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present) if present else ())
                 tracked = [None if g is None else next(reduced) for g in tracked]
-            done_before = merge(self._before_update, (tracked, loss_scale_of(optimizer)))
+                loss = None if loss is None else next(reduced)
+            done_before = merge(self._before_update, (tracked, loss_scale_of(optimizer), loss))
         # Empty unless the logged-step decision is in the graph (see
         # _before_update).
         with tf.control_dependencies(tf.nest.flatten(done_before)):

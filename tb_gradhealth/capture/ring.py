@@ -14,6 +14,8 @@ from tb_gradhealth.capture.reductions import GradientSums, StepDetails, in_xla_c
 STATS = metadata.BUILTIN_STATS
 # Computed at every step; the others only at logged steps.
 PER_STEP_COLUMNS = tuple(STATS.index(stat) for stat in (metadata.GRAD_NORM, metadata.GRAD_NORM_MAX, metadata.NONFINITE))
+# Index of the loss among the tags written (after the per-layer statistics).
+LOSS_OUTPUT = len(STATS)
 
 
 def _max_keeping_nan(running: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
@@ -67,6 +69,15 @@ class StatsRing:
             metadata.create_summary_metadata(stat, self.layer_names).SerializeToString() for stat in STATS
         ]
         self._tags = [metadata.tag_for_stat(stat) for stat in STATS]
+        # The run-level loss goes last: column LOSS_OUTPUT of what is written.
+        self._serialized_metadata.append(
+            metadata.create_summary_metadata(
+                metadata.LOSS, [metadata.LOSS], scope=metadata.SCOPE_RUN
+            ).SerializeToString()
+        )
+        self._tags.append(metadata.tag_for_stat(metadata.LOSS))
+        # Whether a traced step handed over its loss (set while tracing).
+        self.has_loss = False
         slots = capacity + 1
 
         def create():
@@ -76,6 +87,7 @@ class StatsRing:
             return {
                 "rows": variable(tf.zeros([slots, n_layers, len(STATS)]), "rows"),
                 "row_steps": variable(tf.fill([slots], tf.constant(-1, tf.int64)), "row_steps"),
+                "row_loss": variable(tf.zeros([slots]), "row_loss"),
                 "count": variable(tf.constant(0, tf.int64), "count"),
                 "step": variable(tf.constant(-1, tf.int64), "step"),
                 "acc_max": variable(tf.zeros([n_layers]), "grad_norm_max"),
@@ -84,12 +96,13 @@ class StatsRing:
                 "pending_norm": variable(tf.zeros([n_layers]), "pending_grad_norm"),
                 "last_written_step": variable(tf.constant(-1, tf.int64), "last_written_step"),
                 "dropped": variable(tf.constant(0, tf.int64), "dropped"),
-                "metadata_written": variable(tf.zeros([len(STATS)], tf.bool), "metadata_written"),
+                "metadata_written": variable(tf.zeros([len(STATS) + 1], tf.bool), "metadata_written"),
             }
 
         created = create_plain(create)
         self._rows = created["rows"]
         self._row_steps = created["row_steps"]
+        self._row_loss = created["row_loss"]
         self._count = created["count"]
         self._step = created["step"]
         self._acc_max = created["acc_max"]
@@ -126,7 +139,7 @@ class StatsRing:
             return step, True
         return step, tf.equal(step % self.update_freq, 0)
 
-    def record(self, step, logged, sums: GradientSums, details: StepDetails, visible) -> None:
+    def record(self, step, logged, sums: GradientSums, details: StepDetails, visible, loss=None) -> None:
         """Graph code: folds one training step into the buffer, with no host round trip.
 
         Each op here runs at every training step, and on a small model each
@@ -141,16 +154,20 @@ class StatsRing:
           visible: Python True, or a bool scalar that is False for a step
             that applied no gradient and must leave no trace (a loss-scale
             overflow, see recorder).
+          loss: the step's loss (float32 scalar), kept with logged rows; None
+            when the step did not hand one over.
         """
+        if loss is not None:
+            self.has_loss = True
         if logged is False:
             self._record_unlogged(step, sums, visible)
         elif logged is True and visible is True:
-            self._record_logged(step, sums, details)
+            self._record_logged(step, sums, details, loss)
         else:
-            self._record_either(step, logged, sums, details, visible)
+            self._record_either(step, logged, sums, details, visible, loss)
         self._step.assign_add(1)
 
-    def _write_row(self, step, grad_norm_max, nonfinite, details: StepDetails, slot, grad_norm=None) -> None:
+    def _write_row(self, step, grad_norm_max, nonfinite, details: StepDetails, slot, loss, grad_norm=None) -> None:
         columns = {
             metadata.GRAD_NORM: grad_norm_max if grad_norm is None else grad_norm,
             metadata.GRAD_NORM_MAX: grad_norm_max,
@@ -163,16 +180,18 @@ class StatsRing:
         # The raw ops take a scalar slot, sparing reshapes on every step.
         tf.raw_ops.ResourceScatterUpdate(resource=self._rows.handle, indices=slot, updates=row)
         tf.raw_ops.ResourceScatterUpdate(resource=self._row_steps.handle, indices=slot, updates=step)
+        if loss is not None:
+            tf.raw_ops.ResourceScatterUpdate(resource=self._row_loss.handle, indices=slot, updates=loss)
 
-    def _record_logged(self, step, sums: GradientSums, details: StepDetails) -> None:
+    def _record_logged(self, step, sums: GradientSums, details: StepDetails, loss) -> None:
         slot = tf.minimum(self._count.value(), self.capacity)
         if self.update_freq == 1:
             # Every step is logged: nothing accumulates between them.
-            self._write_row(step, sums.grad_norm, sums.nonfinite, details, slot)
+            self._write_row(step, sums.grad_norm, sums.nonfinite, details, slot, loss)
         else:
             grad_norm_max = _max_keeping_nan(self._acc_max.value(), sums.grad_norm)
             nonfinite = self._acc_nonfinite.value() + sums.nonfinite
-            self._write_row(step, grad_norm_max, nonfinite, details, slot, grad_norm=sums.grad_norm)
+            self._write_row(step, grad_norm_max, nonfinite, details, slot, loss, grad_norm=sums.grad_norm)
             self._acc_max.assign(tf.zeros_like(grad_norm_max))
             self._acc_nonfinite.assign(tf.zeros_like(nonfinite))
         self._count.assign_add(1)
@@ -189,14 +208,14 @@ class StatsRing:
         self._pending_step.assign(step)
         self._pending_norm.assign(pending_norm)
 
-    def _record_either(self, step, logged, sums: GradientSums, details: StepDetails, visible) -> None:
+    def _record_either(self, step, logged, sums: GradientSums, details: StepDetails, visible, loss) -> None:
         """Whether the step is logged (and visible) is only known in the graph: no branches, for XLA."""
         keep = logged if visible is True else visible if logged is True else tf.logical_and(logged, visible)
         new = _visible_only(sums, visible)
         grad_norm_max = _max_keeping_nan(self._acc_max.value(), new.grad_norm)
         nonfinite = self._acc_nonfinite.value() + new.nonfinite
         slot = tf.where(keep, tf.minimum(self._count.value(), self.capacity), tf.constant(self.capacity, tf.int64))
-        self._write_row(step, grad_norm_max, nonfinite, details, slot, grad_norm=sums.grad_norm)
+        self._write_row(step, grad_norm_max, nonfinite, details, slot, loss, grad_norm=sums.grad_norm)
         self._count.assign_add(tf.cast(keep, tf.int64))
         self._acc_max.assign(tf.where(keep, tf.zeros_like(grad_norm_max), grad_norm_max))
         self._acc_nonfinite.assign(tf.where(keep, tf.zeros_like(nonfinite), nonfinite))
@@ -208,38 +227,45 @@ class StatsRing:
         """Sends later flushes to `writer`; its file gets the metadata again on each tag's first value."""
         self._writer = writer
         self._flush_fns = {}
-        self._metadata_written.assign(tf.zeros([len(STATS)], tf.bool))
+        self._metadata_written.assign(tf.zeros([len(self._tags)], tf.bool))
 
-    def _write_value(self, row: tf.Tensor, step: tf.Tensor, column: int, source_column: int | None = None) -> None:
+    def _outputs(self, row: tf.Tensor, loss: tf.Tensor, columns) -> list:
+        """(output index, value) of what is written for one step: per-layer `columns` of `row`, then the loss."""
+        outputs = [(column, row[:, source]) for source, column in columns]
+        if self.has_loss:
+            outputs.append((LOSS_OUTPUT, tf.reshape(loss, [1])))
+        return outputs
+
+    def _write_first(self, outputs, step: tf.Tensor) -> None:
         # TensorBoard keeps the first metadata it sees per tag: attach it to
         # the first value of each tag in this file only.
-        tag, serialized = self._tags[column], self._serialized_metadata[column]
-        values = row[:, column if source_column is None else source_column]
+        for index, values in outputs:
+            tag, serialized = self._tags[index], self._serialized_metadata[index]
 
-        def with_metadata():
-            tf.summary.write(tag, values, step=step, metadata=serialized)
-            return tf.constant(True)
+            def with_metadata(tag=tag, values=values, serialized=serialized):
+                tf.summary.write(tag, values, step=step, metadata=serialized)
+                return tf.constant(True)
 
-        def without():
-            tf.summary.write(tag, values, step=step)
-            return tf.constant(True)
+            def without(tag=tag, values=values):
+                tf.summary.write(tag, values, step=step)
+                return tf.constant(True)
 
-        tf.cond(self._metadata_written[column], without, with_metadata)
-        self._metadata_written.scatter_update(tf.IndexedSlices(tf.constant([True]), [column]))
+            tf.cond(self._metadata_written[index], without, with_metadata)
+            self._metadata_written.scatter_update(tf.IndexedSlices(tf.constant([True]), [index]))
 
-    def _write_rows(self, rows: tf.Tensor, steps: tf.Tensor) -> None:
+    def _write_rows(self, rows: tf.Tensor, losses: tf.Tensor, steps: tf.Tensor) -> None:
         total = tf.shape(rows)[0]
+        all_columns = [(column, column) for column in range(len(STATS))]
 
         def first_row():
-            for column in range(len(STATS)):
-                self._write_value(rows[0], steps[0], column)
+            self._write_first(self._outputs(rows[0], losses[0], all_columns), steps[0])
             return tf.constant(1)
 
         start = tf.cond(total > 0, first_row, lambda: tf.constant(0))
 
         def body(index):
-            for column, tag in enumerate(self._tags):
-                tf.summary.write(tag, rows[index, :, column], step=steps[index])
+            for output, values in self._outputs(rows[index], losses[index], all_columns):
+                tf.summary.write(self._tags[output], values, step=steps[index])
             return (index + 1,)
 
         tf.while_loop(lambda index: index < total, body, (start,))
@@ -250,7 +276,7 @@ class StatsRing:
             stored = tf.minimum(count, self.capacity)
             rows = self._rows[:stored]
             steps = self._row_steps[:stored]
-            self._write_rows(rows, steps)
+            self._write_rows(rows, self._row_loss[:stored], steps)
             written_through = tf.maximum(
                 self._last_written_step.read_value(), tf.reduce_max(tf.concat([steps, [-1]], 0))
             )
@@ -260,7 +286,8 @@ class StatsRing:
                 # training ends: a logged row dropped because the buffer was
                 # full (the last one is in slot `capacity`) is written whole;
                 # an unlogged step with what every step computes (the
-                # per-step statistics; the others are not known there).
+                # per-step statistics; the others, and the loss, are not
+                # kept there).
                 pending_step = self._pending_step.read_value()
                 dropped_step = tf.where(
                     count > self.capacity, self._row_steps[self.capacity], tf.constant(-1, tf.int64)
@@ -275,13 +302,14 @@ class StatsRing:
                 )
 
                 def write_dropped():
-                    for column in range(len(STATS)):
-                        self._write_value(self._rows[self.capacity], dropped_step, column)
+                    all_columns = [(column, column) for column in range(len(STATS))]
+                    outputs = self._outputs(self._rows[self.capacity], self._row_loss[self.capacity], all_columns)
+                    self._write_first(outputs, dropped_step)
                     return dropped_step
 
                 def write_pending():
-                    for index, column in enumerate(PER_STEP_COLUMNS):
-                        self._write_value(pending_row, pending_step, column, source_column=index)
+                    columns = list(enumerate(PER_STEP_COLUMNS))
+                    self._write_first([(column, pending_row[:, source]) for source, column in columns], pending_step)
                     return pending_step
 
                 last_step = tf.maximum(pending_step, dropped_step)
@@ -311,13 +339,15 @@ class StatsRing:
         """Like `flush`, also usable inside a traced (not XLA) function; returns tensors."""
         if self._writer is None:
             raise RuntimeError("StatsRing.flush needs a writer: call attach_writer first")
-        fn = self._flush_fns.get(include_pending)
+        # Traced again once a step hands over its loss.
+        key = (include_pending, self.has_loss)
+        fn = self._flush_fns.get(key)
         if fn is None:
             # A partial, not a lambda: TensorFlow warns of "retracing" when
             # functions share one code object, as every ring's flush would
             # (a sweep creating a callback per trial).
             fn = tf.function(functools.partial(self._flush, include_pending), autograph=False)
-            self._flush_fns[include_pending] = fn
+            self._flush_fns[key] = fn
         return fn()
 
     def flush_if_full_in_graph(self) -> None:
