@@ -59,7 +59,14 @@ def test_metadata_on_the_first_value_of_each_tag_only(callback_run):
         if stat == metadata.LOSS:
             assert content == {"version": 1, "stat": "loss", "layers": ["loss"], "scope": "run"}
         else:
-            assert content == {"version": 1, "stat": stat, "layers": list(support.EXPECTED_LAYERS)}
+            assert content == {
+                "version": 1,
+                "stat": stat,
+                "layers": list(support.EXPECTED_LAYERS),
+                "kinds": ["dense", "dense", "dense"],
+                # Dense(8) on 6 inputs, Dense(5) on 8, Dense(3) on 5: kernel and bias.
+                "params": [6 * 8 + 8, 8 * 5 + 5, 5 * 3 + 3],
+            }
         assert all(not value.metadata.plugin_data.plugin_name for _, value in values[1:])
 
 

@@ -3,20 +3,78 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Iterable, Sequence
 
 import keras
 
+from tb_gradhealth import metadata
+
 # Separates the names of nested layers, as in Keras variable paths ("encoder/dense").
 _NAME_SEPARATOR = "/"
+
+# Kind of a layer by the name of its class or of a base class (the nearest
+# in the method resolution order wins). Names, not classes: Keras moves its
+# private base classes (BaseConv, BaseDepthwiseConv, ...) between releases.
+_KIND_BY_CLASS_NAME = {
+    "Dense": "dense",
+    "EinsumDense": "dense",
+    "BaseConv": "conv",
+    "BaseConvTranspose": "conv",
+    "BaseDepthwiseConv": "conv",
+    "BaseSeparableConv": "conv",
+    "BatchNormalization": "normalization",
+    "LayerNormalization": "normalization",
+    "GroupNormalization": "normalization",
+    "RMSNormalization": "normalization",
+    "Embedding": "embedding",
+    "MultiHeadAttention": "attention",
+    "GroupedQueryAttention": "attention",
+    "Attention": "attention",
+    "AdditiveAttention": "attention",
+    "RNN": "recurrent",
+    "Bidirectional": "recurrent",
+    "StackedRNNCells": "recurrent",
+    "SimpleRNNCell": "recurrent",
+    "LSTMCell": "recurrent",
+    "GRUCell": "recurrent",
+    "ConvLSTMCell": "recurrent",
+}
+# Kinds that every layer inside such a layer shares: the query/key/value
+# projections of an attention layer are EinsumDense layers, and the cell of
+# a recurrent layer may be made of Dense layers; both follow their own
+# gradient regime.
+_ENCLOSING_KINDS = ("attention", "recurrent")
+
+
+def layer_kind(layer) -> str:
+    """The kind of `layer` alone (one of `metadata.LAYER_KINDS`), from its class."""
+    for cls in type(layer).__mro__:
+        kind = _KIND_BY_CLASS_NAME.get(cls.__name__)
+        if kind is not None:
+            return kind
+    return metadata.OTHER_KIND
 
 
 @dataclasses.dataclass(frozen=True)
 class LayerGroup:
-    """One row of the statistics: a layer name and the trainable variables it owns."""
+    """One row of the statistics: a layer name, the trainable variables it owns and its kind.
+
+    Attributes:
+      name: the row's name (a nested layer's path, `encoder/dense`).
+      variables: the trainable variables of the row.
+      kind: one of `metadata.LAYER_KINDS`, or None when not known (rows given
+        as explicit pairs).
+    """
 
     name: str
     variables: tuple
+    kind: str | None = None
+
+    @property
+    def params(self) -> int:
+        """Number of trainable parameters of the row."""
+        return sum(math.prod(int(dim) for dim in variable.shape) for variable in self.variables)
 
 
 def variable_key(variable) -> int:
@@ -45,10 +103,11 @@ def _sublayers(layer) -> list:
     return ordered + [child for child in tracked if id(child) not in known]
 
 
-def _walk(layer, path: str, claimed: set, seen_layers: set, groups: list) -> None:
+def _walk(layer, path: str, claimed: set, seen_layers: set, groups: list, enclosing_kind: str | None = None) -> None:
     if id(layer) in seen_layers or not layer.trainable:
         return
     seen_layers.add(id(layer))
+    kind = enclosing_kind or layer_kind(layer)
     children = _sublayers(layer)
     owned_by_children = {variable_key(v) for child in children for v in child.trainable_weights}
     own = [
@@ -58,10 +117,11 @@ def _walk(layer, path: str, claimed: set, seen_layers: set, groups: list) -> Non
     ]
     if own:
         claimed.update(variable_key(v) for v in own)
-        groups.append(LayerGroup(name=path or layer.name, variables=tuple(own)))
+        groups.append(LayerGroup(name=path or layer.name, variables=tuple(own), kind=kind))
+    inherited = kind if kind in _ENCLOSING_KINDS else None
     for child in children:
         child_path = child.name if not path else path + _NAME_SEPARATOR + child.name
-        _walk(child, child_path, claimed, seen_layers, groups)
+        _walk(child, child_path, claimed, seen_layers, groups, inherited)
 
 
 def _unique_names(groups: Sequence[LayerGroup]) -> list[LayerGroup]:
@@ -84,6 +144,8 @@ def group_by_layer(model) -> list[LayerGroup]:
     `"sequential/dense"`, and a layer with both its own weights and
     sub-layers (e.g. attention) gives one row for its own weights followed by
     its sub-layers. Frozen layers own no trainable variables and are left out.
+    Each row's kind is its layer's, or that of an enclosing attention or
+    recurrent layer.
 
     Raises:
       ValueError: the model has no trainable variables (build it first).

@@ -48,7 +48,14 @@ class StepRecorder:
 
     def __init__(self, groups: Sequence[LayerGroup], capacity: int, update_freq: int):
         self.groups = tuple(groups)
-        self.ring = StatsRing([group.name for group in self.groups], capacity, update_freq)
+        kinds = [group.kind for group in self.groups]
+        self.ring = StatsRing(
+            [group.name for group in self.groups],
+            capacity,
+            update_freq,
+            kinds=None if None in kinds else kinds,
+            params=[group.params for group in self.groups],
+        )
         self._variables = [v for group in self.groups for v in group.variables]
         self._trace_state = None
         # Whether the steps traced from now on are logged steps: None decides

@@ -56,7 +56,15 @@ class StatsRing:
     begins).
     """
 
-    def __init__(self, layer_names: Sequence[str], capacity: int, update_freq: int):
+    def __init__(
+        self,
+        layer_names: Sequence[str],
+        capacity: int,
+        update_freq: int,
+        *,
+        kinds: Sequence[str] | None = None,
+        params: Sequence[int] | None = None,
+    ):
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
             raise ValueError("buffer_steps must be a positive number of logged steps, got %r" % (capacity,))
         if isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq < 1:
@@ -66,7 +74,8 @@ class StatsRing:
         self.update_freq = update_freq
         n_layers = len(self.layer_names)
         self._serialized_metadata = [
-            metadata.create_summary_metadata(stat, self.layer_names).SerializeToString() for stat in STATS
+            metadata.create_summary_metadata(stat, self.layer_names, kinds=kinds, params=params).SerializeToString()
+            for stat in STATS
         ]
         self._tags = [metadata.tag_for_stat(stat) for stat in STATS]
         # The run-level loss goes last: column LOSS_OUTPUT of what is written.
