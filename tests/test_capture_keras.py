@@ -127,7 +127,7 @@ def test_mixed_float16_records_unscaled_gradients(tmp_path):
 
 
 @pytest.mark.slow
-def test_loss_scale_overflows_leave_no_row_until_the_scale_reaches_one(tmp_path):
+def test_loss_scale_overflows_are_no_step_until_the_scale_reaches_one(tmp_path):
     # Enough NaN steps for the scale (about 2**13 by then) to halve below 1.
     x, y = support.make_data(30 * support.BATCH)
     persistent_nan_from = 8
@@ -137,19 +137,24 @@ def test_loss_scale_overflows_leave_no_row_until_the_scale_reaches_one(tmp_path)
     reference = support.reference_stats(recorder.snapshots, support.group_sizes(model))
     applied = np.flatnonzero(reference["update_ratio"].max(axis=1) > 0)
     assert 0 < applied[0] and applied[-1] < persistent_nan_from  # some skipped, then some applied
+    # A step is an update: the applied batches are steps 0, 1, ... (like
+    # optimizer.iterations); the skipped ones are no step.
     steps = run.steps[metadata.GRAD_NORM]
-    finite_rows = steps < persistent_nan_from
-    np.testing.assert_array_equal(steps[finite_rows], applied)
+    finite_rows = steps < len(applied)
+    np.testing.assert_array_equal(steps[finite_rows], np.arange(len(applied)))
     np.testing.assert_array_equal(run.values[metadata.NONFINITE][finite_rows], 0)
     np.testing.assert_allclose(
         run.values[metadata.GRAD_NORM][finite_rows], reference["grad_norm"][applied], rtol=support.REL_TOL
     )
-    # From step 8 every gradient is NaN: skipped while the scale halves, and
-    # recorded as non-finite once the scale is down to 1 or less.
+    # From batch 8 every gradient is NaN: skipped while the scale halves, and
+    # recorded as non-finite once the scale is down to 1 or less, each under
+    # a number of its own though the optimizer's count no longer moves.
     nan_rows = ~finite_rows
-    assert nan_rows.any()
+    assert nan_rows.sum() >= 2
+    np.testing.assert_array_equal(steps[nan_rows], len(applied) + np.arange(nan_rows.sum()))
     assert (run.values[metadata.NONFINITE][nan_rows] > 0).all()
     assert np.isnan(run.values[metadata.GRAD_NORM][nan_rows]).all()
+    assert int(model.optimizer.iterations.numpy()) == len(applied)
 
 
 def test_update_freq_keeps_spikes_and_nans_between_logged_steps(tmp_path):
@@ -195,23 +200,31 @@ def _rows_of(weights, model):
     return rows
 
 
+class _CountingTraces(GradientHealthCallback):
+    """Counts the traced steps it records (record_step runs while a step is traced, never per step)."""
+
+    traces = 0
+
+    def record_step(self, *args, **kwargs):
+        self.traces += 1
+        return super().record_step(*args, **kwargs)
+
+
 @pytest.mark.slow
 def test_fit_twice_continues_steps_in_one_file_without_retracing(tmp_path):
     model = support.make_mlp()
     recorder = support.weight_recorder()
-    callback = GradientHealthCallback(str(tmp_path), update_freq=4)
+    callback = _CountingTraces(str(tmp_path), update_freq=4)
     _fit(model, [callback, recorder], epochs=1)
     keras_function = model.train_function
-    recording_functions = dict(callback._instrumented_train_functions)
     # One step per execution and update_freq > 1: one function for logged
     # steps and one without their work for the others.
-    assert set(recording_functions) == {True, False}
-    assert keras_function not in recording_functions.values()
+    assert callback.traces == 2
     _fit(model, [callback, recorder], epochs=1, compile=False)
     # Keras's own train function is back after each fit; the recording ones
     # (already traced) served both.
     assert model.train_function is keras_function
-    assert callback._instrumented_train_functions == recording_functions
+    assert callback.traces == 2
     run = support.read_run(os.path.join(str(tmp_path), "train"))
     # 6 steps per fit: 0, 4 and the last (5); then 8 and the last (11).
     np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], [0, 4, 5, 8, 11])
@@ -220,8 +233,9 @@ def test_fit_twice_continues_steps_in_one_file_without_retracing(tmp_path):
     np.testing.assert_allclose(
         run.values[metadata.GRAD_NORM], reference["grad_norm"][[0, 4, 5, 8, 11]], rtol=support.REL_TOL
     )
-    # After training the optimizer is Keras's own again.
-    assert "apply" not in vars(model.optimizer)
+    # After training the optimizer and the model are Keras's own again.
+    assert not {"apply", "scale_loss"} & set(vars(model.optimizer))
+    assert "compute_loss" not in vars(model)
 
 
 class _WithUnusedWeight(keras.layers.Layer):
@@ -322,30 +336,32 @@ def test_small_buffer_is_flushed_in_time(tmp_path):
 
 @pytest.mark.slow
 def test_update_freq_with_loss_scale_skips_keeps_the_max_of_applied_steps_only(tmp_path):
-    # update_freq > 1 with one step per execution: the host runs a train
-    # function without the logged-step work on unlogged steps, and the
-    # loss-scale optimizer skips the first steps (scale 2**20 overflows).
-    n_steps, update_freq = 20, 3
-    x, y = support.make_data(n_steps * support.BATCH)
+    # update_freq > 1 and the loss-scale optimizer skips the first steps
+    # (scale 2**20 overflows): which steps are logged is decided in the graph.
+    n_batches, update_freq = 21, 3
+    x, y = support.make_data(n_batches * support.BATCH)
     model, recorder = _fit_overflowing_loss_scale(GradientHealthCallback(str(tmp_path), update_freq=update_freq), x, y)
     run = support.read_run(os.path.join(str(tmp_path), "train"))
     reference = support.reference_stats(recorder.snapshots, support.group_sizes(model))
     applied = np.flatnonzero(reference["update_ratio"].max(axis=1) > 0)
-    assert 0 < applied[0] < n_steps - 1 - update_freq  # some skipped, then applied
-    logged_applied = [s for s in applied if s % update_freq == 0]
-    # Rows: applied logged steps, plus the last step (never logged here).
-    assert (n_steps - 1) % update_freq != 0 and n_steps - 1 in applied
+    assert 0 < applied[0] < n_batches - 1 - update_freq  # some skipped, then applied
+    assert applied[-1] == n_batches - 1 and (len(applied) - 1) % update_freq != 0
+    # Step k is the k-th applied batch; rows at the multiples of 3 and at the
+    # last step (not a multiple here).
+    logged = [step for step in range(len(applied)) if step % update_freq == 0]
     steps = run.steps[metadata.GRAD_NORM]
-    np.testing.assert_array_equal(steps, logged_applied + [n_steps - 1])
-    np.testing.assert_array_equal(run.steps[metadata.GRAD_MAX_ABS], logged_applied)
-    np.testing.assert_allclose(run.values[metadata.GRAD_NORM], reference["grad_norm"][steps], rtol=support.REL_TOL)
-    # grad_norm_max covers the steps since the previous row: skipped steps
+    np.testing.assert_array_equal(steps, logged + [len(applied) - 1])
+    np.testing.assert_array_equal(run.steps[metadata.GRAD_MAX_ABS], logged)
+    np.testing.assert_allclose(
+        run.values[metadata.GRAD_NORM], reference["grad_norm"][applied[steps]], rtol=support.REL_TOL
+    )
+    # grad_norm_max covers the batches since the previous row: skipped ones
     # (zero in the reference: no update) add nothing.
     previous = -1
     for row, step in enumerate(steps):
-        window = reference["grad_norm"][previous + 1 : step + 1]
+        window = reference["grad_norm"][previous + 1 : applied[step] + 1]
         np.testing.assert_allclose(run.values[metadata.GRAD_NORM_MAX][row], window.max(axis=0), rtol=support.REL_TOL)
-        previous = step
+        previous = applied[step]
     np.testing.assert_array_equal(run.values[metadata.NONFINITE], 0)
 
 

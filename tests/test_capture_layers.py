@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -123,11 +125,17 @@ def test_kinds_and_parameter_counts_of_the_layers_people_use():
     assert groups[-2].params == 2 * 4
 
 
-def test_model_without_trainable_variables_is_refused():
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    model.trainable = False
-    with pytest.raises(ValueError, match="no trainable variables"):
-        group_by_layer(model)
+def test_a_model_with_nothing_to_record_is_refused_with_the_reason():
+    frozen = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    frozen.trainable = False
+    weightless = keras.Sequential([keras.Input((3, 2)), keras.layers.Flatten()])
+    for model in (frozen, weightless):
+        with pytest.raises(
+            ValueError, match=re.escape("has no trainable weights (its layers are frozen or have no weights)")
+        ):
+            group_by_layer(model)
+    with pytest.raises(ValueError, match="is not built yet"):
+        group_by_layer(keras.Sequential([keras.layers.Dense(2)]))
 
 
 def test_explicit_pairs_keep_order_and_need_variables():

@@ -136,7 +136,7 @@ def _unique_names(groups: Sequence[LayerGroup]) -> list[LayerGroup]:
 
 
 def group_by_layer(model) -> list[LayerGroup]:
-    """Returns the layers of `model` that own trainable variables, input -> output.
+    """Returns the layers of `model` that own trainable variables, in model order.
 
     Nested models and layers made of sub-layers are walked depth first; each
     variable belongs to the innermost layer that owns it, so a Sequential
@@ -145,16 +145,68 @@ def group_by_layer(model) -> list[LayerGroup]:
     sub-layers (e.g. attention) gives one row for its own weights followed by
     its sub-layers. Frozen layers own no trainable variables and are left out.
     Each row's kind is its layer's, or that of an enclosing attention or
-    recurrent layer.
+    recurrent layer. The order is that of `Model.layers` (input -> output
+    for functional and Sequential models; attribute order for subclassed
+    ones: `in_forward_order` puts a traced step's order on it).
 
     Raises:
-      ValueError: the model has no trainable variables (build it first).
+      ValueError: the model is not built yet, or has no trainable weights.
     """
     groups: list[LayerGroup] = []
     _walk(model, "", set(), set(), groups)
     if not groups:
-        raise ValueError("model %r has no trainable variables; build it (call it on data or fit it) first" % model.name)
+        if not model.built:
+            raise ValueError(
+                "model %r is not built yet: its layers and weights are known once it has been called on data "
+                "(or built, e.g. with keras.Input)" % model.name
+            )
+        raise ValueError(
+            "model %r has no trainable weights (its layers are frozen or have no weights): "
+            "there is no gradient to record" % model.name
+        )
     return _unique_names(groups)
+
+
+def _handle_ids(variable) -> list[int]:
+    """Ids of the resource handles a traced step may read `variable` through (one per replica copy)."""
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    copies = getattr(variable, "_values", None) or (variable,)
+    return [id(copy.handle) for copy in copies if getattr(copy, "handle", None) is not None]
+
+
+def in_forward_order(groups: Sequence[LayerGroup], graph) -> list[LayerGroup]:
+    """`groups` in the order the step traced in `graph` first uses their variables: the forward pass.
+
+    A subclassed model's attributes may be created in any order; the order
+    of its forward pass is the one that puts the input first. Each group
+    goes where the graph first reads one of its variables (a read, a gather,
+    a loop or call that takes the variable); groups the graph does not use
+    keep their place after the group before them. Without a graph (eager
+    code) the order is unchanged.
+    """
+    captures = getattr(graph, "captures", None)
+    if not captures:
+        return list(groups)
+    external_by_internal = {id(internal): id(external) for external, internal in captures}
+    group_by_handle = {}
+    for index, group in enumerate(groups):
+        for variable in group.variables:
+            for handle in _handle_ids(variable):
+                group_by_handle[handle] = index
+    first_use: dict[int, int] = {}
+    for position, op in enumerate(graph.get_operations()):
+        for tensor in op.inputs:
+            index = group_by_handle.get(external_by_internal.get(id(tensor)))
+            if index is not None and index not in first_use:
+                first_use[index] = position
+        if len(first_use) == len(groups):
+            break
+    keys, previous = [], -1
+    for index in range(len(groups)):
+        previous = first_use.get(index, previous)
+        keys.append((previous, index))
+    return [groups[index] for _, index in sorted(keys)]
 
 
 def groups_from_pairs(pairs: Iterable[tuple[str, Sequence]]) -> list[LayerGroup]:

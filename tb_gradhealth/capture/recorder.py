@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Callable
 
@@ -9,6 +10,7 @@ import keras
 import tensorflow as tf
 
 from tb_gradhealth.capture.layers import LayerGroup, variable_key
+from tb_gradhealth.capture.plain_variables import create_plain
 from tb_gradhealth.capture.reductions import (
     GradientSums,
     LayerReducer,
@@ -22,31 +24,127 @@ from tb_gradhealth.capture.ring import StatsRing
 
 # A LossScaleOptimizer step that overflows while the loss scale is at most
 # this counts as non-finite: the scale no longer magnifies the gradient, so
-# the overflow is the model's own (see README, "What the statistics mean").
+# the overflow is the model's own (see docs/capture.md).
 GENUINE_OVERFLOW_MAX_SCALE = 1.0
 # Name scope of every op the recording adds to a train step, so a profile
 # (TensorFlow's profiler, benchmarks/profile_step.py) tells them apart.
 GRAPH_SCOPE = "gradient_health"
 
 
-def loss_scale_of(optimizer):
-    """Returns the loss scale the step's gradients carry, or None without loss scaling."""
-    if not isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-        return None
-    return tf.cast(read(optimizer.dynamic_scale), tf.float32)
+@dataclasses.dataclass(frozen=True)
+class NonFiniteStep:
+    """The first recorded step whose gradient had NaN or Inf elements (`stop_on_nonfinite`).
+
+    Attributes:
+      step: its number.
+      layers: the layers with non-finite elements, in row order.
+      applied: whether the optimizer applied that step's update (a
+        loss-scale optimizer skips it; others apply it).
+    """
+
+    step: int
+    layers: tuple[str, ...]
+    applied: bool
+
+    def __str__(self) -> str:
+        return "non-finite gradient at step %d in %s (%s)" % (
+            self.step,
+            ", ".join(self.layers),
+            "its update was applied" if self.applied else "the optimizer skipped its update",
+        )
 
 
 def _first_replica(strategy, value):
     """One replica's copy of a per-replica value (all replicas computed the same)."""
-    if value is None or isinstance(value, bool):
+    if value is None or isinstance(value, (bool, float)):
         return value
     return strategy.experimental_local_results(value)[0]
 
 
-class StepRecorder:
-    """Per-layer statistics of every optimizer step of one set of layers, kept in a `StatsRing`."""
+class StepNumbers:
+    """Numbers the steps one writer records: the optimizer's update count plus an offset.
 
-    def __init__(self, groups: Sequence[LayerGroup], capacity: int, update_freq: int):
+    A step is one optimizer update, numbered like Keras's
+    `optimizer.iterations` before the update. The offset (a plain variable,
+    read in the graph) keeps the numbers of a run directory unique and
+    increasing: the host raises it when a model whose count is behind
+    starts writing into a run directory used before, and the graph raises it
+    after a step a loss-scale optimizer skipped but that was recorded (the
+    count did not move, the next step must not reuse its number).
+    """
+
+    def __init__(self):
+        self.offset = create_plain(lambda: tf.Variable(tf.constant(0, tf.int64), trainable=False, name="step_offset"))
+
+    def start(self, iterations: int, next_free: int) -> int:
+        """Host code (also while a step is traced): makes the next step `max(iterations + offset, next_free)`.
+
+        Returns:
+          That step number.
+        """
+
+        def start():
+            offset = max(int(self.offset.numpy()), next_free - iterations, 0)
+            self.offset.assign(offset)
+            return iterations + offset
+
+        return create_plain(start)
+
+    def next_step(self, optimizer) -> int:
+        """Host code: the number the optimizer's next update gets (one device read)."""
+        return read_iterations(optimizer) + create_plain(lambda: int(self.offset.numpy()))
+
+
+def read_iterations(optimizer) -> int:
+    """Host code: `optimizer.iterations` as a Python int, whatever the caller's tracing or strategy context."""
+    return create_plain(lambda: int(tf.convert_to_tensor(read(optimizer.iterations)).numpy()))
+
+
+def ensure_built(optimizer, variables: Sequence) -> None:
+    """Builds `optimizer` for `variables` as its own `apply` would, so its state can be read before the update."""
+    if not optimizer.built:
+        with keras.name_scope(optimizer.name, caller=optimizer):
+            optimizer.build(list(variables))
+        optimizer.built = True
+
+
+def _loss_scale(optimizer):
+    """The factor the step's gradients carry: a LossScaleOptimizer's dynamic scale (a tensor), `loss_scale_factor`, or None."""
+    if isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+        return tf.cast(read(optimizer.dynamic_scale), tf.float32)
+    factor = getattr(optimizer, "loss_scale_factor", None)
+    return None if factor is None else float(factor)
+
+
+def _accumulating(optimizer):
+    """The optimizer that accumulates gradients (itself or a LossScaleOptimizer's inner one), or None."""
+    inner = getattr(optimizer, "inner_optimizer", optimizer)
+    return inner if getattr(inner, "gradient_accumulation_steps", None) else None
+
+
+class StepRecorder:
+    """Per-layer statistics of every optimizer step of one set of layers, kept in a `StatsRing`.
+
+    Args:
+      groups: the rows, in order.
+      capacity: logged steps the ring holds.
+      update_freq: log every this many steps.
+      numbers: the writer's step numbering (shared by all its sets of layers).
+      layer_set: the tags' layer-set suffix (None for the plain tags).
+      watch_nonfinite: keep the first non-finite step for the host
+        (`stop_on_nonfinite`).
+    """
+
+    def __init__(
+        self,
+        groups: Sequence[LayerGroup],
+        capacity: int,
+        update_freq: int,
+        numbers: StepNumbers,
+        *,
+        layer_set: str | None = None,
+        watch_nonfinite: bool = False,
+    ):
         self.groups = tuple(groups)
         kinds = [group.kind for group in self.groups]
         self.ring = StatsRing(
@@ -55,13 +153,16 @@ class StepRecorder:
             update_freq,
             kinds=None if None in kinds else kinds,
             params=[group.params for group in self.groups],
+            layer_set=layer_set,
+            watch_nonfinite=watch_nonfinite,
         )
+        self.numbers = numbers
         self._variables = [v for group in self.groups for v in group.variables]
         self._trace_state = None
-        # Whether the steps traced from now on are logged steps: None decides
-        # per step in the graph; True or False (set by a host that picks a
-        # train function per step) leaves the other case out of the graph.
-        self.logged_mode: bool | None = None
+        self._accumulated_loss = None
+        # Whether the optimizer last traced applies a non-finite update (a
+        # loss-scale optimizer skips it).
+        self.applies_nonfinite = True
         self._reduce = LayerReducer(
             self._variables,
             [i for i, group in enumerate(self.groups) for _ in group.variables],
@@ -72,12 +173,46 @@ class StepRecorder:
     def layer_names(self) -> tuple[str, ...]:
         return self.ring.layer_names
 
-    def _before_update(self, strategy, grads, loss_scale, loss):
+    def _accumulated(self, optimizer, grads, scale, loss):
+        """Under gradient accumulation: the gradient the optimizer applies at this micro-batch, and whether it does.
+
+        Returns:
+          (gradients (unscaled), loss of the update, update (bool tensor)).
+        """
+        accumulating = _accumulating(optimizer)
+        steps = accumulating.gradient_accumulation_steps
+        accumulators = [
+            accumulating._accumulated_gradients[accumulating._get_variable_index(v)] for v in self._variables
+        ]
+        update = tf.equal((read(accumulating._iterations) + 1) % steps, 0)
+        # Keras applies (g + accumulated) / steps at the last micro-batch.
+        grads = [
+            None if g is None else ((g if scale is None else g / scale) + tf.cast(read(a), g.dtype)) / steps
+            for g, a in zip(grads, accumulators)
+        ]
+        if loss is not None:
+            if self._accumulated_loss is None:
+                self._accumulated_loss = create_plain(
+                    lambda: tf.Variable(0.0, trainable=False, name="gradient_health_accumulated_loss")
+                )
+            total = self._accumulated_loss.value() + loss
+            self._accumulated_loss.assign(tf.where(update, 0.0, total))
+            loss = total / steps
+        return grads, loss, update
+
+    def _before_update(self, strategy, optimizer, grads, loss, logged_mode):
         # Cross-replica (or default) context: runs once per step.
         grads = [_first_replica(strategy, g) for g in grads]
-        loss_scale = _first_replica(strategy, loss_scale)
         loss = _first_replica(strategy, loss)
-        step, logged = self.ring.position(self.logged_mode)
+        scale = _loss_scale(optimizer)
+        step = tf.cast(tf.convert_to_tensor(read(optimizer.iterations)), tf.int64) + self.numbers.offset.value()
+        update = True
+        if _accumulating(optimizer) is not None:
+            grads, loss, update = self._accumulated(optimizer, grads, scale, loss)
+            unscale = None
+        else:
+            unscale = scale
+        logged = self.ring.is_logged(step, logged_mode)
         sums = self._reduce.gradient_sums(grads)
         weights_before = None
         if logged is True:
@@ -101,13 +236,15 @@ class StepRecorder:
             "grad_max_abs": grad_max_abs,
             "weight_norm": weight_norm,
             "weights_before": weights_before,
-            "loss_scale": loss_scale,
+            "scale": scale,
+            "unscale": unscale,
+            "update": update,
             "loss": loss,
+            "loss_scaling": isinstance(optimizer, keras.optimizers.LossScaleOptimizer),
         }
         if isinstance(logged, bool):
-            # Nothing waits for the statistics: holding every variable's
-            # update until all reductions are done cost 4-8% of a step of
-            # the notebook's MLP (benchmarks/README.md).
+            # Nothing waits for the statistics (benchmarks/README.md measures
+            # what holding the update back costs).
             return []
         # The update waits for the snapshot copies, so it finds the weights'
         # buffers unshared and changes them in place instead of copying.
@@ -129,20 +266,27 @@ class StepRecorder:
                 weight_norm=state["weight_norm"],
                 update_ratio=update_ratio(update_norm, state["weight_norm"]),
             )
-        loss_scale = state["loss_scale"]
-        visible = True
-        if loss_scale is not None:
+        unscale = state["unscale"]
+        if unscale is not None:
             # The gradients were reduced as the optimizer got them (scaled);
             # unscaling the per-layer results spares a pass over each one.
-            sums = GradientSums(grad_norm=sums.grad_norm / loss_scale, nonfinite=sums.nonfinite)
+            sums = GradientSums(grad_norm=sums.grad_norm / unscale, nonfinite=sums.nonfinite)
             if details is not None:
-                details = details._replace(grad_max_abs=details.grad_max_abs / loss_scale)
-            # Keras skips a step whose scaled gradient overflowed; only when
-            # the scale cannot explain the overflow is it the model's.
-            visible = tf.logical_or(
-                tf.equal(tf.reduce_sum(sums.nonfinite), 0.0), loss_scale <= GENUINE_OVERFLOW_MAX_SCALE
-            )
+                details = details._replace(grad_max_abs=details.grad_max_abs / unscale)
+        visible = state["update"]
+        genuine_overflow = None
+        if state["loss_scaling"]:
+            # Keras skips a step whose scaled gradient overflowed: no step
+            # unless the scale cannot explain the overflow (then it is the
+            # model's own, recorded, and not applied).
+            overflow = tf.reduce_sum(sums.nonfinite) > 0.0
+            genuine_overflow = tf.logical_and(overflow, state["scale"] <= GENUINE_OVERFLOW_MAX_SCALE)
+            applied = tf.logical_not(overflow)
+            visible = tf.logical_or(genuine_overflow, applied if visible is True else tf.logical_and(applied, visible))
         self.ring.record(state["step"], logged, sums, details, visible, state["loss"])
+        if genuine_overflow is not None:
+            # The update count did not move: the next step must not reuse this number.
+            self.numbers.offset.assign_add(tf.cast(genuine_overflow, tf.int64))
         if flush:
             self.ring.flush_if_full_in_graph()
 
@@ -153,6 +297,7 @@ class StepRecorder:
         grads: Sequence,
         trainable_variables: Sequence | None,
         loss=None,
+        logged_mode: bool | None = None,
         flush_when_full: bool = False,
     ):
         """Runs `apply_fn(grads, trainable_variables)` and records the step.
@@ -160,12 +305,15 @@ class StepRecorder:
         Call it where the optimizer's `apply` runs: in a replica context under
         a distribution strategy. Variables outside the recorded layers are
         applied but not recorded; recorded variables without a gradient count
-        as a zero gradient. The ring needs its start step (`start_at`).
+        as a zero gradient.
 
         Args:
           loss: the loss the gradients came from, before any loss scaling (a
             replica's share under a distribution strategy, as its gradients
             are), or None.
+          logged_mode: whether the steps traced are logged steps: None decides
+            per step in the graph; True or False (a host that picks a train
+            function per step) leaves the other case out of the graph.
           flush_when_full: also write the buffer from the graph when it is
             full (for custom loops, which have no host hook; ignored inside
             XLA, where summary ops cannot run).
@@ -174,8 +322,10 @@ class StepRecorder:
         variables = (
             list(trainable_variables) if trainable_variables is not None else list(optimizer._trainable_variables)
         )
+        ensure_built(optimizer, variables)
         by_key = {variable_key(v): g for g, v in zip(grads, variables)}
         tracked = [by_key.get(variable_key(v)) for v in self._variables]
+        self.applies_nonfinite = not isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         context = tf.distribute.get_replica_context()
         if context is None:
             # Cross-replica context (a custom loop outside strategy.run).
@@ -194,7 +344,10 @@ class StepRecorder:
                 reduced = iter(context.all_reduce(tf.distribute.ReduceOp.SUM, present) if present else ())
                 tracked = [None if g is None else next(reduced) for g in tracked]
                 loss = None if loss is None else next(reduced)
-            done_before = merge(self._before_update, (tracked, loss_scale_of(optimizer), loss))
+            done_before = merge(
+                lambda strategy, tracked, loss: self._before_update(strategy, optimizer, tracked, loss, logged_mode),
+                (tracked, loss),
+            )
         # Empty unless the logged-step decision is in the graph (see
         # _before_update).
         with tf.control_dependencies(tf.nest.flatten(done_before)):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 
 import tensorflow as tf
@@ -12,10 +13,47 @@ from tb_gradhealth.capture.plain_variables import create_plain
 from tb_gradhealth.capture.reductions import GradientSums, StepDetails, in_xla_context
 
 STATS = metadata.BUILTIN_STATS
+# Logged steps kept in the graph between two writes by the host. At
+# update_freq=1 the host writes every this many steps; 128 rows of 100 layers
+# take 300 KiB.
+DEFAULT_BUFFER_STEPS = 128
 # Computed at every step; the others only at logged steps.
 PER_STEP_COLUMNS = tuple(STATS.index(stat) for stat in (metadata.GRAD_NORM, metadata.GRAD_NORM_MAX, metadata.NONFINITE))
 # Index of the loss among the tags written (after the per-layer statistics).
 LOSS_OUTPUT = len(STATS)
+
+
+def check_steps(name: str, value) -> int:
+    """Returns `value` if it is a positive number of steps (`update_freq`, `buffer_steps`).
+
+    Raises:
+      ValueError: not a positive integer (a bool is not one).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("%s must be a positive number of steps, got %r" % (name, value))
+    return value
+
+
+class DroppedSteps:
+    """Counts the logged steps a writer's buffers dropped because they were full, and warns of new ones."""
+
+    def __init__(self, owner: str):
+        self.owner = owner
+        self._by_buffer: dict[int, int] = {}
+        self._reported = 0
+
+    def update(self, ring, dropped_so_far: int) -> None:
+        """Notes what `ring.flush` returned."""
+        self._by_buffer[id(ring)] = dropped_so_far
+
+    def warn_if_more(self) -> None:
+        total = sum(self._by_buffer.values())
+        if total > self._reported:
+            warnings.warn(
+                "%s dropped %d logged steps: its buffer was full" % (self.owner, total - self._reported),
+                stacklevel=3,
+            )
+            self._reported = total
 
 
 def _max_keeping_nan(running: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
@@ -51,9 +89,9 @@ class StatsRing:
     custom loops) writes the stored rows through TensorFlow's C++ summary
     writer and empties the buffer.
 
-    Steps are numbered by the ring, one per recorded training step, from the
-    number given to `start_at` (the optimizer's `iterations` when recording
-    begins).
+    The caller numbers the steps (see recorder). With `watch_nonfinite`,
+    the buffer also keeps the number and per-layer non-finite counts of the
+    first recorded step with a non-finite gradient, for the host to read.
     """
 
     def __init__(
@@ -64,20 +102,23 @@ class StatsRing:
         *,
         kinds: Sequence[str] | None = None,
         params: Sequence[int] | None = None,
+        layer_set: str | None = None,
+        watch_nonfinite: bool = False,
     ):
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError("buffer_steps must be a positive number of logged steps, got %r" % (capacity,))
-        if isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq < 1:
-            raise ValueError("update_freq must be a positive number of steps, got %r" % (update_freq,))
+        check_steps("buffer_steps", capacity)
+        check_steps("update_freq", update_freq)
         self.layer_names = tuple(layer_names)
         self.capacity = capacity
         self.update_freq = update_freq
         n_layers = len(self.layer_names)
         self._serialized_metadata = [
-            metadata.create_summary_metadata(stat, self.layer_names, kinds=kinds, params=params).SerializeToString()
+            metadata.create_summary_metadata(
+                stat, self.layer_names, kinds=kinds, params=params, layer_set=layer_set
+            ).SerializeToString()
             for stat in STATS
         ]
-        self._tags = [metadata.tag_for_stat(stat) for stat in STATS]
+        self._tags = [metadata.tag_for_stat(stat, layer_set) for stat in STATS]
+        self.watch_nonfinite = watch_nonfinite
         # The run-level loss goes last: column LOSS_OUTPUT of what is written.
         self._serialized_metadata.append(
             metadata.create_summary_metadata(
@@ -98,7 +139,8 @@ class StatsRing:
                 "row_steps": variable(tf.fill([slots], tf.constant(-1, tf.int64)), "row_steps"),
                 "row_loss": variable(tf.zeros([slots]), "row_loss"),
                 "count": variable(tf.constant(0, tf.int64), "count"),
-                "step": variable(tf.constant(-1, tf.int64), "step"),
+                "first_nonfinite_step": variable(tf.constant(-1, tf.int64), "first_nonfinite_step"),
+                "first_nonfinite": variable(tf.zeros([n_layers]), "first_nonfinite"),
                 "acc_max": variable(tf.zeros([n_layers]), "grad_norm_max"),
                 "acc_nonfinite": variable(tf.zeros([n_layers]), "nonfinite"),
                 "pending_step": variable(tf.constant(-1, tf.int64), "pending_step"),
@@ -113,7 +155,8 @@ class StatsRing:
         self._row_steps = created["row_steps"]
         self._row_loss = created["row_loss"]
         self._count = created["count"]
-        self._step = created["step"]
+        self._first_nonfinite_step = created["first_nonfinite_step"]
+        self._first_nonfinite = created["first_nonfinite"]
         self._acc_max = created["acc_max"]
         self._acc_nonfinite = created["acc_nonfinite"]
         self._pending_step = created["pending_step"]
@@ -124,29 +167,30 @@ class StatsRing:
         self._writer = None
         self._flush_fns: dict = {}
 
-    def start_at(self, step: int) -> None:
-        """Sets the first step number if no step was recorded yet (host code)."""
-        if int(self._step.numpy()) < 0:
-            self._step.assign(int(step))
+    def first_nonfinite(self) -> tuple[int, list[int]] | None:
+        """Host code: (step, rows with non-finite elements) of the first recorded non-finite step, or None.
 
-    def next_step(self) -> int:
-        """The number the next recorded step gets (-1 before `start_at`)."""
-        return int(self._step.numpy())
+        Reads one scalar from the device while there was none.
+        """
+        step = int(self._first_nonfinite_step.numpy())
+        if step < 0:
+            return None
+        counts = self._first_nonfinite.numpy()
+        return step, [row for row, count in enumerate(counts) if count > 0]
 
-    def position(self, logged=None):
-        """Graph code: (this step's number, whether it is a logged step).
+    def is_logged(self, step, logged=None):
+        """Graph code: whether step number `step` is a logged step.
 
         Args:
           logged: Python True or False when the caller knows (the host picks
-            a train function per step, or every step is logged); None to
-            decide in the graph from the step number.
+            a train function per step); None to decide from the step number
+            (in the graph unless every step is logged).
         """
-        step = self._step.value()
         if logged is not None:
-            return step, bool(logged)
+            return bool(logged)
         if self.update_freq == 1:
-            return step, True
-        return step, tf.equal(step % self.update_freq, 0)
+            return True
+        return tf.equal(step % self.update_freq, 0)
 
     def record(self, step, logged, sums: GradientSums, details: StepDetails, visible, loss=None) -> None:
         """Graph code: folds one training step into the buffer, with no host round trip.
@@ -157,7 +201,8 @@ class StatsRing:
         get only the ops they need.
 
         Args:
-          step, logged: from `position()`.
+          step: the step's number (int64 scalar).
+          logged: from `is_logged()`.
           sums, details: the step's statistics (`details` are only read on
             logged steps; None when `logged` is False).
           visible: Python True, or a bool scalar that is False for a step
@@ -174,7 +219,16 @@ class StatsRing:
             self._record_logged(step, sums, details, loss)
         else:
             self._record_either(step, logged, sums, details, visible, loss)
-        self._step.assign_add(1)
+        if self.watch_nonfinite:
+            self._watch(step, sums, visible)
+
+    def _watch(self, step, sums: GradientSums, visible) -> None:
+        nonfinite = tf.reduce_any(sums.nonfinite > 0)
+        first = tf.logical_and(nonfinite, self._first_nonfinite_step.value() < 0)
+        if visible is not True:
+            first = tf.logical_and(first, visible)
+        self._first_nonfinite_step.assign(tf.where(first, step, self._first_nonfinite_step.value()))
+        self._first_nonfinite.assign(tf.where(first, sums.nonfinite, self._first_nonfinite.value()))
 
     def _write_row(self, step, grad_norm_max, nonfinite, details: StepDetails, slot, loss, grad_norm=None) -> None:
         columns = {
@@ -233,10 +287,13 @@ class StatsRing:
         self._pending_norm.assign(tf.where(pending, sums.grad_norm, self._pending_norm.value()))
 
     def attach_writer(self, writer) -> None:
-        """Sends later flushes to `writer`; its file gets the metadata again on each tag's first value."""
+        """Sends later flushes to `writer`; its file gets the metadata again on each tag's first value.
+
+        Host code, also callable while a step is traced.
+        """
         self._writer = writer
         self._flush_fns = {}
-        self._metadata_written.assign(tf.zeros([len(self._tags)], tf.bool))
+        create_plain(lambda: self._metadata_written.assign(tf.zeros([len(self._tags)], tf.bool)))
 
     def _outputs(self, row: tf.Tensor, loss: tf.Tensor, columns) -> list:
         """(output index, value) of what is written for one step: per-layer `columns` of `row`, then the loss."""
@@ -332,20 +389,24 @@ class StatsRing:
             self._last_written_step.assign(written_through)
             self._dropped.assign_add(count - stored)
             self._count.assign(0)
-        return self._step.read_value(), self._dropped.read_value()
+        return self._dropped.read_value()
 
-    def flush(self, include_pending: bool = False) -> tuple[int, int]:
+    def flush(self, include_pending: bool = False) -> int:
         """Writes the stored rows (and, with `include_pending`, the last unlogged step). Host code.
 
         Returns:
-          (the next step number; logged steps dropped so far because the
-          buffer was full).
+          The number of logged steps dropped so far because the buffer was full.
         """
-        step, dropped = self.flush_in_graph(include_pending)
-        return int(step), int(dropped)
+        return int(self.flush_in_graph(include_pending))
+
+    def write_out(self) -> int:
+        """Host code: writes everything held, the last step included, and pushes it to disk; returns `flush`'s count."""
+        dropped = self.flush(include_pending=True)
+        self._writer.flush()
+        return dropped
 
     def flush_in_graph(self, include_pending: bool = False):
-        """Like `flush`, also usable inside a traced (not XLA) function; returns tensors."""
+        """Like `flush`, also usable inside a traced (not XLA) function; returns a tensor."""
         if self._writer is None:
             raise RuntimeError("StatsRing.flush needs a writer: call attach_writer first")
         # Traced again once a step hands over its loss.
@@ -363,6 +424,6 @@ class StatsRing:
         """Graph code: flushes when the buffer is full (not inside XLA)."""
         tf.cond(
             self._count.read_value() >= self.capacity,
-            lambda: self.flush_in_graph(False)[0],
-            lambda: tf.constant(0, tf.int64),
+            lambda: self.flush_in_graph(False),
+            lambda: self._dropped.read_value(),
         )
