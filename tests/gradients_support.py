@@ -224,7 +224,7 @@ def _mirrored_strategy() -> tf.distribute.MirroredStrategy:
 
 
 def _mirrored_custom_loop(out: pathlib.Path) -> dict:
-    from tb_gradhealth import GradientHealthWriter
+    from tb_gradhealth import GradientHealthRecorder
 
     strategy = _mirrored_strategy()
     with strategy.scope():
@@ -232,7 +232,7 @@ def _mirrored_custom_loop(out: pathlib.Path) -> dict:
         optimizer = keras.optimizers.SGD(LEARNING_RATE)
     logdir = out / "mirrored_custom_loop"
     x, y = make_data()
-    with GradientHealthWriter(str(logdir / TRAIN_RUN), model) as writer:
+    with GradientHealthRecorder(str(logdir / TRAIN_RUN), model) as writer:
         weights = train_custom_loop(writer, model, optimizer, x, y, STEPS_PER_EPOCH, strategy=strategy)
     np.savez(out / "mirrored_custom_loop.npz", **weights)
     return {

@@ -1,4 +1,4 @@
-"""GradientHealthWriter in tf.GradientTape loops (eager, tf.function, XLA) against numpy references."""
+"""GradientHealthRecorder in tf.GradientTape loops (eager, tf.function, XLA) against numpy references."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 import test_capture_support as support
 
-from tb_gradhealth import GradientHealthWriter, metadata
+from tb_gradhealth import GradientHealthRecorder, metadata
 
 N_STEPS = 7
 
@@ -18,12 +18,12 @@ def _batches():
     return [(x[i : i + support.BATCH], y[i : i + support.BATCH]) for i in range(0, len(x), support.BATCH)]
 
 
-def _train(logdir, wrap=lambda fn: fn, after_step=None, **writer_args):
+def _train(logdir, wrap=lambda fn: fn, after_step=None, **recorder_args):
     """Trains the support MLP with plain SGD; returns (model, weight snapshots before each step and at the end)."""
     model = support.make_mlp()
     optimizer = keras.optimizers.SGD(support.LEARNING_RATE)
     loss_fn = keras.losses.MeanSquaredError()
-    writer = GradientHealthWriter(logdir, model, **writer_args)
+    writer = GradientHealthRecorder(logdir, model, **recorder_args)
 
     def train_step(x, y):
         with tf.GradientTape() as tape:
@@ -72,7 +72,7 @@ def test_tf_function_loop_flushes_a_full_buffer_from_the_graph(tmp_path):
 
 @pytest.mark.slow
 def test_xla_step_needs_host_flushes(tmp_path):
-    with pytest.warns(UserWarning, match="call writer.flush"):
+    with pytest.warns(UserWarning, match="call its flush"):
         model, snapshots = _train(
             str(tmp_path),
             wrap=lambda fn: tf.function(fn, jit_compile=True),
@@ -95,7 +95,7 @@ def test_xla_step_without_flushes_warns_about_dropped_rows(tmp_path):
 def test_explicit_layer_groups(tmp_path):
     model = support.make_mlp()
     variables = model.trainable_variables
-    writer = GradientHealthWriter(str(tmp_path), layers=[("all", variables)])
+    writer = GradientHealthRecorder(str(tmp_path), layers=[("all", variables)])
     optimizer = keras.optimizers.SGD(support.LEARNING_RATE)
     x, y = _batches()[0]
     with tf.GradientTape() as tape:
@@ -113,6 +113,12 @@ def test_explicit_layer_groups(tmp_path):
 
 def test_constructor_needs_exactly_one_of_model_and_layers(tmp_path):
     with pytest.raises(ValueError):
-        GradientHealthWriter(str(tmp_path))
+        GradientHealthRecorder(str(tmp_path))
     with pytest.raises(ValueError):
-        GradientHealthWriter(str(tmp_path), support.make_mlp(), layers=[("a", [])])
+        GradientHealthRecorder(str(tmp_path), support.make_mlp(), layers=[("a", [])])
+
+
+def test_the_first_name_still_works():
+    from tb_gradhealth import GradientHealthWriter
+
+    assert GradientHealthWriter is GradientHealthRecorder

@@ -13,7 +13,7 @@ import tensorflow as tf
 import test_capture_support as support
 from tensorboard.backend.event_processing import event_file_loader
 
-from tb_gradhealth import GradientHealthCallback, GradientHealthWriter, metadata
+from tb_gradhealth import GradientHealthCallback, GradientHealthRecorder, metadata
 
 N_SAMPLES = 48  # 6 steps per epoch at batch 8
 LR = support.LEARNING_RATE
@@ -388,7 +388,7 @@ def test_custom_loop_keeps_the_first_nonfinite_step_for_the_loop(tmp_path):
     x, y = support.make_data(6 * support.BATCH)
     x[2 * support.BATCH, 0] = np.nan
     stopped_after = None
-    with GradientHealthWriter(str(tmp_path), model, stop_on_nonfinite=True) as writer:
+    with GradientHealthRecorder(str(tmp_path), model, stop_on_nonfinite=True) as writer:
 
         @tf.function
         def step(xb, yb):

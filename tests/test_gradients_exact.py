@@ -1,4 +1,4 @@
-"""GradientHealthWriter at update_freq > 1 and at a NaN step, against a numpy reference from the weights around each step.
+"""GradientHealthRecorder at update_freq > 1 and at a NaN step, against a numpy reference from the weights around each step.
 
 Every-step exactness of the custom loop (eager, tf.function, XLA) is in
 test_capture_custom_loop.py; this module adds what it does not check: the
@@ -12,7 +12,7 @@ import keras
 import numpy as np
 import pytest
 
-from tb_gradhealth import GradientHealthWriter, metadata
+from tb_gradhealth import GradientHealthRecorder, metadata
 
 RUN = "custom_loop"
 N_STEPS = support.STEPS_PER_EPOCH
@@ -30,7 +30,7 @@ def _train(logdir, update_freq: int, compile_step: bool, x=None, y=None, n_steps
     optimizer = keras.optimizers.SGD(support.LEARNING_RATE)
     if x is None:
         x, y = support.make_data()
-    with GradientHealthWriter(str(logdir / RUN), model, update_freq=update_freq) as writer:
+    with GradientHealthRecorder(str(logdir / RUN), model, update_freq=update_freq) as writer:
         weights = support.train_custom_loop(writer, model, optimizer, x, y, n_steps, compile_step=compile_step)
         assert writer.layer_names == support.LAYERS
     return support.expected_stats(weights, support.LAYERS)

@@ -1,4 +1,4 @@
-"""Gradient health for custom training loops: apply the gradients through a writer that records them."""
+"""Gradient health for custom training loops: apply the gradients through a recorder that records each step."""
 
 from __future__ import annotations
 
@@ -10,27 +10,27 @@ from collections.abc import Iterable, Sequence
 import tensorflow as tf
 
 from tb_gradhealth.capture import run_dirs
+from tb_gradhealth.capture.event_file import open_event_file
 from tb_gradhealth.capture.layers import group_by_layer, groups_from_pairs, in_forward_order, variable_key
-from tb_gradhealth.capture.recorder import NonFiniteStep, StepNumbers, StepRecorder, read_iterations
+from tb_gradhealth.capture.recorder import LayerSetRecorder, NonFiniteStep, StepNumbers, read_iterations
 from tb_gradhealth.capture.reductions import in_xla_context
-from tb_gradhealth.capture.ring import DEFAULT_BUFFER_STEPS, DroppedSteps, check_steps
-from tb_gradhealth.capture.writer import open_summary_writer
+from tb_gradhealth.capture.step_buffer import DEFAULT_BUFFER_STEPS, DroppedSteps, check_steps
 from tb_gradhealth.layer_sets import LayerSetTags
 
 
-class GradientHealthWriter:
+class GradientHealthRecorder:
     """Records per-layer gradient health in a `tf.GradientTape` training loop.
 
     Replace `optimizer.apply_gradients(zip(grads, variables))` with
-    `writer.apply_gradients(optimizer, grads, variables, loss=loss)`: it
+    `recorder.apply_gradients(optimizer, grads, variables, loss=loss)`: it
     applies the update and records the statistics of that exact step, and
     its loss, eagerly or inside a `tf.function` (also under a distribution
     strategy's `run`)::
 
-        writer = GradientHealthWriter("logs/run1", model)
+        recorder = GradientHealthRecorder("logs/run1", model)
         for x, y in dataset:
-            train_step(x, y)        # calls writer.apply_gradients(...)
-        writer.close()
+            train_step(x, y)        # calls recorder.apply_gradients(...)
+        recorder.close()
 
     A step is one optimizer update, numbered like `optimizer.iterations`.
     The rows are the model's layers that own the variables given to
@@ -40,7 +40,7 @@ class GradientHealthWriter:
 
     Rows are buffered in the graph and written when the buffer fills; inside
     an XLA-compiled step (`jit_compile=True`) summaries cannot be written, so
-    call `writer.flush()` at least every `buffer_steps` logged steps (e.g.
+    call `recorder.flush()` at least every `buffer_steps` logged steps (e.g.
     after each epoch). `close()` writes the rest, including the last step when
     it was not a logged one.
 
@@ -74,14 +74,14 @@ class GradientHealthWriter:
         self._groups = groups_from_pairs(layers) if layers is not None else None
         self.logdir = os.fspath(logdir)
         strategy = getattr(model, "distribute_strategy", None) if model is not None else None
-        self._writer = open_summary_writer(self.logdir, strategy, type(self).__name__)
+        self._writer = open_event_file(self.logdir, strategy, type(self).__name__)
         self._layer_sets = LayerSetTags(self.logdir)
         self._numbers = StepNumbers()
         self._started = False
         self._optimizer = None
         # One per set of variables given to apply_gradients, by that set.
         self._recorders: dict = {}
-        self._recorder: StepRecorder | None = None
+        self._recorder: LayerSetRecorder | None = None
         self._lock = threading.Lock()
         self._warned_xla = False
         self._dropped = DroppedSteps(type(self).__name__)
@@ -105,9 +105,9 @@ class GradientHealthWriter:
         when it is set.
         """
         if not self.stop_on_nonfinite:
-            raise RuntimeError("GradientHealthWriter keeps the first non-finite step with stop_on_nonfinite=True")
+            raise RuntimeError("%s keeps the first non-finite step with stop_on_nonfinite=True" % type(self).__name__)
         if self._nonfinite is None and self._recorder is not None:
-            found = self._recorder.ring.first_nonfinite()
+            found = self._recorder.buffer.first_nonfinite()
             if found is not None:
                 step, rows = found
                 self._nonfinite = NonFiniteStep(
@@ -117,7 +117,7 @@ class GradientHealthWriter:
                 )
         return self._nonfinite
 
-    def _recorder_for(self, optimizer, variables: Sequence) -> StepRecorder:
+    def _recorder_for(self, optimizer, variables: Sequence) -> LayerSetRecorder:
         # Explicit rows are one set whatever the variables given.
         key = frozenset(variable_key(v) for v in variables) if self._groups is None else None
         with self._lock:
@@ -141,7 +141,7 @@ class GradientHealthWriter:
                 self._started = True
                 self._numbers.start(read_iterations(optimizer), run_dirs.next_free_step(self.logdir))
             names = [group.name for group in groups]
-            recorder = StepRecorder(
+            recorder = LayerSetRecorder(
                 groups,
                 self.buffer_steps,
                 self.update_freq,
@@ -149,8 +149,8 @@ class GradientHealthWriter:
                 layer_set=self._layer_sets.layer_set(names),
                 watch_nonfinite=self.stop_on_nonfinite,
             )
-            recorder.ring.attach_writer(self._writer)
-            run_dirs.register(self.logdir, recorder.ring)
+            recorder.buffer.attach_writer(self._writer)
+            run_dirs.register(self.logdir, recorder.buffer)
             self._recorders[key] = self._recorder = recorder
             return recorder
 
@@ -169,14 +169,14 @@ class GradientHealthWriter:
             `loss`. None records no loss.
         """
         if self._writer is None:
-            raise RuntimeError("GradientHealthWriter is closed")
+            raise RuntimeError("%s is closed" % type(self).__name__)
         grads = list(grads)
         variables = list(variables)
         if in_xla_context() and not self._warned_xla:
             self._warned_xla = True
             warnings.warn(
-                "GradientHealthWriter inside jit_compile: call writer.flush() at least every "
-                "%d logged steps, or rows are dropped" % self.buffer_steps,
+                "%s inside jit_compile: call its flush() at least every %d logged steps, or rows are dropped"
+                % (type(self).__name__, self.buffer_steps),
                 stacklevel=2,
             )
         self._optimizer = optimizer
@@ -186,7 +186,7 @@ class GradientHealthWriter:
     def flush(self) -> None:
         """Writes the buffered rows to disk (call from Python, not inside a tf.function)."""
         for recorder in list(self._recorders.values()):
-            self._dropped.update(recorder.ring, recorder.ring.flush())
+            self._dropped.update(recorder.buffer, recorder.buffer.flush())
         self._writer.flush()
         self._dropped.warn_if_more()
 
@@ -196,8 +196,8 @@ class GradientHealthWriter:
             return
         try:
             for recorder in list(self._recorders.values()):
-                self._dropped.update(recorder.ring, recorder.ring.flush(include_pending=True))
-                run_dirs.unregister(self.logdir, recorder.ring)
+                self._dropped.update(recorder.buffer, recorder.buffer.flush(include_pending=True))
+                run_dirs.unregister(self.logdir, recorder.buffer)
             self._writer.flush()
             if self._optimizer is not None:
                 run_dirs.note_next_free_step(self.logdir, self._numbers.next_step(self._optimizer))
@@ -206,8 +206,12 @@ class GradientHealthWriter:
             self._writer = None
         self._dropped.warn_if_more()
 
-    def __enter__(self) -> GradientHealthWriter:
+    def __enter__(self) -> GradientHealthRecorder:
         return self
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+# The name this class had first; it keeps working.
+GradientHealthWriter = GradientHealthRecorder

@@ -10,11 +10,11 @@ import tensorflow as tf
 from keras.src.utils import io_utils  # how Keras's own callbacks print (TerminateOnNaN)
 
 from tb_gradhealth.capture import run_dirs
+from tb_gradhealth.capture.event_file import open_event_file
 from tb_gradhealth.capture.keras_hooks import ModelHooks
 from tb_gradhealth.capture.layers import group_by_layer, in_forward_order, variable_key
-from tb_gradhealth.capture.recorder import NonFiniteStep, StepNumbers, StepRecorder, read_iterations
-from tb_gradhealth.capture.ring import DEFAULT_BUFFER_STEPS, DroppedSteps, check_steps
-from tb_gradhealth.capture.writer import open_summary_writer
+from tb_gradhealth.capture.recorder import LayerSetRecorder, NonFiniteStep, StepNumbers, read_iterations
+from tb_gradhealth.capture.step_buffer import DEFAULT_BUFFER_STEPS, DroppedSteps, check_steps
 from tb_gradhealth.layer_sets import LayerSetTags
 
 # Same subdirectory as keras.callbacks.TensorBoard, so both share a log_dir.
@@ -86,7 +86,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
         self._numbers = StepNumbers()
         # One per set of trainable variables recorded, by that set.
         self._recorders: dict = {}
-        self._recorder: StepRecorder | None = None  # the set recorded last
+        self._recorder: LayerSetRecorder | None = None  # the set recorded last
         self._recorders_lock = threading.Lock()
         self._dropped = DroppedSteps(type(self).__name__)
         # Host-side mirror of the step numbers (exact when every batch is a
@@ -147,7 +147,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
             # fails here, before any step, leaving the model as it was. One
             # file per callback, kept open across fit calls so the traced
             # flush is reused; each fit ends with its data on disk.
-            self._writer = open_summary_writer(self.run_dir, model.distribute_strategy, type(self).__name__)
+            self._writer = open_event_file(self.run_dir, model.distribute_strategy, type(self).__name__)
         self._recorded_model = model
         ModelHooks.of(model).begin(self)
         # What a fit that raised left in a buffer of this run directory is
@@ -181,7 +181,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if not self.stop_on_nonfinite or self._recorder is None or self.nonfinite is not None:
             return
-        found = self._recorder.ring.first_nonfinite()
+        found = self._recorder.buffer.first_nonfinite()
         if found is not None:
             step, rows = found
             self.nonfinite = NonFiniteStep(
@@ -219,7 +219,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
         recorder = self._recorder_for_trace()
         return recorder.apply(optimizer, apply_fn, grads, trainable_variables, loss=loss, logged_mode=mode)
 
-    def _recorder_for_trace(self) -> StepRecorder:
+    def _recorder_for_trace(self) -> LayerSetRecorder:
         """The recorder of the model's trainable layers now (the model is built once its step is traced)."""
         groups = group_by_layer(self.model)
         key = frozenset(variable_key(v) for group in groups for v in group.variables)
@@ -229,7 +229,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
                 graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
                 groups = in_forward_order(groups, graph)
                 names = [group.name for group in groups]
-                recorder = StepRecorder(
+                recorder = LayerSetRecorder(
                     groups,
                     max(self.buffer_steps, self._rows_per_execution()),
                     self.update_freq,
@@ -237,8 +237,8 @@ class GradientHealthCallback(keras.callbacks.Callback):
                     layer_set=self._layer_sets.layer_set(names),
                     watch_nonfinite=self.stop_on_nonfinite,
                 )
-                recorder.ring.attach_writer(self._writer)
-                run_dirs.register(self.run_dir, recorder.ring)
+                recorder.buffer.attach_writer(self._writer)
+                run_dirs.register(self.run_dir, recorder.buffer)
                 self._recorders[key] = recorder
             self._recorder = recorder
         return recorder
@@ -247,5 +247,5 @@ class GradientHealthCallback(keras.callbacks.Callback):
 
     def _flush(self, include_pending: bool = False) -> None:
         for recorder in list(self._recorders.values()):
-            self._dropped.update(recorder.ring, recorder.ring.flush(include_pending))
+            self._dropped.update(recorder.buffer, recorder.buffer.flush(include_pending))
         self._rows_buffered = 0

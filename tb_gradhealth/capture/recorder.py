@@ -1,4 +1,4 @@
-"""Records one training step: statistics around the optimizer's update, folded into the ring without a host round trip."""
+"""Records one training step: statistics around the optimizer's update, folded into its step buffer without a host round trip."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import keras
 import tensorflow as tf
 
 from tb_gradhealth.capture.layers import LayerGroup, variable_key
-from tb_gradhealth.capture.plain_variables import create_plain
+from tb_gradhealth.capture.plain_context import run_plain
 from tb_gradhealth.capture.reductions import (
     GradientSums,
     LayerReducer,
@@ -20,7 +20,7 @@ from tb_gradhealth.capture.reductions import (
     read,
     update_ratio,
 )
-from tb_gradhealth.capture.ring import StatsRing
+from tb_gradhealth.capture.step_buffer import StepBuffer
 
 # A LossScaleOptimizer step that overflows while the loss scale is at most
 # this counts as non-finite: the scale no longer magnifies the gradient, so
@@ -74,7 +74,7 @@ class StepNumbers:
     """
 
     def __init__(self):
-        self.offset = create_plain(lambda: tf.Variable(tf.constant(0, tf.int64), trainable=False, name="step_offset"))
+        self.offset = run_plain(lambda: tf.Variable(tf.constant(0, tf.int64), trainable=False, name="step_offset"))
 
     def start(self, iterations: int, next_free: int) -> int:
         """Host code (also while a step is traced): makes the next step `max(iterations + offset, next_free)`.
@@ -88,16 +88,16 @@ class StepNumbers:
             self.offset.assign(offset)
             return iterations + offset
 
-        return create_plain(start)
+        return run_plain(start)
 
     def next_step(self, optimizer) -> int:
         """Host code: the number the optimizer's next update gets (one device read)."""
-        return read_iterations(optimizer) + create_plain(lambda: int(self.offset.numpy()))
+        return read_iterations(optimizer) + run_plain(lambda: int(self.offset.numpy()))
 
 
 def read_iterations(optimizer) -> int:
     """Host code: `optimizer.iterations` as a Python int, whatever the caller's tracing or strategy context."""
-    return create_plain(lambda: int(tf.convert_to_tensor(read(optimizer.iterations)).numpy()))
+    return run_plain(lambda: int(tf.convert_to_tensor(read(optimizer.iterations)).numpy()))
 
 
 def ensure_built(optimizer, variables: Sequence) -> None:
@@ -122,12 +122,12 @@ def _accumulating(optimizer):
     return inner if getattr(inner, "gradient_accumulation_steps", None) else None
 
 
-class StepRecorder:
-    """Per-layer statistics of every optimizer step of one set of layers, kept in a `StatsRing`.
+class LayerSetRecorder:
+    """Per-layer statistics of every optimizer step of one set of layers, kept in a `StepBuffer`.
 
     Args:
       groups: the rows, in order.
-      capacity: logged steps the ring holds.
+      capacity: logged steps the buffer holds.
       update_freq: log every this many steps.
       numbers: the writer's step numbering (shared by all its sets of layers).
       layer_set: the tags' layer-set suffix (None for the plain tags).
@@ -147,7 +147,7 @@ class StepRecorder:
     ):
         self.groups = tuple(groups)
         kinds = [group.kind for group in self.groups]
-        self.ring = StatsRing(
+        self.buffer = StepBuffer(
             [group.name for group in self.groups],
             capacity,
             update_freq,
@@ -171,7 +171,7 @@ class StepRecorder:
 
     @property
     def layer_names(self) -> tuple[str, ...]:
-        return self.ring.layer_names
+        return self.buffer.layer_names
 
     def _accumulated(self, optimizer, grads, scale, loss):
         """Under gradient accumulation: the gradient the optimizer applies at this micro-batch, and whether it does.
@@ -192,7 +192,7 @@ class StepRecorder:
         ]
         if loss is not None:
             if self._accumulated_loss is None:
-                self._accumulated_loss = create_plain(
+                self._accumulated_loss = run_plain(
                     lambda: tf.Variable(0.0, trainable=False, name="gradient_health_accumulated_loss")
                 )
             total = self._accumulated_loss.value() + loss
@@ -212,7 +212,7 @@ class StepRecorder:
             unscale = None
         else:
             unscale = scale
-        logged = self.ring.is_logged(step, logged_mode)
+        logged = self.buffer.is_logged(step, logged_mode)
         sums = self._reduce.gradient_sums(grads)
         weights_before = None
         if logged is True:
@@ -243,8 +243,8 @@ class StepRecorder:
             "loss_scaling": isinstance(optimizer, keras.optimizers.LossScaleOptimizer),
         }
         if isinstance(logged, bool):
-            # Nothing waits for the statistics (benchmarks/README.md measures
-            # what holding the update back costs).
+            # Nothing waits for the statistics: the update runs as soon as the
+            # optimizer has what it needs.
             return []
         # The update waits for the snapshot copies, so it finds the weights'
         # buffers unshared and changes them in place instead of copying.
@@ -283,12 +283,12 @@ class StepRecorder:
             genuine_overflow = tf.logical_and(overflow, state["scale"] <= GENUINE_OVERFLOW_MAX_SCALE)
             applied = tf.logical_not(overflow)
             visible = tf.logical_or(genuine_overflow, applied if visible is True else tf.logical_and(applied, visible))
-        self.ring.record(state["step"], logged, sums, details, visible, state["loss"])
+        self.buffer.record(state["step"], logged, sums, details, visible, state["loss"])
         if genuine_overflow is not None:
             # The update count did not move: the next step must not reuse this number.
             self.numbers.offset.assign_add(tf.cast(genuine_overflow, tf.int64))
         if flush:
-            self.ring.flush_if_full_in_graph()
+            self.buffer.flush_if_full_in_graph()
 
     def apply(
         self,

@@ -9,7 +9,7 @@ import weakref
 _lock = threading.Lock()
 # {key(run_dir): the smallest step number no writer of this process has used there}
 _next_free: dict[str, int] = {}
-# {key(run_dir): buffers (rings) with a writer attached}
+# {key(run_dir): step buffers with a writer attached}
 _buffers: dict[str, weakref.WeakSet] = {}
 
 
@@ -29,19 +29,19 @@ def note_next_free_step(run_dir: str, step: int) -> None:
         _next_free[key(run_dir)] = max(_next_free.get(key(run_dir), 0), int(step))
 
 
-def register(run_dir: str, ring) -> None:
+def register(run_dir: str, buffer) -> None:
     with _lock:
-        _buffers.setdefault(key(run_dir), weakref.WeakSet()).add(ring)
+        _buffers.setdefault(key(run_dir), weakref.WeakSet()).add(buffer)
 
 
-def unregister(run_dir: str, ring) -> None:
+def unregister(run_dir: str, buffer) -> None:
     with _lock:
-        _buffers.get(key(run_dir), weakref.WeakSet()).discard(ring)
+        _buffers.get(key(run_dir), weakref.WeakSet()).discard(buffer)
 
 
 def flush_all(run_dir: str) -> None:
     """Writes what every buffer of `run_dir` holds (e.g. left by a fit that raised), last steps included."""
     with _lock:
-        rings = list(_buffers.get(key(run_dir), ()))
-    for ring in rings:
-        ring.write_out()
+        buffers = list(_buffers.get(key(run_dir), ()))
+    for buffer in buffers:
+        buffer.write_out()

@@ -1,4 +1,4 @@
-"""Ring buffer of per-step statistics kept in TensorFlow variables, and its flush into TensorBoard event files."""
+"""Buffer of the statistics of logged steps, kept in TensorFlow variables until the host writes them into event files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import tensorflow as tf
 
 from tb_gradhealth import metadata
-from tb_gradhealth.capture.plain_variables import create_plain
+from tb_gradhealth.capture.plain_context import run_plain
 from tb_gradhealth.capture.reductions import GradientSums, StepDetails, in_xla_context
 
 STATS = metadata.BUILTIN_STATS
@@ -42,9 +42,9 @@ class DroppedSteps:
         self._by_buffer: dict[int, int] = {}
         self._reported = 0
 
-    def update(self, ring, dropped_so_far: int) -> None:
-        """Notes what `ring.flush` returned."""
-        self._by_buffer[id(ring)] = dropped_so_far
+    def update(self, buffer, dropped_so_far: int) -> None:
+        """Notes what `buffer.flush` returned."""
+        self._by_buffer[id(buffer)] = dropped_so_far
 
     def warn_if_more(self) -> None:
         total = sum(self._by_buffer.values())
@@ -74,7 +74,7 @@ def _visible_only(sums: GradientSums, visible) -> GradientSums:
     )
 
 
-class StatsRing:
+class StepBuffer:
     """Holds the statistics of logged steps until the host writes them.
 
     Per step (graph code, XLA-compatible: only variable reads and writes)
@@ -150,7 +150,7 @@ class StatsRing:
                 "metadata_written": variable(tf.zeros([len(STATS) + 1], tf.bool), "metadata_written"),
             }
 
-        created = create_plain(create)
+        created = run_plain(create)
         self._rows = created["rows"]
         self._row_steps = created["row_steps"]
         self._row_loss = created["row_loss"]
@@ -195,10 +195,9 @@ class StatsRing:
     def record(self, step, logged, sums: GradientSums, details: StepDetails, visible, loss=None) -> None:
         """Graph code: folds one training step into the buffer, with no host round trip.
 
-        Each op here runs at every training step, and on a small model each
-        costs about as much as the arithmetic it does, so the cases the
-        caller knows while tracing (`logged` and `visible` as Python bools)
-        get only the ops they need.
+        Each op here runs at every training step and has a fixed cost in
+        TensorFlow's executor, so the cases the caller knows while tracing
+        (`logged` and `visible` as Python bools) get only the ops they need.
 
         Args:
           step: the step's number (int64 scalar).
@@ -293,7 +292,7 @@ class StatsRing:
         """
         self._writer = writer
         self._flush_fns = {}
-        create_plain(lambda: self._metadata_written.assign(tf.zeros([len(self._tags)], tf.bool)))
+        run_plain(lambda: self._metadata_written.assign(tf.zeros([len(self._tags)], tf.bool)))
 
     def _outputs(self, row: tf.Tensor, loss: tf.Tensor, columns) -> list:
         """(output index, value) of what is written for one step: per-layer `columns` of `row`, then the loss."""
@@ -408,13 +407,13 @@ class StatsRing:
     def flush_in_graph(self, include_pending: bool = False):
         """Like `flush`, also usable inside a traced (not XLA) function; returns a tensor."""
         if self._writer is None:
-            raise RuntimeError("StatsRing.flush needs a writer: call attach_writer first")
+            raise RuntimeError("StepBuffer.flush needs a writer: call attach_writer first")
         # Traced again once a step hands over its loss.
         key = (include_pending, self.has_loss)
         fn = self._flush_fns.get(key)
         if fn is None:
             # A partial, not a lambda: TensorFlow warns of "retracing" when
-            # functions share one code object, as every ring's flush would
+            # functions share one code object, as every buffer's flush would
             # (a sweep creating a callback per trial).
             fn = tf.function(functools.partial(self._flush, include_pending), autograph=False)
             self._flush_fns[key] = fn
