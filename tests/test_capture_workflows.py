@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 
@@ -10,13 +9,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-import test_capture_support as support
-from tensorboard.backend.event_processing import event_file_loader
+from support import events, sgd
 
 from tb_gradhealth import GradientHealthCallback, GradientHealthRecorder, metadata
 
 N_SAMPLES = 48  # 6 steps per epoch at batch 8
-LR = support.LEARNING_RATE
+LR = sgd.LEARNING_RATE
 
 
 def _fit(model, callbacks, x, y, epochs=1, compile=True, steps_per_execution=1, **optimizer_args):
@@ -24,33 +22,7 @@ def _fit(model, callbacks, x, y, epochs=1, compile=True, steps_per_execution=1, 
         model.compile(
             optimizer=keras.optimizers.SGD(LR, **optimizer_args), loss="mse", steps_per_execution=steps_per_execution
         )
-    model.fit(x, y, batch_size=support.BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=callbacks)
-
-
-class _AfterEachBatch(keras.callbacks.Callback):
-    """Keeps the trainable weights after every batch (usable when the model is built by its first step)."""
-
-    def __init__(self):
-        super().__init__()
-        self.snapshots = []
-
-    def on_train_batch_end(self, batch, logs=None):
-        self.snapshots.append([np.array(v.numpy(), np.float64) for v in self.model.trainable_variables])
-
-
-def _tags(run_dir):
-    """{tag: (content of its metadata, [steps])} of our event files in `run_dir`."""
-    tags = {}
-    for path in support.event_files(run_dir):
-        for event in event_file_loader.EventFileLoader(path).Load():
-            for value in event.summary.value:
-                if metadata.stat_for_tag(value.tag) is None:
-                    continue
-                content, steps = tags.setdefault(value.tag, [None, []])
-                if value.metadata.plugin_data.content and content is None:
-                    tags[value.tag][0] = json.loads(value.metadata.plugin_data.content)
-                steps.append(event.step)
-    return tags
+    model.fit(x, y, batch_size=sgd.BATCH, epochs=epochs, shuffle=False, verbose=0, callbacks=callbacks)
 
 
 # ------------------------------------------------------------------ lazy build
@@ -60,7 +32,7 @@ class _NotYetCalled(keras.Model):
     def __init__(self):
         super().__init__(name="not_yet_called")
         self.hidden = keras.layers.Dense(4, activation="tanh", name="hidden")
-        self.out = keras.layers.Dense(support.N_OUTPUTS, name="out")
+        self.out = keras.layers.Dense(sgd.N_OUTPUTS, name="out")
 
     def call(self, inputs):
         return self.out(self.hidden(inputs))
@@ -76,19 +48,19 @@ def test_a_model_built_by_its_first_step_is_recorded(tmp_path, kind):
     else:
         model = _NotYetCalled()
     assert not model.built
-    after = _AfterEachBatch()
-    x, y = support.make_data(N_SAMPLES)
+    after = sgd.weight_recorder(after_each_batch_only=True)
+    x, y = sgd.make_data(N_SAMPLES)
     callback = GradientHealthCallback(str(tmp_path))
     _fit(model, [callback, after], x, y)
     assert callback.layer_names == ("hidden", "out")
-    run = support.read_run(os.path.join(str(tmp_path), "train"))
+    run = events.read_run(os.path.join(str(tmp_path), "train"))
     assert run.layers == ("hidden", "out")
-    np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(N_SAMPLES // support.BATCH))
+    np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(N_SAMPLES // sgd.BATCH))
     # The weights before step 0 existed only inside that step: steps 1.. are
     # checked against the weights after each batch.
-    reference = support.reference_stats(after.snapshots, [2, 2])
+    reference = sgd.reference_stats(after.snapshots, [2, 2])
     for stat, expected in reference.items():
-        np.testing.assert_allclose(run.values[stat][1:], expected, rtol=support.REL_TOL, err_msg=stat)
+        np.testing.assert_allclose(run.values[stat][1:], expected, rtol=sgd.REL_TOL, err_msg=stat)
 
 
 # ------------------------------------------------------------ transfer learning
@@ -96,63 +68,47 @@ def test_a_model_built_by_its_first_step_is_recorded(tmp_path, kind):
 
 def _base_and_head():
     keras.utils.set_random_seed(4)
-    inputs = keras.Input((support.N_FEATURES,))
+    inputs = keras.Input((sgd.N_FEATURES,))
     base = keras.Sequential(
         [keras.layers.Dense(8, activation="tanh", name="b1"), keras.layers.Dense(5, activation="tanh", name="b2")],
         name="base",
     )
-    head = keras.layers.Dense(support.N_OUTPUTS, name="head")
+    head = keras.layers.Dense(sgd.N_OUTPUTS, name="head")
     return keras.Model(inputs, head(base(inputs))), base, head
 
 
 @pytest.mark.slow
 def test_transfer_learning_records_the_layers_trainable_at_each_fit_under_their_own_tags(tmp_path):
     model, base, head = _base_and_head()
-    x, y = support.make_data(N_SAMPLES)
+    x, y = sgd.make_data(N_SAMPLES)
     callback = GradientHealthCallback(str(tmp_path))
-    recorder = support.weight_recorder()
+    recorder = sgd.weight_recorder()
     base.trainable = False
     _fit(model, [callback, recorder], x, y)
     head_snapshots = recorder.snapshots
     # Fine-tune the base with the head frozen: recompile, same callback.
     base.trainable, head.trainable = True, False
-    recorder = support.weight_recorder()
+    recorder = sgd.weight_recorder()
     _fit(model, [callback, recorder], x, y)
     run_dir = os.path.join(str(tmp_path), "train")
-    tags = _tags(run_dir)
+    tags = events.read_tags(run_dir)
     base_set = metadata.layer_set_id(["base/b1", "base/b2"])
     assert set(tags) == {metadata.tag_for_stat(stat) for stat in metadata.BUILTIN_STATS + (metadata.LOSS,)} | {
         metadata.tag_for_stat(stat, base_set) for stat in metadata.BUILTIN_STATS
     }
+    assert tags[metadata.tag_for_stat(metadata.GRAD_NORM, base_set)][0]["layer_set"] == base_set
     # The first set keeps its plain tags and its steps; the frozen head gets
     # no value (not a zero) once it is frozen.
-    content, steps = tags[metadata.tag_for_stat(metadata.GRAD_NORM)]
-    assert content["layers"] == ["head"] and steps == list(range(6))
-    content, steps = tags[metadata.tag_for_stat(metadata.GRAD_NORM, base_set)]
-    assert content["layers"] == ["base/b1", "base/b2"] and content["layer_set"] == base_set
-    assert steps == list(range(6, 12))
-    assert tags[metadata.tag_for_stat(metadata.LOSS)][1] == list(range(12))
+    head_run = events.read_run(run_dir)
+    assert head_run.layers == ("head",)
+    np.testing.assert_array_equal(head_run.steps[metadata.GRAD_NORM], np.arange(6))
+    base_run = events.read_run(run_dir, layer_set=base_set)
+    assert base_run.layers == ("base/b1", "base/b2")
+    np.testing.assert_array_equal(base_run.steps[metadata.GRAD_NORM], np.arange(6, 12))
+    np.testing.assert_array_equal(base_run.steps[metadata.LOSS], np.arange(12))
     # Both sets exact against their weight trajectories.
-    for snapshots, layers, sizes, offset in (
-        (head_snapshots, ["head"], [2], 0),
-        (recorder.snapshots, ["base/b1", "base/b2"], [2, 2], 6),
-    ):
-        reference = support.reference_stats(snapshots, sizes)
-        stat_tags = {stat: metadata.tag_for_stat(stat, None if offset == 0 else base_set) for stat in reference}
-        values = _values(run_dir, stat_tags)
-        for stat, expected in reference.items():
-            np.testing.assert_allclose(values[stat], expected, rtol=support.REL_TOL, err_msg="%s %s" % (layers, stat))
-
-
-def _values(run_dir, stat_tags):
-    out = {stat: [] for stat in stat_tags}
-    for path in support.event_files(run_dir):
-        for event in event_file_loader.EventFileLoader(path).Load():
-            for value in event.summary.value:
-                for stat, tag in stat_tags.items():
-                    if value.tag == tag:
-                        out[stat].append(tf.make_ndarray(value.tensor))
-    return {stat: np.stack(rows) for stat, rows in out.items()}
+    sgd.assert_matches_reference(head_run, sgd.reference_stats(head_snapshots, [2]))
+    sgd.assert_matches_reference(base_run, sgd.reference_stats(recorder.snapshots, [2, 2]), steps_offset=6)
 
 
 # ------------------------------------------------------------- interrupted fit
@@ -173,10 +129,10 @@ class _StopAtBatch(keras.callbacks.Callback):
 
 
 def test_a_fit_that_raised_leaves_no_later_fit_instrumented(tmp_path):
-    model = support.make_mlp()
-    x, y = support.make_data(N_SAMPLES)
+    model = sgd.make_mlp()
+    x, y = sgd.make_data(N_SAMPLES)
     model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
-    model.fit(x[: support.BATCH], y[: support.BATCH], batch_size=support.BATCH, verbose=0)  # Keras's own function
+    model.fit(x[: sgd.BATCH], y[: sgd.BATCH], batch_size=sgd.BATCH, verbose=0)  # Keras's own function
     keras_function = model.train_function
     first = GradientHealthCallback(str(tmp_path / "first"))
     with pytest.raises(_Interrupt):
@@ -185,18 +141,18 @@ def test_a_fit_that_raised_leaves_no_later_fit_instrumented(tmp_path):
     _fit(model, [], x, y, compile=False)
     assert model.train_function is keras_function
     assert not {"apply", "scale_loss"} & set(vars(model.optimizer)) and "compute_loss" not in vars(model)
-    first_run = support.read_run(os.path.join(str(tmp_path / "first"), "train"))
+    first_run = events.read_run(os.path.join(str(tmp_path / "first"), "train"))
     # The 3 steps of the interrupted fit (after the one of the first plain fit) are on disk.
     np.testing.assert_array_equal(first_run.steps[metadata.GRAD_NORM], [1, 2, 3])
     # A new callback records from the optimizer's count, and leaves Keras's function.
     second = GradientHealthCallback(str(tmp_path / "second"))
     _fit(model, [second], x, y, compile=False)
     assert model.train_function is keras_function
-    second_run = support.read_run(os.path.join(str(tmp_path / "second"), "train"))
+    second_run = events.read_run(os.path.join(str(tmp_path / "second"), "train"))
     np.testing.assert_array_equal(second_run.steps[metadata.GRAD_NORM], np.arange(10, 16))
     # The first callback, used again, continues at the optimizer's count.
-    _fit(model, [first], x[: 2 * support.BATCH], y[: 2 * support.BATCH], compile=False)
-    first_run = support.read_run(os.path.join(str(tmp_path / "first"), "train"))
+    _fit(model, [first], x[: 2 * sgd.BATCH], y[: 2 * sgd.BATCH], compile=False)
+    first_run = events.read_run(os.path.join(str(tmp_path / "first"), "train"))
     np.testing.assert_array_equal(first_run.steps[metadata.GRAD_NORM], [1, 2, 3, 16, 17])
 
 
@@ -204,44 +160,44 @@ def test_a_fit_that_raised_leaves_no_later_fit_instrumented(tmp_path):
 
 
 def test_steps_are_optimizer_updates_under_gradient_accumulation_across_fits_and_callbacks(tmp_path):
-    model = support.make_mlp()
-    x, y = support.make_data(8 * support.BATCH)
-    recorder = support.weight_recorder()
+    model = sgd.make_mlp()
+    x, y = sgd.make_data(8 * sgd.BATCH)
+    recorder = sgd.weight_recorder()
     _fit(model, [GradientHealthCallback(str(tmp_path)), recorder], x[:32], y[:32], gradient_accumulation_steps=2)
     # A second callback in the same log_dir, another fit: no step reused.
     _fit(model, [GradientHealthCallback(str(tmp_path)), recorder], x[32:], y[32:], compile=False)
-    run = support.read_run(os.path.join(str(tmp_path), "train"))
+    run = events.read_run(os.path.join(str(tmp_path), "train"))
     # 8 micro-batches, 4 updates.
     np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], [0, 1, 2, 3])
     assert int(model.optimizer.iterations.numpy()) == 4
     # The statistics are those of the gradient applied (the mean of the two
     # micro-batches'), from the weights around each update.
     updates = recorder.snapshots[::2]
-    reference = support.reference_stats(updates, support.group_sizes(model))
+    reference = sgd.reference_stats(updates, sgd.group_sizes(model))
     for stat, expected in reference.items():
-        np.testing.assert_allclose(run.values[stat], expected, rtol=support.REL_TOL, err_msg=stat)
+        np.testing.assert_allclose(run.values[stat], expected, rtol=sgd.REL_TOL, err_msg=stat)
     # Its loss is the mean of its micro-batches' losses (both under the
     # weights before the update: nothing is applied in between).
-    losses = support.mlp_losses(recorder.snapshots, x, y)
-    np.testing.assert_allclose(run.values[metadata.LOSS][:, 0], (losses[::2] + losses[1::2]) / 2, rtol=support.REL_TOL)
+    losses = sgd.mlp_losses(recorder.snapshots, x, y)
+    np.testing.assert_allclose(run.values[metadata.LOSS][:, 0], (losses[::2] + losses[1::2]) / 2, rtol=sgd.REL_TOL)
 
 
 def test_steps_follow_the_optimizer_across_a_plain_fit(tmp_path):
-    model = support.make_mlp()
-    x, y = support.make_data(N_SAMPLES)
+    model = sgd.make_mlp()
+    x, y = sgd.make_data(N_SAMPLES)
     callback = GradientHealthCallback(str(tmp_path))
     _fit(model, [callback], x, y)
     _fit(model, [], x, y, compile=False)
     _fit(model, [callback], x, y, compile=False)
-    run = support.read_run(os.path.join(str(tmp_path), "train"))
+    run = events.read_run(os.path.join(str(tmp_path), "train"))
     np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], list(range(6)) + list(range(12, 18)))
 
 
 def test_a_new_model_in_a_used_run_directory_continues_its_step_numbers(tmp_path):
-    x, y = support.make_data(N_SAMPLES)
+    x, y = sgd.make_data(N_SAMPLES)
     for _ in range(2):
-        _fit(support.make_mlp(), [GradientHealthCallback(str(tmp_path))], x, y)
-    run = support.read_run(os.path.join(str(tmp_path), "train"))
+        _fit(sgd.make_mlp(), [GradientHealthCallback(str(tmp_path))], x, y)
+    run = events.read_run(os.path.join(str(tmp_path), "train"))
     np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(12))
 
 
@@ -253,7 +209,7 @@ class _HeadFirst(keras.Model):
 
     def __init__(self):
         super().__init__(name="head_first")
-        self.head = keras.layers.Dense(support.N_OUTPUTS, name="head")
+        self.head = keras.layers.Dense(sgd.N_OUTPUTS, name="head")
         self.middle = keras.layers.Dense(5, activation="tanh", name="middle")
         self.entry = keras.layers.Dense(8, activation="tanh", name="entry")
 
@@ -264,59 +220,59 @@ class _HeadFirst(keras.Model):
 def test_subclassed_model_rows_follow_the_forward_pass(tmp_path):
     keras.utils.set_random_seed(5)
     model = _HeadFirst()
-    model(np.zeros((1, support.N_FEATURES), np.float32))
-    recorder = support.weight_recorder()
-    x, y = support.make_data(N_SAMPLES)
+    model(np.zeros((1, sgd.N_FEATURES), np.float32))
+    recorder = sgd.weight_recorder()
+    x, y = sgd.make_data(N_SAMPLES)
     callback = GradientHealthCallback(str(tmp_path))
     _fit(model, [callback, recorder], x, y)
-    run = support.read_run(os.path.join(str(tmp_path), "train"))
+    run = events.read_run(os.path.join(str(tmp_path), "train"))
     assert run.layers == ("entry", "middle", "head")
     # model.trainable_variables is in attribute order (head first).
     by_name = {v.path.split("/")[-2]: i for i, v in enumerate(model.trainable_variables) if v.path.endswith("kernel")}
     order = sorted(range(3), key=lambda row: by_name[run.layers[row]])
-    reference = support.reference_stats(recorder.snapshots, [2, 2, 2])
+    reference = sgd.reference_stats(recorder.snapshots, [2, 2, 2])
     for stat, expected in reference.items():
-        np.testing.assert_allclose(run.values[stat][:, order], expected, rtol=support.REL_TOL, err_msg=stat)
+        np.testing.assert_allclose(run.values[stat][:, order], expected, rtol=sgd.REL_TOL, err_msg=stat)
 
 
 # ----------------------------------------------------------- loss_scale_factor
 
 
 def test_loss_scale_factor_is_unscaled(tmp_path):
-    model = support.make_mlp()
-    recorder = support.weight_recorder()
-    x, y = support.make_data(N_SAMPLES)
+    model = sgd.make_mlp()
+    recorder = sgd.weight_recorder()
+    x, y = sgd.make_data(N_SAMPLES)
     _fit(model, [GradientHealthCallback(str(tmp_path)), recorder], x, y, loss_scale_factor=128.0)
-    run = support.read_run(os.path.join(str(tmp_path), "train"))
-    reference = support.reference_stats(recorder.snapshots, support.group_sizes(model))
-    support.assert_matches_reference(run, reference)
-    np.testing.assert_allclose(run.values[metadata.LOSS][:, 0], support.mlp_losses(recorder.snapshots, x, y), rtol=1e-4)
+    run = events.read_run(os.path.join(str(tmp_path), "train"))
+    reference = sgd.reference_stats(recorder.snapshots, sgd.group_sizes(model))
+    sgd.assert_matches_reference(run, reference)
+    np.testing.assert_allclose(run.values[metadata.LOSS][:, 0], sgd.mlp_losses(recorder.snapshots, x, y), rtol=1e-4)
 
 
 # ------------------------------------------------------- two callbacks, one fit
 
 
 def test_two_callbacks_in_one_fit_both_record(tmp_path):
-    model = support.make_mlp()
-    recorder = support.weight_recorder()
-    x, y = support.make_data(N_SAMPLES)
+    model = sgd.make_mlp()
+    recorder = sgd.weight_recorder()
+    x, y = sgd.make_data(N_SAMPLES)
     callbacks = [
         GradientHealthCallback(str(tmp_path / "every_step")),
         GradientHealthCallback(str(tmp_path / "every_2nd"), update_freq=2),
     ]
     _fit(model, callbacks + [recorder], x, y)
-    reference = support.reference_stats(recorder.snapshots, support.group_sizes(model))
-    every = support.read_run(os.path.join(str(tmp_path / "every_step"), "train"))
-    support.assert_matches_reference(every, reference)
+    reference = sgd.reference_stats(recorder.snapshots, sgd.group_sizes(model))
+    every = events.read_run(os.path.join(str(tmp_path / "every_step"), "train"))
+    sgd.assert_matches_reference(every, reference)
     np.testing.assert_array_equal(every.steps[metadata.GRAD_NORM], np.arange(6))
-    second = support.read_run(os.path.join(str(tmp_path / "every_2nd"), "train"))
+    second = events.read_run(os.path.join(str(tmp_path / "every_2nd"), "train"))
     np.testing.assert_array_equal(second.steps[metadata.GRAD_MAX_ABS], [0, 2, 4])
     np.testing.assert_allclose(second.values[metadata.GRAD_MAX_ABS], reference["grad_max_abs"][[0, 2, 4]], rtol=1e-4)
 
 
 def test_two_callbacks_writing_one_log_dir_are_refused_at_the_start_of_fit(tmp_path):
-    model = support.make_mlp()
-    x, y = support.make_data(N_SAMPLES)
+    model = sgd.make_mlp()
+    x, y = sgd.make_data(N_SAMPLES)
     with pytest.raises(ValueError, match="two GradientHealthCallbacks of one fit write into"):
         _fit(model, [GradientHealthCallback(str(tmp_path)), GradientHealthCallback(str(tmp_path))], x, y)
     assert int(model.optimizer.iterations.numpy()) == 0
@@ -327,9 +283,9 @@ def test_two_callbacks_writing_one_log_dir_are_refused_at_the_start_of_fit(tmp_p
 
 
 def test_a_built_model_without_trainable_weights_gets_the_reason(tmp_path):
-    model = keras.Sequential([keras.Input((support.N_FEATURES,)), keras.layers.Dense(3)])
+    model = keras.Sequential([keras.Input((sgd.N_FEATURES,)), keras.layers.Dense(3)])
     model.trainable = False
-    x, y = support.make_data(N_SAMPLES)
+    x, y = sgd.make_data(N_SAMPLES)
     with pytest.raises(
         ValueError, match=re.escape("has no trainable weights (its layers are frozen or have no weights)")
     ):
@@ -341,35 +297,35 @@ def test_a_built_model_without_trainable_weights_gets_the_reason(tmp_path):
 
 @pytest.mark.parametrize("steps_per_execution", [1, 2])
 def test_stop_on_nonfinite_stops_after_the_step_and_names_the_layers(tmp_path, capsys, steps_per_execution):
-    model = support.make_mlp()
-    x, y = support.make_data(N_SAMPLES)
-    x[3 * support.BATCH, 0] = np.nan
+    model = sgd.make_mlp()
+    x, y = sgd.make_data(N_SAMPLES)
+    x[3 * sgd.BATCH, 0] = np.nan
     callback = GradientHealthCallback(str(tmp_path), stop_on_nonfinite=True)
     _fit(model, [callback], x, y, epochs=2, steps_per_execution=steps_per_execution)
     # Stopped after step 3 (with 2 steps per execution: after the execution of 2 and 3).
     assert int(model.optimizer.iterations.numpy()) == 4
     assert callback.nonfinite.step == 3
-    assert callback.nonfinite.layers == support.EXPECTED_LAYERS and callback.nonfinite.applied
+    assert callback.nonfinite.layers == sgd.EXPECTED_LAYERS and callback.nonfinite.applied
     assert (
         "non-finite gradient at step 3 in first, block/inner, last (its update was applied)" in capsys.readouterr().out
     )
-    run = support.read_run(os.path.join(str(tmp_path), "train"))
+    run = events.read_run(os.path.join(str(tmp_path), "train"))
     np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(4))
     assert (run.values[metadata.NONFINITE][3] > 0).all()
 
 
 @pytest.mark.slow
 def test_stop_on_nonfinite_ignores_loss_scale_overflows_above_scale_one(tmp_path):
-    x, y = support.make_data(40 * support.BATCH)
+    x, y = sgd.make_data(40 * sgd.BATCH)
     nan_from = 12
-    x[nan_from * support.BATCH :, 0] = np.nan
+    x[nan_from * sgd.BATCH :, 0] = np.nan
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        model = support.make_mlp()
+        model = sgd.make_mlp()
         optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(LR), initial_scale=2.0**20)
         model.compile(optimizer=optimizer, loss="mse")
         callback = GradientHealthCallback(str(tmp_path), stop_on_nonfinite=True)
-        model.fit(x, y, batch_size=support.BATCH, shuffle=False, verbose=0, callbacks=[callback])
+        model.fit(x, y, batch_size=sgd.BATCH, shuffle=False, verbose=0, callbacks=[callback])
     finally:
         keras.mixed_precision.set_global_policy("float32")
     # The first batches overflow at 2**20 and are skipped: not a reason to
@@ -383,10 +339,10 @@ def test_stop_on_nonfinite_ignores_loss_scale_overflows_above_scale_one(tmp_path
 
 
 def test_custom_loop_keeps_the_first_nonfinite_step_for_the_loop(tmp_path):
-    model = support.make_mlp()
+    model = sgd.make_mlp()
     optimizer = keras.optimizers.SGD(LR)
-    x, y = support.make_data(6 * support.BATCH)
-    x[2 * support.BATCH, 0] = np.nan
+    x, y = sgd.make_data(6 * sgd.BATCH)
+    x[2 * sgd.BATCH, 0] = np.nan
     stopped_after = None
     with GradientHealthRecorder(str(tmp_path), model, stop_on_nonfinite=True) as writer:
 
@@ -404,4 +360,4 @@ def test_custom_loop_keeps_the_first_nonfinite_step_for_the_loop(tmp_path):
                 stopped_after = index
                 break
     assert stopped_after == 2 and writer.nonfinite.step == 2 and writer.nonfinite.applied
-    assert writer.nonfinite.layers == support.EXPECTED_LAYERS
+    assert writer.nonfinite.layers == sgd.EXPECTED_LAYERS

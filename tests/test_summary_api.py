@@ -168,7 +168,7 @@ def test_works_without_tensorflow(tmp_path):
 @pytest.mark.slow
 def test_same_contract_as_the_keras_callback(tmp_path):
     keras = pytest.importorskip("keras")
-    import test_capture_support as support
+    from support import sgd as support
 
     from tb_gradhealth import GradientHealthCallback
 
