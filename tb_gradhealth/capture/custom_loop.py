@@ -76,7 +76,7 @@ class GradientHealthRecorder:
         strategy = getattr(model, "distribute_strategy", None) if model is not None else None
         self._writer = open_event_file(self.logdir, strategy, type(self).__name__)
         self._layer_sets = LayerSetTags(self.logdir)
-        self._numbers = StepNumbers()
+        self._numbers = StepNumbers(counting=False)
         self._started = False
         self._optimizer = None
         # One per set of variables given to apply_gradients, by that set.

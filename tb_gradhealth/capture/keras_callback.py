@@ -83,7 +83,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
         self._recorded_model = None
         self._writer = None
         self._layer_sets = LayerSetTags(self.run_dir)
-        self._numbers = StepNumbers()
+        self._numbers = StepNumbers(counting=True)
         # One per set of trainable variables recorded, by that set.
         self._recorders: dict = {}
         self._recorder: LayerSetRecorder | None = None  # the set recorded last

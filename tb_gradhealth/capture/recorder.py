@@ -65,16 +65,35 @@ class StepNumbers:
     """Numbers the steps one writer records: the optimizer's update count plus an offset.
 
     A step is one optimizer update, numbered like Keras's
-    `optimizer.iterations` before the update. The offset (a plain variable,
-    read in the graph) keeps the numbers of a run directory unique and
-    increasing: the host raises it when a model whose count is behind
-    starts writing into a run directory used before, and the graph raises it
-    after a step a loss-scale optimizer skipped but that was recorded (the
-    count did not move, the next step must not reuse its number).
+    `optimizer.iterations` before the update. The offset (a plain variable)
+    keeps the numbers of a run directory unique and increasing: the host
+    raises it when a model whose count is behind starts writing into a run
+    directory used before, and the graph raises it after a step a
+    loss-scale optimizer skipped but that was recorded (the count did not
+    move, the next step must not reuse its number).
+
+    With `counting`, a step whose optimizer updates at every call (no loss
+    scaling, no gradient accumulation) reads its number from a counter the
+    host sets to `iterations + offset` when a fit starts and the step then
+    advances: one variable read and one increment per step, as few ops as
+    numbering can take. Otherwise the step reads the count and the offset.
+
+    Args:
+      counting: whether the steps of a fit are only ever recorded between
+        two `start` calls (Keras `fit`); a custom loop may apply updates the
+        recorder does not see.
     """
 
-    def __init__(self):
-        self.offset = run_plain(lambda: tf.Variable(tf.constant(0, tf.int64), trainable=False, name="step_offset"))
+    def __init__(self, counting: bool):
+        self.counting = counting
+
+        def create():
+            def variable(name):
+                return tf.Variable(tf.constant(0, tf.int64), trainable=False, name="gradient_health_" + name)
+
+            return variable("step_offset"), variable("next_step")
+
+        self.offset, self.counter = run_plain(create)
 
     def start(self, iterations: int, next_free: int) -> int:
         """Host code (also while a step is traced): makes the next step `max(iterations + offset, next_free)`.
@@ -86,6 +105,7 @@ class StepNumbers:
         def start():
             offset = max(int(self.offset.numpy()), next_free - iterations, 0)
             self.offset.assign(offset)
+            self.counter.assign(iterations + offset)
             return iterations + offset
 
         return run_plain(start)
@@ -93,6 +113,21 @@ class StepNumbers:
     def next_step(self, optimizer) -> int:
         """Host code: the number the optimizer's next update gets (one device read)."""
         return read_iterations(optimizer) + run_plain(lambda: int(self.offset.numpy()))
+
+    def number(self, optimizer, exact: bool) -> tuple[tf.Tensor, bool]:
+        """Graph code: (this step's number, whether `advance` must follow the step).
+
+        Args:
+          exact: the optimizer updates at every call (see the class).
+        """
+        if self.counting and exact:
+            return self.counter.value(), True
+        iterations = tf.cast(tf.convert_to_tensor(read(optimizer.iterations)), tf.int64)
+        return iterations + self.offset.value(), False
+
+    def advance(self) -> None:
+        """Graph code: after a step numbered by the counter."""
+        self.counter.assign_add(1)
 
 
 def read_iterations(optimizer) -> int:
@@ -114,6 +149,14 @@ def _loss_scale(optimizer):
         return tf.cast(read(optimizer.dynamic_scale), tf.float32)
     factor = getattr(optimizer, "loss_scale_factor", None)
     return None if factor is None else float(factor)
+
+
+def _float32_scalar(value) -> tf.Tensor:
+    """`value` as a float32 scalar, with no op when it is one already (the usual loss)."""
+    value = tf.convert_to_tensor(value)
+    if value.dtype != tf.float32:
+        value = tf.cast(value, tf.float32)
+    return value if value.shape.rank == 0 else tf.reshape(value, [])
 
 
 def _accumulating(optimizer):
@@ -205,7 +248,8 @@ class LayerSetRecorder:
         grads = [_first_replica(strategy, g) for g in grads]
         loss = _first_replica(strategy, loss)
         scale = _loss_scale(optimizer)
-        step = tf.cast(tf.convert_to_tensor(read(optimizer.iterations)), tf.int64) + self.numbers.offset.value()
+        loss_scaling = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        step, counted = self.numbers.number(optimizer, exact=not loss_scaling and _accumulating(optimizer) is None)
         update = True
         if _accumulating(optimizer) is not None:
             grads, loss, update = self._accumulated(optimizer, grads, scale, loss)
@@ -240,7 +284,8 @@ class LayerSetRecorder:
             "unscale": unscale,
             "update": update,
             "loss": loss,
-            "loss_scaling": isinstance(optimizer, keras.optimizers.LossScaleOptimizer),
+            "loss_scaling": loss_scaling,
+            "counted": counted,
         }
         if isinstance(logged, bool):
             # Nothing waits for the statistics: the update runs as soon as the
@@ -284,6 +329,8 @@ class LayerSetRecorder:
             applied = tf.logical_not(overflow)
             visible = tf.logical_or(genuine_overflow, applied if visible is True else tf.logical_and(applied, visible))
         self.buffer.record(state["step"], logged, sums, details, visible, state["loss"])
+        if state["counted"]:
+            self.numbers.advance()
         if genuine_overflow is not None:
             # The update count did not move: the next step must not reuse this number.
             self.numbers.offset.assign_add(tf.cast(genuine_overflow, tf.int64))
@@ -335,7 +382,7 @@ class LayerSetRecorder:
         with tf.name_scope(GRAPH_SCOPE) as scope:
             tracked = [None if g is None else dense_gradient(g) for g in tracked]
             if loss is not None:
-                loss = tf.reshape(tf.cast(loss, tf.float32), [])
+                loss = _float32_scalar(loss)
             if context is not None and context.num_replicas_in_sync > 1:
                 # Each replica holds its share (Keras divides the loss by the
                 # number of replicas); the gradient applied, and the loss it
