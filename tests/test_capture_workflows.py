@@ -312,6 +312,10 @@ def test_stop_on_nonfinite_stops_after_the_step_and_names_the_layers(tmp_path, c
     run = events.read_run(os.path.join(str(tmp_path), "train"))
     np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(4))
     assert (run.values[metadata.NONFINITE][3] > 0).all()
+    # From finite weights again, a fit without NaN runs to its end.
+    model.set_weights(sgd.make_mlp().get_weights())
+    _fit(model, [callback], x[: 3 * sgd.BATCH], y[: 3 * sgd.BATCH], compile=False)
+    assert callback.nonfinite is None and int(model.optimizer.iterations.numpy()) == 4 + 3
 
 
 @pytest.mark.slow

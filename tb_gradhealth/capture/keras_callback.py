@@ -81,6 +81,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
         self.stop_on_nonfinite = bool(stop_on_nonfinite)
         self.nonfinite: NonFiniteStep | None = None
         self._recorded_model = None
+        self._hooks: ModelHooks | None = None
         self._writer = None
         self._layer_sets = LayerSetTags(self.run_dir)
         self._numbers = StepNumbers(counting=True)
@@ -149,7 +150,8 @@ class GradientHealthCallback(keras.callbacks.Callback):
             # flush is reused; each fit ends with its data on disk.
             self._writer = open_event_file(self.run_dir, model.distribute_strategy, type(self).__name__)
         self._recorded_model = model
-        ModelHooks.of(model).begin(self)
+        self._hooks = ModelHooks.of(model)
+        self._hooks.begin(self)
         # What a fit that raised left in a buffer of this run directory is
         # written first, so its steps come before the new ones.
         run_dirs.flush_all(self.run_dir)
@@ -158,6 +160,9 @@ class GradientHealthCallback(keras.callbacks.Callback):
         self._epoch_first_step = self._next_step
         self._rows_buffered = 0
         self.nonfinite = None
+        if self.stop_on_nonfinite:
+            for recorder in self._recorders.values():
+                recorder.buffer.forget_nonfinite()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_first_step = self._next_step
@@ -175,8 +180,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
             self._flush()
         self._rows_buffered += rows
         self._next_step = first + steps
-        hooks = ModelHooks.of(self.model)
-        hooks.authorize(first % self.update_freq == 0 if self._host_picks_logged_steps() else None)
+        self._hooks.authorize(first % self.update_freq == 0 if self._host_picks_logged_steps() else None)
 
     def on_train_batch_end(self, batch, logs=None):
         if not self.stop_on_nonfinite or self._recorder is None or self.nonfinite is not None:
@@ -201,7 +205,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
             self._writer.flush()
             run_dirs.note_next_free_step(self.run_dir, self._numbers.next_step(self.model.optimizer))
         finally:
-            ModelHooks.of(self.model).end(self)
+            self._hooks.end(self)
         self._dropped.warn_if_more()
 
     def fit_abandoned(self) -> None:

@@ -167,6 +167,10 @@ class StepBuffer:
         self._writer = None
         self._flush_fns: dict = {}
 
+    def forget_nonfinite(self) -> None:
+        """Host code: the next non-finite step is the first again (a new fit)."""
+        run_plain(lambda: self._first_nonfinite_step.assign(-1))
+
     def first_nonfinite(self) -> tuple[int, list[int]] | None:
         """Host code: (step, rows with non-finite elements) of the first recorded non-finite step, or None.
 
