@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import re
+import weakref
 
 import keras
 import numpy as np
@@ -365,3 +367,16 @@ def test_custom_loop_keeps_the_first_nonfinite_step_for_the_loop(tmp_path):
                 break
     assert stopped_after == 2 and writer.nonfinite.step == 2 and writer.nonfinite.applied
     assert writer.nonfinite.layers == sgd.EXPECTED_LAYERS
+
+
+def test_models_trained_with_the_callback_are_freed(tmp_path):
+    # A sweep trains a model per trial: the hooks must not keep them alive.
+    x, y = sgd.make_data(2 * sgd.BATCH)
+    models = []
+    for trial in range(3):
+        model = sgd.make_mlp()
+        _fit(model, [GradientHealthCallback(str(tmp_path / str(trial)))], x, y)
+        models.append(weakref.ref(model))
+        del model
+    gc.collect()
+    assert [ref() for ref in models] == [None, None, None]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tb_gradhealth.summary import FILENAME_SUFFIX
+from tb_gradhealth.metadata import FILENAME_SUFFIX
 
 
 def open_event_file(logdir: str, strategy: tf.distribute.Strategy | None, owner: str):

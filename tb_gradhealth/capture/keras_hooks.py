@@ -8,8 +8,10 @@ import weakref
 
 from tb_gradhealth.capture.step_loss import FROM_COMPUTE_LOSS, FROM_SCALE_LOSS, StepLoss
 
-# {model: its ModelHooks}; an entry goes with its model.
-_hooks_by_model: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# Attribute of a model holding its ModelHooks: kept on the model, not in a
+# registry, since the hooks' traced functions refer to the model (a weak
+# registry would keep every model alive through its value).
+_HOOKS = "_gradient_health_hooks"
 _registry_lock = threading.Lock()
 # Attribute of our method wrappers: the instance-level method each replaced (or None).
 _WRAPS = "_gradient_health_wraps"
@@ -80,9 +82,10 @@ class ModelHooks:
     @classmethod
     def of(cls, model) -> ModelHooks:
         with _registry_lock:
-            hooks = _hooks_by_model.get(model)
+            hooks = vars(model).get(_HOOKS)
             if hooks is None:
-                hooks = _hooks_by_model[model] = cls(model)
+                hooks = cls(model)
+                object.__setattr__(model, _HOOKS, hooks)
             return hooks
 
     @property
