@@ -9,7 +9,7 @@ torch = pytest.importorskip("torch")
 from support import torch_runs
 from torch import nn
 
-from tb_gradhealth import metadata, reader
+from tb_gradhealth import cli, metadata, reader
 from tb_gradhealth.torch import GradientHealthMonitor, NonFiniteGradientError
 
 STEPS = 4
@@ -92,7 +92,7 @@ def test_every_statistic_matches_numpy_and_rows_follow_the_forward_pass(tmp_path
     assert loss["steps"] == list(range(STEPS)) and loss["content"]["scope"] == metadata.SCOPE_RUN
     np.testing.assert_allclose(loss["values"][:, 0], [r.loss for r in records], rtol=torch_runs.RTOL)
     # The plugin's own reader reads the run the same way.
-    provider, ctx, experiment = reader.provider_for_logdir(str(tmp_path))
+    provider, ctx, experiment = cli.provider_for_logdir(str(tmp_path))
     series = reader.read_run(provider, ctx, experiment, ".")
     np.testing.assert_allclose(series[metadata.GRAD_NORM].values, expected[metadata.GRAD_NORM], rtol=torch_runs.RTOL)
 
