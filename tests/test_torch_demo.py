@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from conftest import DEMO_EPOCHS
-from test_demo_events import read_gradient_health, read_other_tags
+from support.events import read_gradient_health, read_other_tags
 from test_demo_train import STEPS
 
 from demo import data, models, models_torch, train, train_torch
