@@ -163,7 +163,7 @@ def _problem_line(problem: dict) -> str:
 
 
 def format_run(run: dict, unreadable: bool = False) -> str:
-    """Renders one run's `/health` entry: verdict, a findings table, details, notes and skipped data."""
+    """Renders one run's `/health` entry: verdict, a findings table, details, skipped data, then notes."""
     verdict = "SKIPPED: no readable gradient health data" if unreadable else run["verdict"].upper()
     lines = ["run %s: %s" % (run["run"], verdict)]
     if run["findings"]:
@@ -177,10 +177,12 @@ def format_run(run: dict, unreadable: bool = False) -> str:
         for finding in run["findings"]:
             lines.append("%s%s: %s" % (_INDENT, finding["kind"], finding["message"]))
             lines.append("%s%sadvice: %s" % (_INDENT, _INDENT, finding["advice"]))
-    for note in run.get("notes", []):
-        lines.append("%snote: %s" % (_INDENT, note))
+    # Skipped data before notes: it is data the verdict did not see, while a
+    # note says what the rules could not check in the data they saw.
     for problem in run.get("problems", []):
         lines.append(_INDENT + _problem_line(problem))
+    for note in run.get("notes", []):
+        lines.append("%snote: %s" % (_INDENT, note))
     return "\n".join(lines)
 
 

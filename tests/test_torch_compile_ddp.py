@@ -80,6 +80,10 @@ def _ddp_worker(rank: int, logdir: str, port: int) -> None:
                 except NonFiniteGradientError as error:
                     (pathlib.Path(logdir).parent / ("stopped-%d" % rank)).write_text(str(error.step))
             assert monitor.layer_names == tuple(ZOO_ROWS)
+        # Neither rank tears gloo down while the other still talks to it: a
+        # rank leaving early aborts the other ("terminate called without an
+        # active exception"), seen on a loaded 2-core machine.
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 
