@@ -430,6 +430,17 @@ def test_dead_block_from_the_input_names_its_last_layer():
     assert "No gradient passes hidden_1" in finding.message
 
 
+def test_dead_layers_while_the_loss_does_not_fall_are_critical():
+    series = _zeroed(slice(None), slice(0, 2))
+    series[metadata.LOSS] = _loss_series(FLAT_LOSS)
+    (finding,) = diagnose(series).findings
+    assert (finding.kind, finding.severity, finding.evidence["loss_fall"]) == ("dead", "critical", 0.0)
+    assert finding.message.endswith("(fell by 0.0%). The model does not learn.")
+    # Without the loss nothing shows that the model does not learn.
+    del series[metadata.LOSS]
+    assert [f.severity for f in diagnose(series).findings] == ["warning"]
+
+
 def test_dead_needs_most_steps():
     half = N_STEPS // 2
     (finding,) = diagnose(_zeroed(slice(half, None), [2])).findings
@@ -498,7 +509,8 @@ def test_a_run_that_did_not_recover_is_judged_up_to_its_first_nonfinite_step(kin
 def test_a_run_that_recovered_is_judged_on_all_its_steps():
     # Two non-finite steps (e.g. skipped by a loss-scale optimizer), then on.
     diagnosis = diagnose(_nonfinite_from(_after_breaking("dead"), BROKEN_FROM, BROKEN_FROM + 2))
-    assert [(f.kind, f.severity) for f in diagnosis.findings] == [("nonfinite", "warning"), ("dead", "warning")]
+    # (dead layers while the loss does not fall: critical)
+    assert [(f.kind, f.severity) for f in diagnosis.findings] == [("nonfinite", "warning"), ("dead", "critical")]
     assert not any(note.startswith("judged on steps up to") for note in diagnosis.notes)
 
 

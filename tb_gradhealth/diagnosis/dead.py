@@ -60,12 +60,16 @@ def check(stats: RunStats) -> tuple[findings.Finding | None, list[str]]:
     if trend is not None:
         evidence.update(trend.evidence())
         message += " " + trend.sentence()
+        if trend.stalled:
+            message += " The model does not learn."
+    # Broken: no layer learns, or the loss shows that the model as a whole does not.
+    broken = flagged.all() or (trend is not None and trend.stalled)
     return (
         findings.Finding(
             kind=findings.DEAD,
             layers=layers,
             first_step=first_step,
-            severity=findings.CRITICAL if flagged.all() else findings.WARNING,
+            severity=findings.CRITICAL if broken else findings.WARNING,
             evidence=evidence,
             message=message,
             advice=ADVICE,
