@@ -1,4 +1,4 @@
-"""Test-wide settings and shared fixtures: quiet TensorFlow, the demo's runs and the architecture zoo, trained once per session."""
+"""Test-wide settings and shared fixtures: quiet TensorFlow, the demo's runs, the architecture zoo and the diagnosis's calibration runs, trained once per session."""
 
 import dataclasses
 import os
@@ -46,3 +46,15 @@ def zoo_runs(tmp_path_factory):
     from support import zoo
 
     return zoo.TrainedZoo(tmp_path_factory.mktemp("zoo"))
+
+
+@pytest.fixture(scope="session")
+def calibration_runs(tmp_path_factory):
+    """support.calibration.TrainedRuns: the diagnosis's calibration zoo and the runs compared with its known good run.
+
+    Each case is trained on first use, so a module that needs one case does
+    not train the whole zoo. Tests must not write into its logdirs.
+    """
+    from support import calibration
+
+    return calibration.TrainedRuns(str(tmp_path_factory.mktemp("calibration")))

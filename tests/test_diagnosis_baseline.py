@@ -10,44 +10,20 @@ from tb_gradhealth import cli, metadata, reader
 from tb_gradhealth.diagnosis import baseline, diagnose
 from tb_gradhealth.series import StatSeries
 
-STEPS = 100  # optimizer updates of each recorded run
-LONGER_STEPS = 160
-LEARNING_RATE = 1e-3
-
-
-def _train(logdir: str, run: str, seed: int = 0, learning_rate: float = LEARNING_RATE, hidden=(64, 32), steps=STEPS):
-    """An Adam-trained ReLU MLP whose layers `mlp` names (as two separate processes would: names match)."""
-    import keras
-
-    from tb_gradhealth import GradientHealthCallback
-
-    keras.utils.set_random_seed(seed)
-    x, y = calibration.image_data(steps * calibration.BATCH)
-    layers = [calibration.dense(units, "relu") for units in hidden]
-    model = calibration.mlp(calibration.IMAGE_SHAPE, *layers, calibration.dense(calibration.N_CLASSES, "softmax"))
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy")
-    callback = GradientHealthCallback("%s/%s" % (logdir, run))
-    model.fit(x, y, batch_size=calibration.BATCH, verbose=0, callbacks=[callback])
-
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, dict[str, StatSeries]]:
-    """The recorded runs by name, read back through the reader."""
-    logdir = str(tmp_path_factory.mktemp("baseline"))
-    _train(logdir, "good")
-    _train(logdir, "good_other_seed", seed=1)
-    _train(logdir, "hot", learning_rate=3 * LEARNING_RATE)
-    _train(logdir, "wider", hidden=(64, 32, 16))
-    _train(logdir, "good_longer", steps=LONGER_STEPS)
-    provider, ctx, experiment_id = cli.provider_for_logdir(logdir)
-    names = ("good", "good_other_seed", "hot", "wider", "good_longer")
-    return {name: reader.read_run(provider, ctx, experiment_id, name + "/train") for name in names}
+def runs(calibration_runs) -> dict[str, dict[str, StatSeries]]:
+    """The known good run (the zoo's Adam MLP) as `good` and its variants by name, read back through the reader."""
+    good_run = calibration_runs.case(calibration.BASELINE_CASE)[1]
+    provider, ctx, experiment_id = cli.provider_for_logdir(calibration_runs.zoo_logdir)
+    result = {"good": reader.read_run(provider, ctx, experiment_id, good_run)}
+    provider, ctx, experiment_id = cli.provider_for_logdir(calibration_runs.variants())
+    for name in calibration.VARIANTS:
+        result[name] = reader.read_run(provider, ctx, experiment_id, calibration.variant_run(name))
+    return result
 
 
-def _levels(series, last_step: int) -> np.ndarray:
-    """Independent numpy: per layer, the median of grad_norm / weight_norm over the steps up to `last_step`."""
-    keep = series[metadata.GRAD_NORM].steps <= last_step
-    return np.median(series[metadata.GRAD_NORM].values[keep] / series[metadata.WEIGHT_NORM].values[keep], axis=0)
+LAST_COMMON_STEP = calibration.VARIANT_STEPS - 1  # the variants are shorter than the known good run
 
 
 @pytest.mark.slow
@@ -60,9 +36,11 @@ def test_a_run_against_itself_moved_nothing(runs):
 
 @pytest.mark.slow
 def test_another_seed_is_no_regression(runs):
-    comparison = baseline.compare(runs["good_other_seed"], runs["good"])
+    comparison = baseline.compare(runs["other_seed"], runs["good"])
     assert not comparison.regressed
-    expected = _levels(runs["good_other_seed"], STEPS - 1) / _levels(runs["good"], STEPS - 1)
+    expected = calibration.relative_levels(runs["other_seed"], LAST_COMMON_STEP) / calibration.relative_levels(
+        runs["good"], LAST_COMMON_STEP
+    )
     np.testing.assert_allclose([level.ratio for level in comparison.layers], expected, rtol=1e-6)
     assert all(1 / baseline.LEVEL_FACTOR < ratio < baseline.LEVEL_FACTOR for ratio in expected)
 
@@ -72,11 +50,17 @@ def test_a_learning_rate_three_times_higher_is_a_regression_before_it_is_a_failu
     assert diagnose(runs["hot"]).verdict == "healthy"
     comparison = baseline.compare(runs["hot"], runs["good"])
     assert comparison.regressed
-    assert comparison.measure == baseline.RELATIVE_LEVEL and comparison.last_step == STEPS - 1
+    assert comparison.measure == baseline.RELATIVE_LEVEL and comparison.last_step == LAST_COMMON_STEP
     assert [level.layer for level in comparison.moved] == ["hidden_1", "hidden_2", "output"]
-    np.testing.assert_allclose([level.level for level in comparison.moved], _levels(runs["hot"], STEPS - 1), rtol=1e-6)
     np.testing.assert_allclose(
-        [level.baseline_level for level in comparison.moved], _levels(runs["good"], STEPS - 1), rtol=1e-6
+        [level.level for level in comparison.moved],
+        calibration.relative_levels(runs["hot"], LAST_COMMON_STEP),
+        rtol=1e-6,
+    )
+    np.testing.assert_allclose(
+        [level.baseline_level for level in comparison.moved],
+        calibration.relative_levels(runs["good"], LAST_COMMON_STEP),
+        rtol=1e-6,
     )
     assert all(level.ratio < 1 / baseline.LEVEL_FACTOR for level in comparison.moved)
 
@@ -93,16 +77,16 @@ def test_layers_in_one_run_only_are_listed_not_failed(runs):
 
 @pytest.mark.slow
 def test_only_the_steps_both_runs_have_are_compared(runs):
-    # The longer baseline converged further: its later, smaller gradients are left out.
-    comparison = baseline.compare(runs["good"], runs["good_longer"])
-    assert comparison.last_step == STEPS - 1
+    # The longer known good run converged further: its later, smaller gradients are left out.
+    comparison = baseline.compare(runs["other_seed"], runs["good"])
+    assert comparison.last_step == LAST_COMMON_STEP < runs["good"][metadata.GRAD_NORM].steps[-1]
     np.testing.assert_allclose(
-        [level.baseline_level for level in comparison.layers], _levels(runs["good_longer"], STEPS - 1), rtol=1e-6
+        [level.baseline_level for level in comparison.layers],
+        calibration.relative_levels(runs["good"], LAST_COMMON_STEP),
+        rtol=1e-6,
     )
-    whole = np.median(
-        runs["good_longer"][metadata.GRAD_NORM].values / runs["good_longer"][metadata.WEIGHT_NORM].values, axis=0
-    )
-    assert not np.allclose(whole, _levels(runs["good_longer"], STEPS - 1))
+    whole = calibration.relative_levels(runs["good"], runs["good"][metadata.GRAD_NORM].steps[-1])
+    assert not np.allclose(whole, calibration.relative_levels(runs["good"], LAST_COMMON_STEP))
 
 
 # --- hand-made series: the edge cases -------------------------------------------------

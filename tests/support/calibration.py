@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import os
+from collections.abc import Sequence
 from typing import Callable
 
 import numpy as np
@@ -426,42 +428,129 @@ def update_freqs() -> tuple[int, ...]:
 
 
 def run_name(name: str, update_freq: int) -> str:
-    """The run (relative to the zoo's logdir) that `train_case` writes."""
+    """The run (relative to the zoo's logdir) that `train_case` writes at `update_freq`."""
     return "%s/freq%d/train" % (name, update_freq)
 
 
-def epochs(name: str, update_freq: int) -> int:
-    """Epochs `train_case` trains for: one, or enough for `MIN_LOGGED_STEPS` logged steps.
+def epochs(name: str, freqs: Sequence[int]) -> int:
+    """Epochs `train_case` trains for: one, or enough for `MIN_LOGGED_STEPS` logged steps at every one of `freqs`.
 
-    More epochs over the same data (not more data) keep the first epoch's
-    trajectory the same at every `update_freq`.
+    More epochs over the same data, not more data: the first epoch is the
+    same whatever the update_freqs.
     """
-    return max(1, math.ceil(MIN_LOGGED_STEPS * update_freq / CASES[name].steps))
+    return max(1, math.ceil(MIN_LOGGED_STEPS * max(freqs) / CASES[name].steps))
 
 
-def train_case(name: str, logdir: str, update_freq: int, callbacks=()) -> str:
-    """Trains one case with `GradientHealthCallback` into `logdir`; returns its run name (see `run_name`)."""
+def _fit(case: Case, recorders: dict[str, int], epochs: int = 1, seed: int = SEED) -> None:
+    """Trains `case` once, recorded by one `GradientHealthCallback` per {log directory: update_freq} of `recorders`."""
     import keras
 
     from tb_gradhealth import GradientHealthCallback
 
-    case = CASES[name]
-    keras.utils.set_random_seed(SEED)
+    keras.utils.set_random_seed(seed)
     x, y = case.data(case.steps * BATCH)
     model = case.build()
     model.compile(optimizer=case.optimizer(), loss=case.loss)
-    run = run_name(name, update_freq)
-    callback = GradientHealthCallback("%s/%s" % (logdir, run.rsplit("/", 1)[0]), update_freq=update_freq)
-    model.fit(
-        x,
-        y,
-        batch_size=BATCH,
-        epochs=epochs(name, update_freq),
-        shuffle=True,
-        verbose=0,
-        callbacks=[callback, *callbacks],
-    )
-    return run
+    callbacks = [GradientHealthCallback(log_dir, update_freq=freq) for log_dir, freq in recorders.items()]
+    model.fit(x, y, batch_size=BATCH, epochs=epochs, shuffle=True, verbose=0, callbacks=callbacks)
+
+
+def train_case(name: str, logdir: str, freqs: Sequence[int] = (1,)) -> dict[int, str]:
+    """Trains one case into `logdir` once, recorded at each of `freqs`; returns {update_freq: run name}.
+
+    One `fit` with a callback per update_freq, each writing its own log
+    directory: both runs see the same training, and it is trained once.
+    """
+    runs = {freq: run_name(name, freq) for freq in freqs}
+    recorders = {"%s/%s" % (logdir, run.rsplit("/", 1)[0]): freq for freq, run in runs.items()}
+    _fit(CASES[name], recorders, epochs(name, freqs))
+    return runs
+
+
+# --- runs to compare with a known good one ---------------------------------------------
+
+# The known good run of the baseline comparison: this case at update_freq=1.
+BASELINE_CASE = "healthy_mlp_relu_adam"
+VARIANT_STEPS = 100  # shorter than the case: only the steps both runs have are compared
+
+
+def _variant(base: str = BASELINE_CASE, **changes) -> Case:
+    return dataclasses.replace(CASES[base], steps=VARIANT_STEPS, **changes)
+
+
+# {run: (case, seed)}: the known good model retrained with another seed, with
+# a learning rate three times higher (still healthy), with a layer more.
+VARIANTS = {
+    "other_seed": (_variant(), SEED + 1),
+    "hot": (_variant(optimizer=adam(3e-3)), SEED),
+    "wider": (
+        _variant(
+            build=lambda: mlp(
+                IMAGE_SHAPE, dense(64, "relu"), dense(32, "relu"), dense(16, "relu"), dense(N_CLASSES, "softmax")
+            )
+        ),
+        SEED,
+    ),
+}
+
+
+# Measured for docs/diagnosis.md only (`main`): {case: {variant: (case, seed)}},
+# how far levels move between runs that are all fine, and for a learning rate
+# ten times smaller.
+MEASURED_VARIANTS = {
+    BASELINE_CASE: {
+        **VARIANTS,
+        "seed_2": (_variant(), SEED + 2),
+        "seed_3": (_variant(), SEED + 3),
+        "cold": (_variant(optimizer=adam(1e-4)), SEED),
+    },
+    "healthy_transformer_adam": {"other_seed": (_variant("healthy_transformer_adam"), SEED + 1)},
+    "healthy_residual_cnn_batchnorm": {
+        "other_seed": (_variant("healthy_residual_cnn_batchnorm"), SEED + 1),
+        "hot": (_variant("healthy_residual_cnn_batchnorm", optimizer=sgd(0.15, momentum=0.9)), SEED),
+    },
+    "healthy_lstm_adam": {"other_seed": (_variant("healthy_lstm_adam"), SEED + 1)},
+}
+
+
+def variant_run(name: str) -> str:
+    """The run (relative to the variants' logdir) of variant `name`."""
+    return "%s/train" % name
+
+
+class TrainedRuns:
+    """The zoo's cases (at `update_freqs()`) and the variants (at update_freq=1), each trained on first use.
+
+    A test session holds one (the `calibration_runs` fixture). Tests must not
+    write into its logdirs.
+    """
+
+    def __init__(self, root: str):
+        self.zoo_logdir = os.path.join(root, "zoo")
+        self.variants_logdir = os.path.join(root, "variants")
+        self._trained: set[str] = set()
+        self._variants_trained = False
+
+    def case(self, name: str) -> dict[int, str]:
+        """Case `name`'s runs in `zoo_logdir`, {update_freq: run name}."""
+        if name not in self._trained:
+            train_case(name, self.zoo_logdir, update_freqs())
+            self._trained.add(name)
+        return {freq: run_name(name, freq) for freq in update_freqs()}
+
+    def zoo(self) -> str:
+        """`zoo_logdir`, once every case is trained."""
+        for name in CASES:
+            self.case(name)
+        return self.zoo_logdir
+
+    def variants(self) -> str:
+        """`variants_logdir`, once every variant is trained."""
+        if not self._variants_trained:
+            for name, (case, seed) in VARIANTS.items():
+                _fit(case, {os.path.join(self.variants_logdir, name): 1}, seed=seed)
+            self._variants_trained = True
+        return self.variants_logdir
 
 
 # --- measurements -------------------------------------------------------------------
@@ -502,11 +591,23 @@ def healthy_part(series) -> dict:
     return cut
 
 
+def relative_gradients(series) -> tuple[np.ndarray, np.ndarray]:
+    """(steps, grad_norm / weight_norm) at the steps both have.
+
+    At update_freq > 1 the last step of a fit, written when it is not a
+    multiple of the update_freq, has no weight_norm.
+    """
+    grad, weight = series["grad_norm"], series["weight_norm"]
+    steps, grad_rows, weight_rows = np.intersect1d(grad.steps, weight.steps, return_indices=True)
+    with np.errstate(all="ignore"):
+        return steps, grad.values[grad_rows] / weight.values[weight_rows]
+
+
 def depth_ratios(series) -> tuple[np.ndarray, np.ndarray]:
     """Per layer, the median over steps of (relative gradient, largest element) over the output layer's."""
-    grad, weight, max_abs = (series[stat].values for stat in ("grad_norm", "weight_norm", "grad_max_abs"))
+    _, relative = relative_gradients(series)
+    max_abs = series["grad_max_abs"].values
     with np.errstate(all="ignore"):
-        relative = grad / weight
         return _column_median(relative / relative[:, -1:]), _column_median(max_abs / max_abs[:, -1:])
 
 
@@ -517,6 +618,12 @@ def model_norm_growth(series) -> tuple[np.ndarray, np.ndarray]:
     with np.errstate(over="ignore"):
         norms = np.sqrt(np.square(values[keep]).sum(axis=1))
     return series["grad_norm_max"].steps[keep], norms / norms[:3].min()
+
+
+def relative_levels(series, last_step: int) -> np.ndarray:
+    """Per layer, the median of grad_norm / weight_norm over the steps up to `last_step` (a baseline comparison's level)."""
+    steps, relative = relative_gradients(series)
+    return np.median(relative[steps <= last_step], axis=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -568,7 +675,14 @@ def table_row(name: str, series, diagnosis) -> str:
     """One markdown row of the calibration table in docs/diagnosis.md."""
     case = CASES[name]
     m = measure(series)
-    loss = "-" if m.loss_start is None else "%.2g -> %.2g" % (m.loss_start, m.loss_end)
+    loss = "-"
+    if m.loss_start is not None:
+        fall = (m.loss_start - m.loss_end) / m.loss_start
+        if fall < -1:  # more than doubled: a factor says it better
+            change = "x%.2g" % (m.loss_end / m.loss_start)
+        else:
+            change = "%s %.2g%%" % ("fell" if fall >= 0 else "rose", abs(100 * fall))
+        loss = "%.2g -> %.2g (%s)" % (m.loss_start, m.loss_end, change)
     verdict = "; ".join(
         "%s %s (step %d, %s)"
         % (f.kind, f.severity, f.first_step, ", ".join(f.layers) if len(f.layers) <= 3 else "%d layers" % len(f.layers))
@@ -591,18 +705,34 @@ def table_row(name: str, series, diagnosis) -> str:
 
 
 def main() -> None:
-    """Trains every case at update_freq=1 and prints the calibration table's rows."""
+    """Trains every case at update_freq=1 and prints the calibration table's rows, then how far variants moved."""
     import tempfile
 
     from tb_gradhealth import cli, reader
-    from tb_gradhealth.diagnosis import diagnose
+    from tb_gradhealth.diagnosis import baseline, diagnose
 
     with tempfile.TemporaryDirectory() as logdir:
-        runs = {name: train_case(name, logdir, 1) for name in CASES}
+        runs = {name: train_case(name, logdir)[1] for name in CASES}
+        for base, variants in MEASURED_VARIANTS.items():
+            for name, (case, seed) in variants.items():
+                _fit(case, {"%s/variants/%s/%s" % (logdir, base, name): 1}, seed=seed)
         provider, ctx, experiment_id = cli.provider_for_logdir(logdir)
-        for name, run in runs.items():
-            series = reader.read_run(provider, ctx, experiment_id, run)
-            print(table_row(name, series, diagnose(series)))
+        series = {name: reader.read_run(provider, ctx, experiment_id, run) for name, run in runs.items()}
+        for name in CASES:
+            print(table_row(name, series[name], diagnose(series[name])))
+        for base, variants in MEASURED_VARIANTS.items():
+            for name in variants:
+                run = reader.read_run(provider, ctx, experiment_id, "variants/%s/%s/train" % (base, name))
+                comparison = baseline.compare(run, series[base])
+                print(
+                    "%s %s: %s, ratios %s"
+                    % (
+                        base,
+                        name,
+                        diagnose(run).verdict,
+                        ", ".join("%s %.2g" % (level.layer, level.ratio) for level in comparison.layers),
+                    )
+                )
 
 
 if __name__ == "__main__":
