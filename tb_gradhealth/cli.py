@@ -11,7 +11,7 @@ from typing import TextIO
 
 # Exit statuses of `report`, documented in its help.
 EXIT_HEALTHY = 0  # every run diagnosed healthy
-EXIT_FINDINGS = 1  # at least one run has a finding
+EXIT_FINDINGS = 1  # at least one run has a finding, or (with --baseline) a regression
 EXIT_USAGE = 2  # bad arguments, or nothing to diagnose (argparse also exits 2)
 
 _PROG = "tb-gradhealth"
@@ -23,6 +23,8 @@ class UsageError(Exception):
 
 
 def _parser() -> argparse.ArgumentParser:
+    from tb_gradhealth.diagnosis import baseline
+
     parser = argparse.ArgumentParser(
         prog=_PROG, description="Gradient Health for TensorBoard: per-layer gradient statistics and their diagnosis."
     )
@@ -36,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
             "same body as the tab's /health route."
         ),
         epilog=(
-            "exit status: %d every run is healthy, %d some run has a finding, %d usage error or "
+            "exit status: %d every run is healthy (and, with --baseline, no layer moved), %d some run "
+            "has a finding or (with --baseline) a layer whose gradient level moved, %d usage error or "
             "no readable gradient health data. Data that cannot be decoded is skipped and said "
             "so in the report and on stderr." % (EXIT_HEALTHY, EXIT_FINDINGS, EXIT_USAGE)
         ),
@@ -46,6 +49,17 @@ def _parser() -> argparse.ArgumentParser:
         "--run", metavar="R", help="diagnose only run R (a path relative to LOGDIR, as the tab names it)"
     )
     report.add_argument("--json", action="store_true", help="print the /health JSON body instead of tables")
+    report.add_argument(
+        "--baseline",
+        metavar="PATH_OR_RUN",
+        help=(
+            "compare each run with a known good run: a run of LOGDIR, a run directory, or a logdir "
+            "(its only run, else the run of the same name). A layer whose gradient level (median "
+            "grad_norm / weight_norm over the steps both runs have) moved more than %gx either way "
+            "is a regression; layers in one run only are listed, not failed"
+        )
+        % baseline.LEVEL_FACTOR,
+    )
     return parser
 
 
@@ -84,8 +98,90 @@ def provider_for_logdir(logdir: str):
     return data_provider.MultiplexerDataProvider(multiplexer, logdir), context.RequestContext(), ""
 
 
-def run_healths(logdir: str, run: str | None = None) -> Iterator[tuple[dict, bool]]:
+class _Baseline:
+    """The known good run(s) of `--baseline`: one run every run is compared with, or a logdir's runs matched by name."""
+
+    def __init__(self, spec: str, provider, ctx, experiment_id: str, runs: dict[str, str], by_name: bool):
+        self._spec = spec
+        self._provider, self._ctx, self._experiment_id = provider, ctx, experiment_id
+        self._runs = runs  # {name in its provider: how the report names it}
+        self._by_name = by_name
+        self._single = None
+
+    @classmethod
+    def open(
+        cls, spec: str, logdir: str, provider, ctx, experiment_id: str, candidates: Sequence[str], names: Sequence[str]
+    ) -> _Baseline:
+        """Resolves `spec`: a run of `logdir` first, else a directory (its only run, else its runs by name).
+
+        Args:
+          candidates: every run of `logdir`.
+          names: the runs the report will compare (to refuse a logdir none
+            of whose runs has a counterpart).
+
+        Raises:
+          UsageError: `spec` names neither a run of `logdir` with gradient
+            health data nor a directory holding some, or a logdir none of
+            whose runs is named as one of `names`.
+        """
+        from tb_gradhealth import reader, tensorflow_free
+
+        run = spec.rstrip("/")
+        if run in candidates and _readable(reader.list_run_tags(provider, ctx, experiment_id, run).get(run)):
+            return cls(spec, provider, ctx, experiment_id, {run: run}, by_name=False)
+        if not tensorflow_free.is_remote(spec) and not os.path.isdir(spec):
+            raise UsageError(
+                "baseline %s is neither a run of %s with gradient health data nor a directory" % (spec, logdir)
+            )
+        other, other_ctx, other_id = provider_for_logdir(spec)
+        found = sorted(
+            name for name, tags in reader.list_run_tags(other, other_ctx, other_id).items() if _readable(tags)
+        )
+        if not found:
+            raise UsageError("no readable gradient health data in baseline %s" % spec)
+        if len(found) == 1:
+            (only,) = found
+            label = spec if only == "." else "%s/%s" % (spec.rstrip("/"), only)
+            return cls(spec, other, other_ctx, other_id, {only: label}, by_name=False)
+        if not set(found) & set(names):
+            raise UsageError(
+                "no run of %s has a run of the same name in baseline %s; runs there: %s"
+                % (logdir, spec, ", ".join(found))
+            )
+        runs = {name: "%s/%s" % (spec.rstrip("/"), name) for name in found}
+        return cls(spec, other, other_ctx, other_id, runs, by_name=True)
+
+    def compare(self, run: str, series: dict) -> dict:
+        """Returns run `run`'s comparison with its baseline run (`{"run": baseline run or None, ...}`, JSON-ready)."""
+        from tb_gradhealth import reader
+        from tb_gradhealth.diagnosis import baseline
+
+        if self._by_name:
+            if run not in self._runs:
+                missing = baseline.not_compared("no run %s in baseline %s: not compared" % (run, self._spec))
+                return {"run": None, **missing.to_json()}
+            name = run
+            known_good = reader.read_run(self._provider, self._ctx, self._experiment_id, name)
+        else:
+            (name,) = self._runs
+            if self._single is None:
+                # One baseline for every run: read once.
+                self._single = reader.read_run(self._provider, self._ctx, self._experiment_id, name)
+            known_good = self._single
+        return {"run": self._runs[name], **baseline.compare(series, known_good).to_json()}
+
+
+def _readable(run_tags) -> bool:
+    """Whether a run's listing (`reader.RunTags` or None) has a statistic that can be read."""
+    return run_tags is not None and bool(run_tags.stats)
+
+
+def run_healths(logdir: str, run: str | None = None, baseline: str | None = None) -> Iterator[tuple[dict, bool]]:
     """Diagnoses `logdir`'s runs straight from the event files, one at a time: yields each one's `/health` entry.
+
+    Args:
+      baseline: a known good run (`--baseline`): each entry then also has
+        `"baseline"`, its comparison with it (`_Baseline.compare`).
 
     Yields:
       (entry, unreadable): a run's entry, and whether it has no readable
@@ -94,10 +190,10 @@ def run_healths(logdir: str, run: str | None = None) -> Iterator[tuple[dict, boo
       one while the others are read.
 
     Raises:
-      UsageError: `logdir` is not a directory, or has no run `run` (before
-        anything is yielded); or, after the runs, it holds no Gradient
-        Health data or none that can be read (having yielded only
-        unreadable runs).
+      UsageError: `logdir` is not a directory, has no run `run`, or
+        `baseline` cannot be resolved (before anything is yielded); or,
+        after the runs, it holds no Gradient Health data or none that can
+        be read (having yielded only unreadable runs).
     """
     from tb_gradhealth import tensorflow_free
 
@@ -116,9 +212,13 @@ def run_healths(logdir: str, run: str | None = None) -> Iterator[tuple[dict, boo
         if not runs:
             raise UsageError("no gradient health data under %s" % logdir)
         raise UsageError("no gradient health data for run %r under %s; runs: %s" % (run, logdir, ", ".join(runs)))
+    names = [run] if run is not None else candidates
+    known_good = None
+    if baseline is not None:
+        known_good = _Baseline.open(baseline, logdir, provider, ctx, experiment_id, candidates, names)
     checker = event_files.RunFileChecker(logdir)
     found, unreadable = [], []
-    for name in [run] if run is not None else candidates:
+    for name in names:
         run_tags = listing(name)
         if run_tags is None:
             continue
@@ -126,7 +226,10 @@ def run_healths(logdir: str, run: str | None = None) -> Iterator[tuple[dict, boo
         if not run_tags.stats:
             unreadable.append(name)
         data = reader.load_run(provider, ctx, experiment_id, name, run_tags=run_tags)
-        yield health.run_health(name, health.diagnose(data), checker.problems(name)), not run_tags.stats
+        entry = health.run_health(name, health.diagnose(data), checker.problems(name))
+        if known_good is not None:
+            entry["baseline"] = known_good.compare(name, data.series)
+        yield entry, not run_tags.stats
     if not found:
         raise UsageError("no gradient health data under %s" % logdir)
     if len(unreadable) == len(found):
@@ -135,15 +238,20 @@ def run_healths(logdir: str, run: str | None = None) -> Iterator[tuple[dict, boo
         )
 
 
-def health_report(logdir: str, run: str | None = None) -> tuple[dict, set[str]]:
+def health_report(logdir: str, run: str | None = None, baseline: str | None = None) -> tuple[dict, set[str]]:
     """Returns the `/health` body of `logdir` (all runs, or `run`) and its unreadable runs; see `run_healths`."""
-    entries = list(run_healths(logdir, run))
+    entries = list(run_healths(logdir, run, baseline))
     return {"runs": [entry for entry, _ in entries]}, {entry["run"] for entry, unreadable in entries if unreadable}
 
 
 def exit_status(report: dict) -> int:
-    """`EXIT_FINDINGS` if any run has a finding, else `EXIT_HEALTHY`."""
-    return EXIT_FINDINGS if any(run["findings"] for run in report["runs"]) else EXIT_HEALTHY
+    """`EXIT_FINDINGS` if any run has a finding or regressed against its baseline, else `EXIT_HEALTHY`."""
+    failed = any(run["findings"] or _regressed(run) for run in report["runs"])
+    return EXIT_FINDINGS if failed else EXIT_HEALTHY
+
+
+def _regressed(run: dict) -> bool:
+    return bool(run.get("baseline", {}).get("regressed"))
 
 
 def _summary(runs: Sequence[dict], unreadable: set[str]) -> str:
@@ -152,7 +260,32 @@ def _summary(runs: Sequence[dict], unreadable: set[str]) -> str:
     summary = "%d run(s): %d healthy, %d with findings" % (len(runs), healthy, with_findings)
     if unreadable:
         summary += ", %d unreadable (skipped)" % len(unreadable)
+    if any("baseline" in run for run in runs):
+        summary += "; %d regressed against the baseline" % sum(1 for run in runs if _regressed(run))
     return summary
+
+
+def _baseline_lines(comparison: dict) -> list[str]:
+    """The baseline block of a run: what it was compared with, the layers that moved, those in one run only, notes."""
+    if comparison["run"] is None:
+        lines = ["baseline: not compared"]
+    else:
+        moved = comparison["moved"]
+        what = "%d layer(s) moved" % len(moved) if moved else "no layer moved"
+        lines = ["baseline %s: %s more than %gx" % (comparison["run"], what, comparison["factor"])]
+        if comparison["last_step"] is not None:
+            lines[0] += " (%s, steps up to %d)" % (comparison["measure"], comparison["last_step"])
+        rows = [("LAYER", "LEVEL", "BASELINE", "RATIO")] + [
+            (m["layer"], "%.2g" % m["level"], "%.2g" % m["baseline_level"], "%.2gx" % m["ratio"]) for m in moved
+        ]
+        if moved:
+            widths = [max(len(row[column]) for row in rows) for column in range(3)]
+            lines += [_INDENT + "  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[3]]) for row in rows]
+    for key, where in (("only_in_run", "this run"), ("only_in_baseline", "the baseline")):
+        if comparison[key]:
+            lines.append("%sonly in %s (not compared): %s" % (_INDENT, where, ", ".join(comparison[key])))
+    lines += ["%snote: %s" % (_INDENT, note) for note in comparison["notes"]]
+    return lines
 
 
 def _problem_line(problem: dict) -> str:
@@ -163,8 +296,10 @@ def _problem_line(problem: dict) -> str:
 
 
 def format_run(run: dict, unreadable: bool = False) -> str:
-    """Renders one run's `/health` entry: verdict, a findings table, details, skipped data, then notes."""
+    """Renders one run's `/health` entry: verdict, a findings table, details, the baseline, skipped data, then notes."""
     verdict = "SKIPPED: no readable gradient health data" if unreadable else run["verdict"].upper()
+    if _regressed(run):
+        verdict += ", REGRESSED"
     lines = ["run %s: %s" % (run["run"], verdict)]
     if run["findings"]:
         rows = [("KIND", "SEVERITY", "FIRST STEP", "LAYERS")] + [
@@ -177,6 +312,8 @@ def format_run(run: dict, unreadable: bool = False) -> str:
         for finding in run["findings"]:
             lines.append("%s%s: %s" % (_INDENT, finding["kind"], finding["message"]))
             lines.append("%s%sadvice: %s" % (_INDENT, _INDENT, finding["advice"]))
+    if "baseline" in run:
+        lines += [_INDENT + line for line in _baseline_lines(run["baseline"])]
     # Skipped data before notes: it is data the verdict did not see, while a
     # note says what the rules could not check in the data they saw.
     for problem in run.get("problems", []):
@@ -199,7 +336,7 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     # report is a usage error and prints nothing else.
     held: list[tuple[str, dict]] = []
     try:
-        for run, is_unreadable in run_healths(args.logdir, args.run):
+        for run, is_unreadable in run_healths(args.logdir, args.run, args.baseline):
             runs.append(run)
             if is_unreadable:
                 unreadable.add(run["run"])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -14,11 +15,12 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import calibration
 from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from tb_gradhealth import cli, event_files, local_logdir, metadata, summary
+from tb_gradhealth import cli, event_files, local_logdir, metadata, reader, summary
 from tb_gradhealth.summary import GradientHealthFileWriter
 
 LAYERS = ("dense", "dense_1", "dense_2")
@@ -232,7 +234,7 @@ _CLI_MODULES_SCRIPT = textwrap.dedent(
     """
     import sys
     from tb_gradhealth import cli
-    sys.argv = ["tb-gradhealth", "report", sys.argv[1]]
+    sys.argv = ["tb-gradhealth", "report", *sys.argv[1:]]
     status = cli.main()
     sys.stdout.flush()
     sys.stderr.write("tensorflow imported: %s\\n" % ("tensorflow" in sys.modules))
@@ -336,3 +338,141 @@ def test_runs_are_read_one_at_a_time(logdir, monkeypatch):
     assert (first["run"], read) == (BROKEN_RUN, [BROKEN_RUN])
     assert [entry["run"] for entry, _ in entries] == [CORRUPT_RUN, HEALTHY_RUN]
     assert read == [BROKEN_RUN, CORRUPT_RUN, HEALTHY_RUN]
+
+
+# --- report --baseline, on real recorded runs: the calibration's known good run and its variants
+
+
+def _good_run_dir(calibration_runs) -> str:
+    """The known good run's directory, in another logdir than the variants'."""
+    return os.path.join(calibration_runs.zoo_logdir, calibration_runs.case(calibration.BASELINE_CASE)[1])
+
+
+def _read(logdir: str, run: str) -> dict:
+    provider, ctx, experiment_id = cli.provider_for_logdir(logdir)
+    return reader.read_run(provider, ctx, experiment_id, run)
+
+
+def _moved_rows(logdir: str, run: str, baseline_logdir: str, baseline_run: str) -> list[list[str]]:
+    """Independent numpy: the table rows of the layers of `run` more than 10x from the baseline's level."""
+    series, known_good = _read(logdir, run), _read(baseline_logdir, baseline_run)
+    last_step = min(series[metadata.GRAD_NORM].steps[-1], known_good[metadata.GRAD_NORM].steps[-1])
+    levels = calibration.relative_levels(series, last_step)
+    baseline_levels = calibration.relative_levels(known_good, last_step)
+    return [
+        [layer, "%.2g" % level, "%.2g" % base, "%.2gx" % (level / base)]
+        for layer, level, base in zip(series[metadata.GRAD_NORM].layers, levels, baseline_levels)
+        if not 0.1 <= level / base <= 10
+    ]
+
+
+HOT, OTHER_SEED, WIDER = (calibration.variant_run(name) for name in ("hot", "other_seed", "wider"))
+MEASURE = "median relative gradient grad_norm / weight_norm"
+
+
+@pytest.mark.slow
+def test_baseline_run_of_the_logdir_catches_a_regression(calibration_runs, capsys):
+    logdir = calibration_runs.variants()
+    status, out, err = _report(capsys, logdir, "--baseline", OTHER_SEED)
+    assert (status, err) == (cli.EXIT_FINDINGS, "")
+    hot, other_seed, wider, summary_line = out.strip().split("\n\n")
+    hot_lines = hot.splitlines()
+    moved = _moved_rows(logdir, HOT, logdir, OTHER_SEED)
+    assert len(moved) == 3  # a learning rate three times higher: every layer, while the diagnosis says healthy
+    last_step = calibration.VARIANT_STEPS - 1
+    assert hot_lines[:2] == [
+        "run %s: HEALTHY, REGRESSED" % HOT,
+        "  baseline %s: 3 layer(s) moved more than 10x (%s, steps up to %d)" % (OTHER_SEED, MEASURE, last_step),
+    ]
+    assert [line.split() for line in hot_lines[2:6]] == [["LAYER", "LEVEL", "BASELINE", "RATIO"], *moved]
+    assert other_seed.splitlines() == [
+        "run %s: HEALTHY" % OTHER_SEED,
+        "  baseline %s: no layer moved more than 10x (%s, steps up to %d)" % (OTHER_SEED, MEASURE, last_step),
+    ]
+    assert _moved_rows(logdir, WIDER, logdir, OTHER_SEED) == []
+    assert wider.splitlines() == [
+        "run %s: HEALTHY" % WIDER,
+        "  baseline %s: no layer moved more than 10x (%s, steps up to %d)" % (OTHER_SEED, MEASURE, last_step),
+        "    only in this run (not compared): hidden_3",
+    ]
+    assert summary_line == "3 run(s): 3 healthy, 0 with findings; 1 regressed against the baseline"
+
+
+@pytest.mark.slow
+def test_baseline_in_another_directory_json(calibration_runs, capsys):
+    logdir, good = calibration_runs.variants(), _good_run_dir(calibration_runs)
+    status, out, _ = _report(capsys, logdir, "--json", "--baseline", good)
+    assert status == cli.EXIT_FINDINGS
+    runs = {run["run"]: run for run in strict_json(out)["runs"]}
+    # The rest of each entry is the /health entry.
+    plain = {run["run"]: run for run in cli.health_report(logdir)[0]["runs"]}
+    assert {name: {k: v for k, v in run.items() if k != "baseline"} for name, run in runs.items()} == plain
+    compared = {name: run["baseline"] for name, run in runs.items()}
+    assert {name: comparison["run"] for name, comparison in compared.items()} == dict.fromkeys(runs, good)
+    assert {name: comparison["regressed"] for name, comparison in compared.items()} == {
+        HOT: True,
+        OTHER_SEED: False,
+        WIDER: False,
+    }
+    hot = compared[HOT]
+    assert (hot["measure"], hot["factor"], hot["last_step"]) == (MEASURE, 10.0, calibration.VARIANT_STEPS - 1)
+    expected = _moved_rows(logdir, HOT, good, ".")
+    assert [
+        [m["layer"], "%.2g" % m["level"], "%.2g" % m["baseline_level"], "%.2gx" % m["ratio"]] for m in hot["moved"]
+    ] == (expected)
+    assert (compared[WIDER]["only_in_run"], compared[WIDER]["only_in_baseline"]) == (["hidden_3"], [])
+
+
+@pytest.mark.slow
+def test_baseline_exit_statuses(calibration_runs, logdir, capsys):
+    written = logdir  # the numpy-written runs of this module: broken, corrupt, healthy
+    logdir, good = calibration_runs.variants(), _good_run_dir(calibration_runs)
+    # A logdir whose only run is the known good one.
+    parent = os.path.dirname(good)
+    status, out, _ = _report(capsys, logdir, "--run", OTHER_SEED, "--baseline", parent)
+    assert status == cli.EXIT_HEALTHY
+    assert out.splitlines()[1].startswith("  baseline %s/train: no layer moved more than 10x" % parent)
+    assert _report(capsys, logdir, "--run", HOT, "--baseline", parent)[0] == cli.EXIT_FINDINGS
+    missing = os.path.join(parent, "missing")
+    assert _report(capsys, logdir, "--baseline", missing) == (
+        cli.EXIT_USAGE,
+        "",
+        "tb-gradhealth report: error: baseline %s is neither a run of %s with gradient health data nor a "
+        "directory\n" % (missing, logdir),
+    )
+    # Several runs, none named as one of the variants.
+    status, out, err = _report(capsys, logdir, "--baseline", written)
+    assert (status, out) == (cli.EXIT_USAGE, "")
+    assert err == (
+        "tb-gradhealth report: error: no run of %s has a run of the same name in baseline %s; runs there: "
+        "broken, corrupt, healthy\n" % (logdir, written)
+    )
+
+
+@pytest.mark.slow
+def test_baseline_logdir_runs_are_matched_by_name(calibration_runs, tmp_path, capsys):
+    """Yesterday's logdir: each run against its namesake; a run without one is listed, not failed."""
+    logdir = calibration_runs.variants()
+    # Yesterday, `hot` still trained as `other_seed` does; there was no `wider`.
+    for name in ("hot", "other_seed"):
+        shutil.copytree(os.path.join(logdir, "other_seed"), tmp_path / name)
+    status, out, _ = _report(capsys, logdir, "--baseline", tmp_path)
+    assert status == cli.EXIT_FINDINGS
+    hot, other_seed, wider, _ = out.strip().split("\n\n")
+    assert hot.splitlines()[1].startswith("  baseline %s/%s: 3 layer(s) moved more than 10x" % (tmp_path, HOT))
+    assert other_seed.splitlines()[1].startswith("  baseline %s/%s: no layer moved" % (tmp_path, OTHER_SEED))
+    assert wider.splitlines()[1:] == [
+        "  baseline: not compared",
+        "    note: no run %s in baseline %s: not compared" % (WIDER, tmp_path),
+    ]
+
+
+@pytest.mark.slow
+def test_baseline_report_imports_no_tensorflow(calibration_runs):
+    logdir, good = calibration_runs.variants(), _good_run_dir(calibration_runs)
+    process = subprocess.run(
+        [sys.executable, "-c", _CLI_MODULES_SCRIPT, logdir, "--baseline", good], capture_output=True, text=True
+    )
+    assert process.returncode == cli.EXIT_FINDINGS, process.stderr
+    assert process.stdout.splitlines()[0] == "run %s: HEALTHY, REGRESSED" % HOT
+    assert process.stderr.splitlines() == ["tensorflow imported: False"]

@@ -93,6 +93,11 @@ class BaselineComparison:
         }
 
 
+def not_compared(note: str, factor: float = LEVEL_FACTOR) -> BaselineComparison:
+    """A comparison that compared nothing, `note` saying why (e.g. no known good run of that name)."""
+    return BaselineComparison(RELATIVE_LEVEL, factor, None, (), (), (), (), (note,))
+
+
 def _levels(stats: tables.RunStats, measure: str, last_step: int) -> dict[str, float]:
     """Each layer's median level over its finite, recorded values up to `last_step` (NaN if none)."""
     grad = stats.tables[metadata.GRAD_NORM].until(last_step)
