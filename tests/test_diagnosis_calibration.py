@@ -286,7 +286,7 @@ def test_the_measured_numbers_agree_with_the_diagnosis(zoo):
         if diagnosis.verdict == "healthy":
             assert measured.largest_growth < exploding.EXPLODING_GROWTH and measured.largest_zero_fraction == 0
         row = calibration.table_row(name, series, diagnosis)
-        assert row.startswith("| %s | %s |" % (name, CASES[name].family)) and row.count("|") == 11
+        assert row.startswith("| `%s` | %s |" % (name, CASES[name].family)) and row.count("|") == 11
 
 
 def test_report_agrees_with_the_health_route_on_trained_runs(zoo_logdir, capsys):

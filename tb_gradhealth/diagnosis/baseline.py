@@ -12,11 +12,11 @@ from tb_gradhealth.diagnosis import tables
 from tb_gradhealth.series import StatSeries
 
 # A layer's gradient level moved when it is more than an order of magnitude
-# above or below the baseline's. Two trainings of one calibration model with
-# different seeds moved by up to 3.9x (an Adam MLP whose gradients fall
-# 100-fold as it converges, so its median depends on when it converges;
-# 1.2x for the transformer, residual CNN and LSTM), while a 3x or 10x
-# learning rate moved that MLP's layers by 25x to 120x (docs/diagnosis.md).
+# above or below the baseline's. Trainings of one calibration model with
+# different seeds stay within a few times of each other (an Adam MLP whose
+# gradients fall 100-fold as it converges moves most, as its median depends
+# on when it converges), while a learning rate three times higher or ten
+# times lower moves that MLP's layers beyond it (docs/diagnosis.md).
 LEVEL_FACTOR = 10.0  # x the baseline's level, either way
 
 RELATIVE_LEVEL = "median relative gradient grad_norm / weight_norm"

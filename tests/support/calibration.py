@@ -684,11 +684,11 @@ def table_row(name: str, series, diagnosis) -> str:
             change = "%s %.2g%%" % ("fell" if fall >= 0 else "rose", abs(100 * fall))
         loss = "%.2g -> %.2g (%s)" % (m.loss_start, m.loss_end, change)
     verdict = "; ".join(
-        "%s %s (step %d, %s)"
+        "%s, %s (step %d, %s)"
         % (f.kind, f.severity, f.first_step, ", ".join(f.layers) if len(f.layers) <= 3 else "%d layers" % len(f.layers))
         for f in diagnosis.findings
     )
-    return "| %s | %s | %d | %s: %.2g (%.2g) | %.2g | %.3gx | %.0f%% | %s | %s | %s |" % (
+    return "| `%s` | %s | %d | %s: %.2g (%.2g) | %.2g | %.3gx | %.0f%% | %s | %s | %s |" % (
         name,
         case.family,
         len(series["grad_norm"].layers),
