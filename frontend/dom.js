@@ -27,18 +27,12 @@ export function el(tag, props = {}, children = []) {
 }
 
 /** Appends nodes and strings (as text) to `parent`, skipping null and false. */
-export function append(parent, children) {
+function append(parent, children) {
   for (const child of children) {
     if (child === null || child === undefined || child === false) continue;
     parent.appendChild(typeof child === 'string' ? document.createTextNode(child) : child);
   }
   return parent;
-}
-
-/** Removes every child of `node`. */
-export function clear(node) {
-  node.replaceChildren();
-  return node;
 }
 
 /** Sizes a canvas for crisp drawing at the device pixel ratio; returns its 2-D context in CSS pixels. */

@@ -18,7 +18,7 @@ export function listenForTensorBoardReload(onReload) {
     let message;
     try {
       message = JSON.parse(event.data);
-    } catch (error) {
+    } catch {
       return;
     }
     if (!message || message.isReply) return;
@@ -27,7 +27,7 @@ export function listenForTensorBoardReload(onReload) {
   };
   try {
     window.parent.postMessage(BOOTSTRAP_MESSAGE, window.location.origin, [channel.port2]);
-  } catch (error) {
+  } catch {
     return false;
   }
   return true;

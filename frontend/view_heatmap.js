@@ -1,10 +1,11 @@
 // Heatmap view: layers (rows, input at the top) x steps (columns), colour = log10 of the value; and its colour legend.
 
-import {NONFINITE_CSS, NONFINITE_RGB, valueRgb, viridis, rgbCss, ZERO_CSS, ZERO_RGB} from './colormap.js';
-import {fitText, el, setupCanvas} from './dom.js';
+import {NONFINITE_CSS, NONFINITE_RGB, rgbCss, valueRgb, viridis, ZERO_CSS, ZERO_RGB} from './colormap.js';
+import {el, fitText, setupCanvas} from './dom.js';
 import {formatPowerOfTen, formatStep, formatValue, nearestIndex} from './format.js';
+import {recorded} from './model.js';
+import {palette, smallFont} from './theme.js';
 
-const FONT = '11px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif';
 const LABEL_MAX_PX = 130;
 const LABEL_GAP_PX = 8;
 const AXIS_PX = 22;
@@ -22,7 +23,7 @@ const TICK_SPACING_PX = 90;
 const LEGEND_WIDTH_PX = 260;
 const LEGEND_BAR_PX = 12;
 
-// Cell kinds of the per-pixel aggregate (a pixel column can cover many steps).
+// Cell kinds of the per-pixel aggregate (a pixel column can cover many steps); EMPTY is also "not recorded".
 const EMPTY = 0;
 const FINITE = 1;
 const ZERO = 2;
@@ -53,6 +54,8 @@ export function aggregateColumns(series, x0, x1, width) {
   const kinds = new Uint8Array(width * nLayers);
   const values = new Float64Array(width * nLayers);
   const steps = series.steps;
+  const n = steps.length;
+  const missing = series.missing;
   const span = x1 - x0;
   if (!(span > 0) || steps.length === 0) return {kinds, values};
   const toPixel = (step) => ((step - x0) / span) * width;
@@ -63,7 +66,8 @@ export function aggregateColumns(series, x0, x1, width) {
     // Every pixel column the cell overlaps, even partly, so no cell is ever skipped.
     const p1 = Math.min(width, Math.max(p0 + 1, Math.ceil(toPixel(end))));
     for (let j = 0; j < nLayers; j++) {
-      const value = series.columns[j][i];
+      if (missing !== null && missing[j * n + i]) continue;
+      const value = series.values[j * n + i];
       const kind = !Number.isFinite(value) ? NONFINITE : value <= 0 ? ZERO : FINITE;
       for (let p = p0; p < p1; p++) {
         const cell = j * width + p;
@@ -130,9 +134,11 @@ export class Heatmap {
     this._resize.observe(this.container);
   }
 
-  /** @param {object} options {series, xRange: [min, max], colour: {lo, hi}, selectedStep} */
+  /** Draws with `options` {series, xRange: [min, max], colour: {lo, hi}, selectedStep, theme}, unless they are those drawn. */
   update(options) {
-    this.options = {...this.options, ...options};
+    const next = {...this.options, ...options};
+    if (this.options && Object.keys(next).every((key) => next[key] === this.options[key])) return;
+    this.options = next;
     this.draw();
   }
 
@@ -149,14 +155,15 @@ export class Heatmap {
     const plotHeight = rowHeight * nLayers;
     const height = TOP_PX + plotHeight + AXIS_PX;
     const ctx = setupCanvas(this.canvas, width, height);
-    ctx.font = FONT;
+    const colours = palette();
+    ctx.font = smallFont();
     const labelWidth = Math.min(LABEL_MAX_PX, Math.max(...series.layers.map((name) => ctx.measureText(name).width), 20));
     const left = Math.ceil(labelWidth + LABEL_GAP_PX);
     const plotWidth = width - left - RIGHT_PX;
     this.layout = {left, top: TOP_PX, plotWidth, plotHeight, rowHeight};
 
     ctx.clearRect(0, 0, width, height);
-    ctx.fillStyle = '#f5f6f7';
+    ctx.fillStyle = colours.plotBg;
     ctx.fillRect(left, TOP_PX, plotWidth, plotHeight);
 
     // Paint at device resolution so one pixel column is one aggregate column.
@@ -186,7 +193,7 @@ export class Heatmap {
 
     // Thin gaps between rows keep the layers apart when neighbouring colours are close.
     if (rowHeight >= 10) {
-      ctx.fillStyle = '#ffffff';
+      ctx.fillStyle = colours.rowGap;
       for (let j = 1; j < nLayers; j++) ctx.fillRect(left, TOP_PX + j * rowHeight - 0.5, plotWidth, 1);
     }
 
@@ -206,21 +213,22 @@ export class Heatmap {
     if (selectedStep < xRange[0] || selectedStep > xRange[1]) return;
     const {top, plotHeight} = this.layout;
     const x = Math.round(this._stepToX(selectedStep)) + 0.5;
+    const colours = palette();
     ctx.save();
-    ctx.fillStyle = '#202124';
+    ctx.fillStyle = colours.marker;
     ctx.beginPath();
     ctx.moveTo(x - MARKER_PX, top - MARKER_PX - 3);
     ctx.lineTo(x + MARKER_PX, top - MARKER_PX - 3);
     ctx.lineTo(x, top - 1);
     ctx.closePath();
     ctx.fill();
-    ctx.strokeStyle = 'rgba(255, 255, 255, 0.85)';
+    ctx.strokeStyle = colours.markerHalo;
     ctx.lineWidth = 3;
     ctx.beginPath();
     ctx.moveTo(x, top);
     ctx.lineTo(x, top + plotHeight);
     ctx.stroke();
-    ctx.strokeStyle = '#202124';
+    ctx.strokeStyle = colours.marker;
     ctx.lineWidth = 1;
     ctx.stroke();
     ctx.restore();
@@ -229,7 +237,7 @@ export class Heatmap {
   _drawLabels(ctx, series, labelWidth) {
     const {left, top, rowHeight} = this.layout;
     const every = Math.ceil(LABEL_MIN_ROW_PX / rowHeight);
-    ctx.fillStyle = '#3c4043';
+    ctx.fillStyle = palette().label;
     ctx.textAlign = 'right';
     ctx.textBaseline = 'middle';
     series.layers.forEach((name, j) => {
@@ -241,8 +249,8 @@ export class Heatmap {
   _drawAxis(ctx, xRange) {
     const {left, top, plotWidth, plotHeight} = this.layout;
     const y = top + plotHeight;
-    ctx.fillStyle = '#5f6368';
-    ctx.strokeStyle = '#9aa0a6';
+    ctx.fillStyle = palette().muted;
+    ctx.strokeStyle = palette().axisLine;
     ctx.textBaseline = 'top';
     ctx.textAlign = 'center';
     for (const tick of niceTicks(xRange[0], xRange[1], Math.max(1, Math.floor(plotWidth / TICK_SPACING_PX)))) {
@@ -279,11 +287,14 @@ export class Heatmap {
       return;
     }
     const {series} = this.options;
-    const value = series.columns[cell.layer][cell.index];
+    const value = series.values[cell.layer * series.steps.length + cell.index];
+    const shown = recorded(series, cell.layer, cell.index);
     this.tooltip.replaceChildren(
       el('div', {class: 'tooltip-title', text: series.layers[cell.layer]}),
       el('div', {text: `step ${formatStep(series.steps[cell.index])}`}),
-      el('div', {class: Number.isFinite(value) ? '' : 'tooltip-bad', text: `${series.stat} = ${formatValue(value)}`}),
+      shown
+        ? el('div', {class: Number.isFinite(value) ? '' : 'tooltip-bad', text: `${series.stat} = ${formatValue(value)}`})
+        : el('div', {class: 'muted', text: 'not recorded at this step'}),
       el('div', {class: 'tooltip-hint', text: 'click to show this step in the layer profile'}),
     );
     this.tooltip.hidden = false;
@@ -318,8 +329,8 @@ export function colourLegend(colour, stat) {
     ctx.fillStyle = rgbCss(viridis(x / (barWidth - 1)));
     ctx.fillRect(inset + x, 0, 1.5, LEGEND_BAR_PX);
   }
-  ctx.font = FONT;
-  ctx.fillStyle = '#5f6368';
+  ctx.font = smallFont();
+  ctx.fillStyle = palette().muted;
   ctx.textAlign = 'center';
   ctx.textBaseline = 'top';
   const span = colour.hi - colour.lo;

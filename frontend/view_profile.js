@@ -3,9 +3,10 @@
 import {NONFINITE_CSS, rgbCss, valueRgb, ZERO_CSS} from './colormap.js';
 import {el, fitText, setupCanvas} from './dom.js';
 import {formatPowerOfTen, formatValue} from './format.js';
+import {recorded} from './model.js';
+import {palette, smallFont} from './theme.js';
 import {niceTicks} from './view_heatmap.js';
 
-const FONT = '11px system-ui, -apple-system, "Segoe UI", Roboto, sans-serif';
 const HEIGHT_PX = 236;
 // Same width as the trend chart's value axis, so stacked charts line up.
 const AXIS_LEFT_PX = 58;
@@ -41,8 +42,9 @@ export class LayerProfile {
     this._resize.observe(this.container);
   }
 
-  /** @param {object} options {series, index (step index), logY, yRange: [min, max], colour: {lo, hi}} */
+  /** Draws with `options` {series, index (step index), logY, yRange: [min, max], colour: {lo, hi}, theme}, unless they are those drawn. */
   update(options) {
+    if (this.options && Object.keys(options).every((key) => options[key] === this.options[key])) return;
     this.options = options;
     this.draw();
   }
@@ -65,7 +67,8 @@ export class LayerProfile {
     const width = Math.max(240, Math.floor(this.container.clientWidth));
     this._lastWidth = this.container.clientWidth;
     const ctx = setupCanvas(this.canvas, width, HEIGHT_PX);
-    ctx.font = FONT;
+    ctx.font = smallFont();
+    const colours = palette();
     const nLayers = series.layers.length;
     const plotWidth = width - AXIS_LEFT_PX - RIGHT_PX;
     const plotHeight = HEIGHT_PX - TOP_PX - LABELS_PX;
@@ -80,19 +83,19 @@ export class LayerProfile {
     ctx.textAlign = 'center';
     ctx.textBaseline = 'bottom';
     for (let j = 0; j < nLayers; j++) {
-      const value = index < 0 ? NaN : series.columns[j][index];
+      if (index < 0 || !recorded(series, j, index)) continue;
+      const value = series.values[j * series.steps.length + index];
       const x = AXIS_LEFT_PX + slot * (j + 0.5);
       const x0 = Math.round(x - barWidth / 2);
-      if (index < 0) continue;
       if (!Number.isFinite(value)) {
         ctx.fillStyle = NONFINITE_CSS;
         ctx.fillRect(x0, TOP_PX, Math.round(barWidth), plotHeight);
-        ctx.fillStyle = '#b3141a';
+        ctx.fillStyle = colours.nonfiniteText;
         ctx.fillText(formatValue(value), x, TOP_PX - 3);
       } else if (logY && value <= 0) {
         ctx.fillStyle = ZERO_CSS;
         ctx.fillRect(x0, baseline - 3, Math.round(barWidth), 3);
-        ctx.fillStyle = '#5f6368';
+        ctx.fillStyle = colours.muted;
         ctx.fillText('0', x, baseline - 5);
       } else {
         const y = this._toY(value);
@@ -115,19 +118,20 @@ export class LayerProfile {
     } else {
       ticks = niceTicks(yRange[0], yRange[1], 5).map((v) => [v, formatValue(v)]);
     }
+    const colours = palette();
     ctx.textAlign = 'right';
     ctx.textBaseline = 'middle';
     for (const [value, label] of ticks) {
       const y = Math.round(this._toY(value)) + 0.5;
-      ctx.strokeStyle = '#eceff1';
+      ctx.strokeStyle = colours.grid;
       ctx.beginPath();
       ctx.moveTo(left, y);
       ctx.lineTo(left + plotWidth, y);
       ctx.stroke();
-      ctx.fillStyle = '#5f6368';
+      ctx.fillStyle = colours.muted;
       ctx.fillText(label, left - 8, y);
     }
-    ctx.strokeStyle = '#9aa0a6';
+    ctx.strokeStyle = colours.axisLine;
     ctx.beginPath();
     ctx.moveTo(left + 0.5, top);
     ctx.lineTo(left + 0.5, top + plotHeight + 0.5);
@@ -138,7 +142,7 @@ export class LayerProfile {
   _drawLabels(ctx, layers, slot) {
     const {left, top, plotHeight} = this.layout;
     const y = top + plotHeight + 6;
-    ctx.fillStyle = '#3c4043';
+    ctx.fillStyle = palette().label;
     const upright = slot >= UPRIGHT_LABEL_MIN_SLOT_PX;
     // Narrow slots get steeper names; very narrow ones name every k-th layer only.
     const angle = slot >= TILTED_LABEL_MIN_SLOT_PX ? -Math.PI / 5 : -Math.PI / 2;
@@ -174,10 +178,12 @@ export class LayerProfile {
       this.tooltip.hidden = true;
       return;
     }
-    const value = series.columns[j][index];
+    const value = series.values[j * series.steps.length + index];
     this.tooltip.replaceChildren(
       el('div', {class: 'tooltip-title', text: series.layers[j]}),
-      el('div', {class: Number.isFinite(value) ? '' : 'tooltip-bad', text: `${series.stat} = ${formatValue(value)}`}),
+      recorded(series, j, index)
+        ? el('div', {class: Number.isFinite(value) ? '' : 'tooltip-bad', text: `${series.stat} = ${formatValue(value)}`})
+        : el('div', {class: 'muted', text: 'not recorded at this step'}),
     );
     this.tooltip.hidden = false;
     const flip = x > left + plotWidth * 0.6;

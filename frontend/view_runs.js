@@ -16,7 +16,7 @@ export function badge(verdict, pending = false) {
 
 function runMeta(info) {
   const parts = [`${info.layers.length} layer${info.layers.length === 1 ? '' : 's'}`];
-  if (info.max_step !== null && info.max_step !== undefined) parts.push(`step ${formatStep(info.max_step)}`);
+  if (info.maxStep !== null) parts.push(`step ${formatStep(info.maxStep)}`);
   return parts.join(' · ');
 }
 
@@ -24,10 +24,10 @@ function runMeta(info) {
  * Fills `list` with one selectable row per run.
  *
  * @param {HTMLElement} list the container
- * @param {Array<object>} runs the /runs entries
+ * @param {Array<object>} runs the decoded /runs entries (model.decodeRun)
  * @param {Map<string, object>|null} health run -> /health entry; null while it loads
- * @param {Set<string>} selected selected run names
- * @param {Map<string, Array<object>>} problems run -> what was skipped reading it ({tag, message})
+ * @param {Array<string>} selected selected run names
+ * @param {Map<string, Array<object>>} problems run -> what was skipped reading it ({tag, file, message})
  * @param {function(string, boolean)} onToggle called with a run and its new checked state
  */
 export function renderRunList(list, runs, health, selected, problems, onToggle) {
@@ -38,9 +38,10 @@ export function renderRunList(list, runs, health, selected, problems, onToggle) 
   list.replaceChildren(
     ...runs.map((info) => {
       const verdict = health?.get(info.run)?.verdict;
-      const checkbox = el('input', {type: 'checkbox', checked: selected.has(info.run)});
+      const isSelected = selected.includes(info.run);
+      const checkbox = el('input', {type: 'checkbox', checked: isSelected});
       checkbox.addEventListener('change', () => onToggle(info.run, checkbox.checked));
-      return el('label', {class: 'run-item' + (selected.has(info.run) ? ' selected' : ''), data: {run: info.run}, title: info.run}, [
+      return el('label', {class: 'run-item' + (isSelected ? ' selected' : ''), data: {run: info.run}, title: info.run}, [
         checkbox,
         el('span', {class: 'run-text'}, [
           el('span', {class: 'run-name', text: info.run}),

@@ -2,8 +2,10 @@
 
 import uPlot from './vendor/uplot/uPlot.esm.js';
 import {layerColour, NONFINITE_CSS} from './colormap.js';
-import {formatPowerOfTen, formatStep, formatValue, lastIndexAtOrBefore, smooth} from './format.js';
 import {el} from './dom.js';
+import {formatPowerOfTen, formatStep, formatValue, lastIndexAtOrBefore, smooth} from './format.js';
+import {column, recorded} from './model.js';
+import {palette} from './theme.js';
 
 const HEIGHT_PX = 250;
 // Hovering one chart shows the read-out at the same step in every run's chart.
@@ -78,7 +80,7 @@ function drawSelectedStep(u, step) {
   const ctx = u.ctx;
   const ratio = window.devicePixelRatio || 1;
   ctx.save();
-  ctx.strokeStyle = '#202124';
+  ctx.strokeStyle = palette().marker;
   ctx.lineWidth = ratio;
   ctx.setLineDash([4 * ratio, 3 * ratio]);
   ctx.beginPath();
@@ -116,8 +118,9 @@ export class TrendChart {
   update(options) {
     this.options = options;
     const {series, logY, smoothing, yRange, hiddenLayers} = options;
-    const lines = series.columns.map((column) => smooth(column, smoothing, logY));
+    const lines = series.layers.map((name, j) => smooth(column(series, j), smoothing, logY));
     const data = [Array.from(series.steps), ...lines];
+    const colours = palette();
     const opts = {
       width: this._width(),
       height: HEIGHT_PX,
@@ -140,11 +143,11 @@ export class TrendChart {
         y: logY ? {distr: 3, log: 10, range: () => yRange} : {range: () => yRange},
       },
       axes: [
-        {stroke: '#5f6368', grid: {stroke: '#eceff1'}, ticks: {stroke: '#cfd8dc', size: 4}, values: ticksAsSteps, space: 70},
+        {stroke: colours.muted, grid: {stroke: colours.grid}, ticks: {stroke: colours.tick, size: 4}, values: ticksAsSteps, space: 70},
         {
-          stroke: '#5f6368',
-          grid: {stroke: '#eceff1'},
-          ticks: {stroke: '#cfd8dc', size: 4},
+          stroke: colours.muted,
+          grid: {stroke: colours.grid},
+          ticks: {stroke: colours.tick, size: 4},
           values: ticksAsValues,
           size: 58,
           // Our splits are already thinned: keep every label (uPlot's log filter drops most).
@@ -162,7 +165,7 @@ export class TrendChart {
           spanGaps: false,
           points: {show: series.steps.length <= 60, size: 4},
           // The read-out shows the raw value (NaN and Inf included), even when the line is smoothed.
-          value: (u, v, si, idx) => this._readout(idx, (i) => formatValue(series.columns[j][i])),
+          value: (u, v, si, idx) => this._readout(idx, (i) => (recorded(series, j, i) ? formatValue(series.values[j * series.steps.length + i]) : 'not recorded')),
         })),
       ],
       hooks: {
@@ -188,7 +191,7 @@ export class TrendChart {
     if (!this.plot || weight === this.options.smoothing) return;
     this.options.smoothing = weight;
     const {series, logY} = this.options;
-    this.plot.setData([Array.from(series.steps), ...series.columns.map((column) => smooth(column, weight, logY))], false);
+    this.plot.setData([Array.from(series.steps), ...series.layers.map((name, j) => smooth(column(series, j), weight, logY))], false);
   }
 
   /** Shows steps `range` = [min, max] without telling the handlers (they asked for it). */

@@ -61,8 +61,6 @@ ENTRY = "/data/plugin_entry.html?name=gradient_health"
 ROUTES = "/data/plugin/gradient_health"
 VIEWPORT = {"width": 1600, "height": 1000}
 LOAD_TIMEOUT_MS = 60_000
-# TensorBoard's reload reaches the tab after its own requests.
-RELOAD_WAIT_MS = 3000
 HOSTILE_RUN = "<img src=x onerror=alert(1)>"
 HOSTILE_LAYERS = ["<b>bold</b>", "dense_1"]
 USER_STAT = "my_stat"
@@ -70,8 +68,6 @@ HOSTILE_STEPS = 20
 # A run that grows during a test, as while training runs.
 LIVE_RUN = "live"
 LIVE_STEPS = 30
-LIVE_POLLS = 30
-LIVE_POLL_MS = 1000
 # colormap.js: the colour of NaN/Inf cells, bars and marks.
 NONFINITE_RGB = (228, 26, 28)
 # view_heatmap.js: rows start this far below the canvas top.
@@ -222,7 +218,15 @@ class Page:
 
     def open_tab(self, url: str, state: str = "ready"):
         self.page.goto(url)
+        self.wait_for_state(state)
+
+    def wait_for_state(self, state: str = "ready"):
+        """Waits until the tab says it is in `state` (ready: every request answered and drawn)."""
         self.page.wait_for_selector("body[data-state=%s]" % state, timeout=LOAD_TIMEOUT_MS)
+
+    def settle(self):
+        """Waits until the page has no request in flight (e.g. an image a name might have smuggled in)."""
+        self.page.wait_for_load_state("networkidle")
 
     def set_selection(self, runs):
         """Ticks exactly `runs` in the run list and waits until their charts are drawn."""
@@ -301,6 +305,11 @@ def series_body(server, run: str, stat: str = "grad_norm") -> dict:
     return server.get_json(PATH_PREFIX + ROUTES + "/series?" + urlencode({"run": run, "stat": stat}))
 
 
+def live_max_step(server) -> int | None:
+    runs = server.get_json(PATH_PREFIX + ROUTES + "/runs")["runs"]
+    return next((entry["max_step"] for entry in runs if entry["run"] == LIVE_RUN), None)
+
+
 def first_nonfinite_step(server, run: str) -> int:
     """The first step with a NaN/Inf grad_norm, computed here from /series."""
     body = series_body(server, run)
@@ -360,7 +369,7 @@ def test_hostile_names_stay_text_and_no_dialog_fires(server, page):
     assert HOSTILE_LAYERS[0] in legend
     # Nothing of the names became markup.
     assert page.page.evaluate("document.querySelectorAll('img, b').length") == 0
-    page.page.wait_for_timeout(300)
+    page.settle()
     assert page.dialogs == []
     assert page.errors == []
 
@@ -373,6 +382,7 @@ def test_user_defined_stat_is_offered_and_plotted(server, page):
         "(stat) => [...document.querySelectorAll('.panel-trends .panel-subtitle')].some((e) => e.textContent === stat)",
         arg=USER_STAT,
     )
+    page.wait_for_state()
     # Away from the chart the read-out shows the selected (latest) step's values.
     last = HOSTILE_STEPS - 1
     legend = page.cell_text(".trend-cell", HOSTILE_RUN)
@@ -430,20 +440,19 @@ def test_new_steps_appear_on_refresh_keeping_zoom_and_selected_step(server, logd
     assert zoomed != full  # the heatmap follows the trend chart's zoom
 
     write_live_steps(logdir, range(LIVE_STEPS, 2 * LIVE_STEPS))
-    last = "step %d" % (2 * LIVE_STEPS - 1)
+    last = 2 * LIVE_STEPS - 1
+    server.wait_until(
+        lambda: live_max_step(server) == last, LOAD_TIMEOUT_MS / 1000, "TensorBoard to load the new steps"
+    )
     meta = "[...document.querySelectorAll('.run-item')].find((item) => item.dataset.run === %r).textContent" % LIVE_RUN
-    for _ in range(LIVE_POLLS):
-        page.page.click(".refresh-button")
-        page.page.wait_for_function("() => !document.querySelector('.refresh-button').disabled")
-        if last in page.page.evaluate(meta):
-            break
-        page.page.wait_for_timeout(LIVE_POLL_MS)
-    assert last in page.page.evaluate(meta)
+    page.page.click(".refresh-button")
+    page.page.wait_for_function("(last) => %s.includes(last)" % meta, arg="step %d" % last)
+    page.wait_for_state()
     # Redrawn with the new steps, still zoomed on the same steps and showing the picked one.
     assert page.page.evaluate(heatmap) == zoomed
     assert page.page.evaluate(caption) == picked
     page.page.dblclick(".trend-cell .u-over")
-    page.page.wait_for_timeout(400)
+    page.page.wait_for_function("(zoomed) => %s !== zoomed" % heatmap, arg=zoomed)
     # All steps again, now twice as many: the cells are half as wide as at first.
     assert page.page.evaluate(heatmap) not in (full, zoomed)
     assert page.errors == []
@@ -460,8 +469,8 @@ def test_inside_tensorboard_under_a_path_prefix_and_its_reload_button_refreshes_
     assert frame.evaluate("document.querySelectorAll('.run-item').length") == len(verdicts(demo_server))
     assert runs_requests and all(url.startswith(demo_server.url + PATH_PREFIX + "/") for url in runs_requests)
     seen = len(runs_requests)
-    page.page.click("button.reload-button")
-    page.page.wait_for_timeout(RELOAD_WAIT_MS)
+    with page.page.expect_request(lambda request: request.url.endswith(ROUTES + "/runs"), timeout=LOAD_TIMEOUT_MS):
+        page.page.click("button.reload-button")
     assert len(runs_requests) > seen
     target = screenshot_target(SCREENSHOT_IN_TENSORBOARD, tmp_path)
     target.parent.mkdir(exist_ok=True)
@@ -474,7 +483,8 @@ def test_screenshot_of_the_tab_over_the_demo_runs(demo_server, page, tmp_path):
     page.open_tab(demo_server.url + PATH_PREFIX + ENTRY)
     shown = [run_with_verdict(demo_server, verdict) for verdict in ("healthy", "vanishing", "nonfinite")]
     page.set_selection(shown)
-    page.page.wait_for_timeout(300)
+    page.wait_for_state()
+    page.page.evaluate("document.fonts.ready")
     target = screenshot_target(SCREENSHOT, tmp_path)
     target.parent.mkdir(exist_ok=True)
     page.page.screenshot(path=str(target), full_page=True)
@@ -558,7 +568,7 @@ def test_smoothing_and_heatmap_binning_agree_with_numpy(tmp_path, page):
                 const format = await import('./format.js');
                 const heatmap = await import('./view_heatmap.js');
                 const decoded = values.map(format.decodeNumber);
-                const series = {layers: ['a'], steps: Float64Array.from(steps), columns: [Float64Array.from(decoded)]};
+                const series = {layers: ['a'], steps: Float64Array.from(steps), values: Float64Array.from(decoded), missing: null};
                 const {kinds, values: binned} = heatmap.aggregateColumns(series, steps[0] - 1.5, steps[steps.length - 1] + 1.5, pixels);
                 return [format.smooth(decoded, weight, true), [...kinds], [...binned]];
             }""",

@@ -108,7 +108,7 @@ def test_skipped_files_are_listed_per_run_as_text_and_every_run_still_draws(brok
 
         # The markup in the run name stayed text everywhere.
         assert page.page.evaluate("document.querySelectorAll('img, b').length") == 0
-        page.page.wait_for_timeout(200)
+        page.settle()
         assert page.dialogs == []
         assert page.errors == []
 

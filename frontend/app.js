@@ -1,0 +1,316 @@
+// The tab's application: the view state, the loads that fill it, and the panels drawn from it.
+
+import {el} from './dom.js';
+import {listenForTensorBoardReload} from './host.js';
+import {decodeProblems, Model} from './model.js';
+import {DiagnosisPanel} from './panel_diagnosis.js';
+import {HeatmapPanel} from './panel_heatmap.js';
+import {ProfilePanel} from './panel_profile.js';
+import {TrendsPanel} from './panel_trends.js';
+import {requestPoints} from './resolution.js';
+import {sharedScales} from './scales.js';
+import {Store} from './store.js';
+import {cellExtent} from './view_heatmap.js';
+import {mergeProblems, renderNotices} from './view_notices.js';
+import {renderRunList} from './view_runs.js';
+import {emptyState, Shell} from './view_shell.js';
+
+const REFRESH_INTERVAL_MS = 30_000;
+const DEFAULT_STAT = 'grad_norm';
+// Runs selected at first, in list order: a side-by-side comparison that still fits a screen.
+const MAX_DEFAULT_SELECTED = 3;
+// A window resize settles for this long before the series resolution is checked again.
+const RESIZE_SETTLE_MS = 400;
+
+function initialState() {
+  return {
+    // What the user chose.
+    stat: DEFAULT_STAT,
+    selected: [], // run names
+    selectionInitialized: false,
+    smoothing: 0,
+    logY: true,
+    autoRefresh: true,
+    xRange: null, // a zoom chosen by the user; null = all steps
+    step: null, // the step the user picked; null = follow the latest
+    hiddenLayers: new Set(),
+    theme: 'light',
+    // What was loaded.
+    runs: null, // decoded /runs entries, once loaded
+    health: null, // run -> /health entry, once loaded
+    healthError: null,
+    series: new Map(), // run -> decoded series or RequestError, of `seriesStat`
+    seriesStat: null,
+    seriesLoading: false,
+    maxPoints: null, // the `max_points` of the series shown (or being loaded)
+    fatalError: null, // the run list could not be loaded
+    busy: false,
+    status: '',
+  };
+}
+
+/** Returns `fn` remembering its last arguments and result: called again with the same arguments (by identity), it returns that result. */
+function memo(fn) {
+  let lastArgs = null;
+  let lastResult;
+  return (...args) => {
+    if (lastArgs && args.length === lastArgs.length && args.every((arg, i) => Object.is(arg, lastArgs[i]))) return lastResult;
+    lastArgs = args;
+    lastResult = fn(...args);
+    return lastResult;
+  };
+}
+
+function sameItems(a, b) {
+  return a.length === b.length && a.every((item, i) => item === b[i]);
+}
+
+/** Returns the statistics of `runs` in the order /runs lists them (built-ins first), without repeats. */
+function allStats(runs) {
+  const stats = [];
+  for (const info of runs || []) for (const stat of info.stats) if (!stats.includes(stat)) stats.push(stat);
+  return stats;
+}
+
+export class App {
+  constructor(root) {
+    this.model = new Model();
+    this.store = new Store(initialState());
+    this.actions = {
+      setStat: (stat) => {
+        this.store.update({stat});
+        this._loadSeries(false);
+      },
+      toggleRun: (run, checked) => {
+        const selected = this.store.state.selected.filter((name) => name !== run);
+        this.store.update({selected: checked ? [...selected, run] : selected});
+        this._loadSeries(false);
+      },
+      setSmoothing: (smoothing) => this.store.update({smoothing}),
+      setLogY: (logY) => this.store.update({logY}),
+      setAutoRefresh: (autoRefresh) => this.store.update({autoRefresh}),
+      refresh: () => this.refresh(true),
+      zoom: (xRange) => this.store.update({xRange}),
+      pickStep: (step) => this.store.update({step}),
+      showLayer: (name, shown) => {
+        const hiddenLayers = new Set(this.store.state.hiddenLayers);
+        if (shown) hiddenLayers.delete(name);
+        else hiddenLayers.add(name);
+        this.store.update({hiddenLayers});
+      },
+    };
+    this.shell = new Shell(root, this.actions);
+    this.panels = [new DiagnosisPanel(), new TrendsPanel(this.actions), new HeatmapPanel(this.actions), new ProfilePanel()];
+    this._mainShows = null;
+    this._sidebarKey = null;
+    this._refreshing = false;
+    this._refreshAgain = false;
+    this._lastRefreshAt = 0;
+    this._selectedRuns = memo((runs, selected) => (runs || []).filter((info) => selected.includes(info.run)));
+    this._loaded = memo((runs, series) => runs.map((info) => series.get(info.run)).filter((s) => s && !(s instanceof Error)));
+    this._scales = memo(sharedScales);
+    this._cellExtent = memo(cellExtent);
+    this._xRange = memo((chosen, scales) => chosen || scales.x);
+    this._heatmapRange = memo((xRange, scales, extent) => {
+      // The trends' range, widened so the first and last cells (centred on steps, as wide as their spacing) show whole.
+      const [first, last] = scales.x;
+      const [lo, hi] = extent || [first, last];
+      return [xRange[0] - Math.max(0, first - lo), xRange[1] + Math.max(0, hi - last)];
+    });
+    this._problemsByRun = memo((runs, health, series) => {
+      const byRun = new Map();
+      for (const info of runs || []) {
+        const loaded = series.get(info.run);
+        const seriesProblems = loaded && !(loaded instanceof Error) ? loaded.problems : [];
+        byRun.set(info.run, mergeProblems(info.problems, decodeProblems(health?.get(info.run)?.problems), seriesProblems));
+      }
+      return byRun;
+    });
+    this.store.subscribe((state) => this._render(state));
+    this._render(this.store.state);
+  }
+
+  start() {
+    this.refresh(false);
+    setInterval(() => {
+      // TensorBoard's own reload may have just refreshed the tab: no need to do it twice.
+      const recent = Date.now() - this._lastRefreshAt < REFRESH_INTERVAL_MS / 2;
+      if (this.store.state.autoRefresh && !recent && document.visibilityState !== 'hidden') this.refresh(true);
+    }, REFRESH_INTERVAL_MS);
+    listenForTensorBoardReload(() => this.refresh(true));
+    let resizeTimer = null;
+    window.addEventListener('resize', () => {
+      clearTimeout(resizeTimer);
+      resizeTimer = setTimeout(() => {
+        // A wider plot (or a denser screen) deserves more points; a narrower one keeps what it has until the next load.
+        const {runs, maxPoints} = this.store.state;
+        if (runs && maxPoints !== null && this._requestPoints() > maxPoints) this._loadSeries(false);
+      }, RESIZE_SETTLE_MS);
+    });
+  }
+
+  /**
+   * Fetches runs, diagnosis and the selected series; `fresh` refetches cached series too.
+   *
+   * The run list and the charts are drawn as soon as their data arrives; the diagnosis (the
+   * slowest route) fills in its badges and cards when it comes. A refresh asked for while one
+   * is under way runs once that one is done.
+   */
+  async refresh(fresh) {
+    if (this._refreshing) {
+      this._refreshAgain = true;
+      return;
+    }
+    this._refreshing = true;
+    this._lastRefreshAt = Date.now();
+    this.store.update({busy: true});
+    this.model.health().then((health) => {
+      if (health) this.store.update({health: health.entries, healthError: health.error});
+    });
+    try {
+      const runs = await this.model.runs();
+      if (runs === null) return;
+      this.store.update({runs, fatalError: null, ...this._reconciled(runs)});
+      if (runs.length) await this._loadSeries(fresh);
+      this._stamp();
+    } catch (error) {
+      this.store.update({fatalError: error, seriesLoading: false, status: 'Update failed'});
+    } finally {
+      this._refreshing = false;
+      this.store.update({busy: false});
+      if (this._refreshAgain) {
+        this._refreshAgain = false;
+        this.refresh(true);
+      }
+    }
+  }
+
+  /** Loads the selected runs' series of the chosen statistic (from the cache unless `fresh`). */
+  async _loadSeries(fresh) {
+    const state = this.store.state;
+    if (!state.runs) return;
+    const stat = state.stat;
+    const runs = this._selectedRuns(state.runs, state.selected).filter((info) => info.stats.includes(stat)).map((info) => info.run);
+    const maxPoints = this._requestPoints();
+    this.store.update({seriesLoading: true});
+    const loaded = await this.model.series(runs, stat, maxPoints, fresh);
+    if (loaded === null) return; // a newer load is under way
+    const before = this.store.state.series;
+    // Unchanged series keep their objects: the charts see by identity that there is nothing to redraw.
+    const same = this.store.state.seriesStat === stat && before.size === loaded.size && [...loaded].every(([run, s]) => before.get(run) === s);
+    this.store.update({series: same ? before : loaded, seriesStat: stat, maxPoints, seriesLoading: false});
+  }
+
+  /** Returns the series resolution for the plots as wide as they can be now (one run across the whole main area). */
+  _requestPoints() {
+    return requestPoints(this.shell.main.clientWidth, window.devicePixelRatio || 1);
+  }
+
+  /** Returns the selection and statistic made valid for `runs`. */
+  _reconciled(runs) {
+    const state = this.store.state;
+    const names = new Set(runs.map((info) => info.run));
+    let selected = state.selected.filter((run) => names.has(run));
+    let selectionInitialized = state.selectionInitialized;
+    if (!selectionInitialized && runs.length) {
+      selected = runs.slice(0, MAX_DEFAULT_SELECTED).map((info) => info.run);
+      selectionInitialized = true;
+    }
+    if (selected.length === 0 && runs.length) selected = [runs[0].run];
+    const stats = allStats(runs);
+    const stat = stats.includes(state.stat) ? state.stat : stats.includes(DEFAULT_STAT) ? DEFAULT_STAT : stats[0] || DEFAULT_STAT;
+    return {selected: sameItems(selected, state.selected) ? state.selected : selected, selectionInitialized, stat};
+  }
+
+  _stamp() {
+    const time = new Date().toLocaleTimeString([], {hour: '2-digit', minute: '2-digit', second: '2-digit'});
+    this.store.update({status: `Updated ${time}`});
+  }
+
+  /** Returns what the panels draw from: `state` and what follows from it, computed once per change of its inputs. */
+  _viewOf(state) {
+    const runs = this._selectedRuns(state.runs, state.selected);
+    const stat = state.seriesStat ?? state.stat;
+    const series = state.series;
+    const loaded = this._loaded(runs, series);
+    const scales = this._scales(loaded, state.logY);
+    const xRange = this._xRange(state.xRange, scales);
+    const health = state.health;
+    return {
+      state,
+      stat,
+      runs,
+      loaded,
+      scales,
+      xRange,
+      heatmapRange: this._heatmapRange(xRange, scales, this._cellExtent(loaded)),
+      step: state.step ?? (loaded.length ? scales.x[1] : null),
+      stepPinned: state.step !== null,
+      /** Returns a run's /health entry; null while the diagnosis is loading, undefined if it has none. */
+      healthOf: (run) => (health === null ? null : health.get(run)),
+      /** Returns what a run's chart cells show: {series} or {message, error}. */
+      content: (info) => {
+        if (!info.stats.includes(stat)) return {message: `This run has no “${stat}” statistic.`};
+        const loadedSeries = series.get(info.run);
+        if (loadedSeries === undefined) return {message: 'Loading…'};
+        if (loadedSeries instanceof Error) return {message: loadedSeries.message, error: true};
+        return {series: loadedSeries};
+      },
+    };
+  }
+
+  _render(state) {
+    const view = this._viewOf(state);
+    this.shell.render(state, allStats(state.runs));
+    this._renderSidebar(state);
+    this.shell.showError(this._errorText(state));
+    this._renderMain(state, view);
+    document.body.dataset.state = this._pageState(state);
+  }
+
+  _renderSidebar(state) {
+    if (!state.runs) return;
+    const problems = this._problemsByRun(state.runs, state.health, state.series);
+    const problemsKey = JSON.stringify([...problems]);
+    const key = [state.runs, state.health, state.selected, problemsKey];
+    // Redrawing the run list would take the keyboard focus off its checkboxes: only when it changed.
+    if (this._sidebarKey && key.every((part, i) => part === this._sidebarKey[i])) return;
+    this._sidebarKey = key;
+    renderRunList(this.shell.runList, state.runs, state.health, state.selected, problems, this.actions.toggleRun);
+    renderNotices(this.shell.notices, problems);
+  }
+
+  _errorText(state) {
+    const problems = [];
+    if (state.fatalError) problems.push(state.fatalError.message || String(state.fatalError));
+    else if (state.healthError) problems.push(`Diagnosis unavailable: ${state.healthError.message}`);
+    for (const series of state.series.values()) if (series instanceof Error) problems.push(series.message);
+    return problems.join(' · ') || null;
+  }
+
+  _renderMain(state, view) {
+    let shows = 'panels';
+    if (state.runs === null) shows = state.fatalError ? 'failed' : 'nothing';
+    else if (state.runs.length === 0) shows = 'empty';
+    if (shows !== this._mainShows) {
+      this._mainShows = shows;
+      if (shows !== 'panels') for (const panel of this.panels) panel.destroy();
+      const main = this.shell.main;
+      if (shows === 'failed') main.replaceChildren(el('div', {class: 'empty-state', text: 'The tab could not load its data.'}));
+      else if (shows === 'empty') main.replaceChildren(emptyState());
+      else if (shows === 'nothing') main.replaceChildren();
+      else main.replaceChildren(...this.panels.map((panel) => panel.element));
+    }
+    // Panels are drawn once in the page, so their charts can measure their width.
+    if (shows === 'panels') for (const panel of this.panels) panel.render(state, view);
+  }
+
+  /** Returns the page's state for scripts and tests: loading, ready (nothing in flight, all drawn), empty or error. */
+  _pageState(state) {
+    if (state.fatalError) return 'error';
+    if (state.runs === null) return 'loading';
+    if (state.runs.length === 0) return 'empty';
+    if (state.health === null || state.seriesLoading || state.busy) return 'loading';
+    return 'ready';
+  }
+}
