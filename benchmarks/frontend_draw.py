@@ -29,9 +29,14 @@ import argparse
 import concurrent.futures
 import contextlib
 import pathlib
+import sys
 import urllib.parse
 
 from benchmarks import common, eventgen
+
+# tests/tb_server.py starts and stops a real `tensorboard`, as in the end-to-end tests.
+sys.path.insert(0, str(common.REPO / "tests"))
+import tb_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -131,7 +136,7 @@ def _start_servers(stack: contextlib.ExitStack, logdirs: dict) -> dict:
     """Starts one tensorboard per logdir, in parallel (each imports TensorFlow for seconds); `stack` stops them."""
 
     def start(logdir):
-        manager = common.tb_server.running_tensorboard(str(logdir))
+        manager = tb_server.running_tensorboard(str(logdir))
         return manager, manager.__enter__()
 
     with concurrent.futures.ThreadPoolExecutor(len(logdirs)) as pool:

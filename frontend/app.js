@@ -109,6 +109,8 @@ export class App {
     this._selectedRuns = memo((runs, selected) => (runs || []).filter((info) => selected.includes(info.run)));
     this._loaded = memo((runs, series) => runs.map((info) => series.get(info.run)).filter((s) => s && !(s instanceof Error)));
     this._scales = memo(sharedScales);
+    // The colour scale does not depend on the value axis: kept by value, so a log-scale toggle leaves the heatmaps be.
+    this._colour = memo((lo, hi) => ({lo, hi}));
     this._cellExtent = memo(cellExtent);
     this._xRange = memo((chosen, scales) => chosen || scales.x);
     this._heatmapRange = memo((xRange, scales, extent) => {
@@ -242,6 +244,7 @@ export class App {
       runs,
       loaded,
       scales,
+      colour: this._colour(scales.colour.lo, scales.colour.hi),
       xRange,
       heatmapRange: this._heatmapRange(xRange, scales, this._cellExtent(loaded)),
       step: state.step ?? (loaded.length ? scales.x[1] : null),

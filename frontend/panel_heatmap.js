@@ -18,7 +18,7 @@ class HeatmapCell extends ChartCell {
   }
 
   draw(series, view) {
-    this.chart.update({series, xRange: view.heatmapRange, colour: view.scales.colour, selectedStep: view.step, theme: view.state.theme});
+    this.chart.update({series, xRange: view.heatmapRange, colour: view.colour, selectedStep: view.step, theme: view.state.theme});
     showReduction(this._reduction, series);
   }
 }
@@ -33,10 +33,10 @@ export class HeatmapPanel {
   }
 
   render(state, view) {
-    const legendKey = view.loaded.length ? JSON.stringify([view.scales.colour, state.stat, state.theme]) : null;
+    const legendKey = view.loaded.length ? JSON.stringify([view.colour, view.stat, state.theme]) : null;
     if (legendKey !== this._legendKey) {
       this._legendKey = legendKey;
-      this._panel.extra.replaceChildren(...(legendKey ? [colourLegend(view.scales.colour, state.stat)] : []));
+      this._panel.extra.replaceChildren(...(legendKey ? [colourLegend(view.colour, view.stat)] : []));
     }
     const cells = this._panel.columns(view.runs, (info) => new HeatmapCell(info.run, this._actions));
     view.runs.forEach((info, i) => {

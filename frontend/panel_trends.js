@@ -2,6 +2,7 @@
 
 import {el} from './dom.js';
 import {statLabel} from './format.js';
+import {ALL_LINES_MAX, linesToDraw, spread} from './layers.js';
 import {ChartCell, Panel, showReduction} from './panel.js';
 import {TrendChart} from './view_trend.js';
 
@@ -25,12 +26,26 @@ class TrendCell extends ChartCell {
     });
   }
 
+  /** Returns the band and lines of `series`, computed once per series (and scale, for the band). */
+  _shapes(series, logY) {
+    if (this._shapesOf?.series !== series) this._shapesOf = {series, ...linesToDraw(series), bands: new Map()};
+    const shapes = this._shapesOf;
+    if (series.layers.length > ALL_LINES_MAX && !shapes.bands.has(logY)) {
+      shapes.bands.set(logY, spread(series, series.layers.map((name, j) => j), logY));
+    }
+    return {lines: shapes.lines, asked: shapes.asked, band: shapes.bands.get(logY) ?? null};
+  }
+
   draw(series, view) {
     const {state} = view;
     const drawn = this._drawn;
     if (drawn.series !== series || drawn.logY !== state.logY || drawn.scales !== view.scales || drawn.theme !== state.theme) {
+      const {lines, asked, band} = this._shapes(series, state.logY);
       this.chart.update({
         series,
+        lines,
+        asked,
+        band,
         logY: state.logY,
         smoothing: state.smoothing,
         yRange: view.scales.y,
@@ -43,9 +58,7 @@ class TrendCell extends ChartCell {
       if (drawn.xRange !== view.xRange) this.chart.setXRange(view.xRange);
       if (drawn.step !== view.step) this.chart.setSelectedStep(view.step);
       if (drawn.smoothing !== state.smoothing) this.chart.setSmoothing(state.smoothing);
-      if (drawn.hiddenLayers !== state.hiddenLayers) {
-        for (const name of series.layers) this.chart.setLayerShown(name, !state.hiddenLayers.has(name));
-      }
+      if (drawn.hiddenLayers !== state.hiddenLayers) this.chart.setHidden(state.hiddenLayers);
     }
     this._drawn = {
       series,
@@ -71,7 +84,7 @@ export class TrendsPanel {
   }
 
   render(state, view) {
-    this._panel.subtitle.textContent = statLabel(state.stat);
+    this._panel.subtitle.textContent = statLabel(view.stat);
     const cells = this._panel.columns(view.runs, (info) => new TrendCell(info.run, this._actions));
     view.runs.forEach((info, i) => {
       cells[i].caption.setVerdict(view.healthOf(info.run)?.verdict, view.healthOf(info.run) === null);

@@ -1,29 +1,31 @@
-// Heatmap view: layers (rows, input at the top) x steps (columns), colour = log10 of the value; and its colour legend.
+// Heatmap view: rows of layers (input at the top) x steps, colour = log10 of the value; and its colour legend.
 
 import {NONFINITE_CSS, NONFINITE_RGB, rgbCss, valueRgb, viridis, ZERO_CSS, ZERO_RGB} from './colormap.js';
-import {el, fitText, setupCanvas} from './dom.js';
+import {el, setupCanvas} from './dom.js';
 import {formatPowerOfTen, formatStep, formatValue, nearestIndex} from './format.js';
-import {recorded} from './model.js';
 import {palette, smallFont} from './theme.js';
 
 const LABEL_MAX_PX = 130;
+const LABEL_MIN_PX = 24;
 const LABEL_GAP_PX = 8;
 const AXIS_PX = 22;
-// Room above the rows for the selected-step marker.
+// Room above the rows for the picked-step marker.
 const TOP_PX = 9;
-const MARKER_PX = 5;
 const RIGHT_PX = 10;
-// Rows are tall enough to hover comfortably; many layers shrink them down to a readable minimum.
+// Rows are tall enough to hover comfortably; many layers shrink them, down to a fraction of a pixel.
 const ROW_MAX_PX = 24;
-const ROW_MIN_PX = 5;
 const PLOT_MAX_HEIGHT_PX = 420;
 // Below this row height the names would overlap: label every k-th row only.
-const LABEL_MIN_ROW_PX = 11;
+const LABEL_MIN_ROW_PX = 12;
+// Rows at least this tall get a thin gap between them, so neighbours of close colours stay apart.
+const ROW_GAP_MIN_PX = 10;
 const TICK_SPACING_PX = 90;
 const LEGEND_WIDTH_PX = 260;
 const LEGEND_BAR_PX = 12;
+// Tooltips show at most this many characters of a name (the row label's own tooltip has it whole).
+const TOOLTIP_NAME_CHARS = 160;
 
-// Cell kinds of the per-pixel aggregate (a pixel column can cover many steps); EMPTY is also "not recorded".
+// Cell kinds of the aggregate (a pixel can cover many steps and layers); EMPTY is also "not recorded".
 const EMPTY = 0;
 const FINITE = 1;
 const ZERO = 2;
@@ -42,39 +44,90 @@ export function niceTicks(min, max, count) {
   return ticks;
 }
 
+/** Returns a name cut to `chars` characters (an ellipsis tells it was cut). */
+export function shortName(name, chars = TOOLTIP_NAME_CHARS) {
+  return name.length > chars ? name.slice(0, chars - 1) + '…' : name;
+}
+
+/** Returns whether (kind, value) is a stronger signal than what a cell holds: non-finite wins, then the largest finite value. */
+function stronger(kind, value, oldKind, oldValue) {
+  if (oldKind === EMPTY) return true;
+  if (oldKind === NONFINITE) return false;
+  if (kind === NONFINITE) return true;
+  return kind === FINITE && (oldKind === ZERO || value > oldValue);
+}
+
 /**
- * Aggregates a run's cells into `width` pixel columns over steps [x0, x1]; cell i is centred on step i.
+ * Returns the layer of `layers` with the strongest value at step index `i` (non-finite first, then the largest), or -1.
  *
- * Several steps in one pixel column keep the strongest signal: a non-finite value wins, then
- * the largest finite value, so a spike or a NaN never disappears by downsampling.
- * Returns {kinds: Uint8Array, values: Float64Array}, row-major [layer][pixel].
+ * This is the value a pixel covering those layers shows; layers not recorded at that step count for nothing.
  */
-export function aggregateColumns(series, x0, x1, width) {
-  const nLayers = series.layers.length;
-  const kinds = new Uint8Array(width * nLayers);
-  const values = new Float64Array(width * nLayers);
+export function strongestAt(series, layers, i) {
+  const n = series.steps.length;
+  let best = -1;
+  let bestKind = EMPTY;
+  for (const j of layers) {
+    const at = j * n + i;
+    if (series.missing !== null && series.missing[at]) continue;
+    const value = series.values[at];
+    const kind = !Number.isFinite(value) ? NONFINITE : value <= 0 ? ZERO : FINITE;
+    if (stronger(kind, value, bestKind, best < 0 ? 0 : series.values[best * n + i])) {
+      best = j;
+      bestKind = kind;
+    }
+  }
+  return best;
+}
+
+/**
+ * Aggregates a run's cells into `width` pixel columns over steps [x0, x1] and into `rowLayers.length` rows.
+ *
+ * Cell i is centred on step i and reaches halfway to its neighbours. Row r covers the layers
+ * `rowLayers[r]` (by default one row per layer). Several steps or layers in one pixel keep the
+ * strongest signal: a non-finite value wins, then the largest finite value, so neither a spike nor
+ * a NaN disappears by aggregation. Cells of a layer not recorded at a step count for nothing.
+ * Returns {kinds: Uint8Array, values: Float64Array}, row-major [row][pixel].
+ */
+export function aggregateColumns(series, x0, x1, width, rowLayers = null) {
+  const rows = rowLayers ?? series.layers.map((name, j) => [j]);
+  const kinds = new Uint8Array(width * rows.length);
+  const values = new Float64Array(width * rows.length);
   const steps = series.steps;
   const n = steps.length;
-  const missing = series.missing;
   const span = x1 - x0;
-  if (!(span > 0) || steps.length === 0) return {kinds, values};
-  const toPixel = (step) => ((step - x0) / span) * width;
-  for (let i = 0; i < steps.length; i++) {
+  if (!(span > 0) || n === 0) return {kinds, values};
+  // The pixel columns [p0, p1) each step's cell overlaps (even partly, so no cell is ever skipped).
+  const first = new Int32Array(n);
+  const p0s = new Int32Array(n);
+  const p1s = new Int32Array(n);
+  let shown = 0;
+  for (let i = 0; i < n; i++) {
     const [start, end] = cellBounds(steps, i);
     if (end <= x0 || start >= x1) continue;
-    const p0 = Math.max(0, Math.floor(toPixel(start)));
-    // Every pixel column the cell overlaps, even partly, so no cell is ever skipped.
-    const p1 = Math.min(width, Math.max(p0 + 1, Math.ceil(toPixel(end))));
-    for (let j = 0; j < nLayers; j++) {
-      if (missing !== null && missing[j * n + i]) continue;
-      const value = series.values[j * n + i];
-      const kind = !Number.isFinite(value) ? NONFINITE : value <= 0 ? ZERO : FINITE;
-      for (let p = p0; p < p1; p++) {
-        const cell = j * width + p;
-        const old = kinds[cell];
-        if (kind === NONFINITE || old === EMPTY || (old !== NONFINITE && kind === FINITE && (old === ZERO || value > values[cell]))) {
-          kinds[cell] = kind;
-          values[cell] = value;
+    const p0 = Math.max(0, Math.floor(((start - x0) / span) * width));
+    first[shown] = i;
+    p0s[shown] = p0;
+    p1s[shown] = Math.min(width, Math.max(p0 + 1, Math.ceil(((end - x0) / span) * width)));
+    shown++;
+  }
+  const {values: data, missing} = series;
+  for (let r = 0; r < rows.length; r++) {
+    const base = r * width;
+    for (const j of rows[r]) {
+      const offset = j * n;
+      for (let k = 0; k < shown; k++) {
+        const at = offset + first[k];
+        if (missing !== null && missing[at]) continue;
+        const value = data[at];
+        const kind = value !== value || value === Infinity || value === -Infinity ? NONFINITE : value <= 0 ? ZERO : FINITE;
+        const end = base + p1s[k];
+        for (let cell = base + p0s[k]; cell < end; cell++) {
+          // stronger(), inlined: this loop visits every cell of the run.
+          const old = kinds[cell];
+          if (old === EMPTY || (old !== NONFINITE && (kind === NONFINITE || (kind === FINITE && (old === ZERO || value > values[cell]))))) {
+            kinds[cell] = kind;
+            values[cell] = value;
+          }
         }
       }
     }
@@ -109,16 +162,38 @@ export function cellExtent(seriesList) {
   return Number.isFinite(lo) ? [lo, hi] : null;
 }
 
-/** One run's heatmap. `handlers`: onSelectStep(step). */
+/** Returns the rows of the plot's pixel rows: each pixel row's layers when rows outnumber the pixels, else the rows as they are. */
+function pixelRows(rows, pixels) {
+  if (rows.length <= pixels) return rows.map((row) => row.layers);
+  const merged = [];
+  for (let p = 0; p < pixels; p++) {
+    const from = Math.floor((p * rows.length) / pixels);
+    const to = Math.floor(((p + 1) * rows.length) / pixels);
+    merged.push(rows.slice(from, to).flatMap((row) => row.layers));
+  }
+  return merged;
+}
+
+/**
+ * One run's heatmap.
+ *
+ * Rows are given as [{layers: [layer indices], name}] (one row per layer by default); with more
+ * rows than the plot has pixel rows, each pixel row shows the strongest cell of its rows and a
+ * note says so. Names are HTML next to the plot: cut with an ellipsis, isolated from their
+ * neighbours' writing direction, whole in their tooltip. `handlers`: onSelectStep(step).
+ */
 export class Heatmap {
   constructor(container, handlers) {
     this.container = container;
     this.handlers = handlers;
     this.options = null;
-    this.canvas = el('canvas', {class: 'heatmap-canvas'});
+    this.canvas = el('canvas', {class: 'heatmap-canvas', attrs: {role: 'img'}});
+    this.labels = el('div', {class: 'heatmap-labels'});
+    this.marker = el('div', {class: 'step-marker heatmap-marker', hidden: true, attrs: {'aria-hidden': 'true'}});
     this.tooltip = el('div', {class: 'tooltip', hidden: true});
-    this.element = el('div', {class: 'heatmap'}, [this.canvas, this.tooltip]);
-    container.append(this.element);
+    this.note = el('div', {class: 'heatmap-note'});
+    this.element = el('div', {class: 'heatmap'}, [this.canvas, this.labels, this.marker, this.tooltip]);
+    container.append(this.element, this.note);
     this.canvas.addEventListener('mousemove', (event) => this._hover(event));
     this.canvas.addEventListener('mouseleave', () => {
       this.tooltip.hidden = true;
@@ -134,11 +209,19 @@ export class Heatmap {
     this._resize.observe(this.container);
   }
 
-  /** Draws with `options` {series, xRange: [min, max], colour: {lo, hi}, selectedStep, theme}, unless they are those drawn. */
+  /**
+   * Draws with `options` {series, rows, xRange: [min, max], colour: {lo, hi}, selectedStep, theme}.
+   *
+   * Only what changed is redrawn: a new picked step moves the marker, nothing else.
+   */
   update(options) {
     const next = {...this.options, ...options};
-    if (this.options && Object.keys(next).every((key) => next[key] === this.options[key])) return;
+    const previous = this.options;
     this.options = next;
+    if (previous && Object.keys(next).every((key) => key === 'selectedStep' || next[key] === previous[key])) {
+      if (next.selectedStep !== previous.selectedStep) this._placeMarker();
+      return;
+    }
     this.draw();
   }
 
@@ -147,59 +230,85 @@ export class Heatmap {
   }
 
   draw() {
-    const {series, xRange, colour, selectedStep} = this.options;
+    const {series, xRange, colour} = this.options;
+    const rows = this.options.rows ?? series.layers.map((name, j) => ({layers: [j], name}));
     const width = Math.max(240, Math.floor(this.container.clientWidth));
     this._lastWidth = this.container.clientWidth;
-    const nLayers = series.layers.length;
-    const rowHeight = Math.max(ROW_MIN_PX, Math.min(ROW_MAX_PX, Math.floor(PLOT_MAX_HEIGHT_PX / nLayers)));
-    const plotHeight = rowHeight * nLayers;
+    const rowHeight = Math.min(ROW_MAX_PX, PLOT_MAX_HEIGHT_PX / Math.max(1, rows.length));
+    const plotHeight = Math.max(1, Math.round(rowHeight * rows.length));
     const height = TOP_PX + plotHeight + AXIS_PX;
     const ctx = setupCanvas(this.canvas, width, height);
     const colours = palette();
     ctx.font = smallFont();
-    const labelWidth = Math.min(LABEL_MAX_PX, Math.max(...series.layers.map((name) => ctx.measureText(name).width), 20));
-    const left = Math.ceil(labelWidth + LABEL_GAP_PX);
+    const every = Math.ceil(LABEL_MIN_ROW_PX / rowHeight);
+    const labelled = [];
+    for (let r = 0; r < rows.length; r += every) labelled.push(r);
+    const widest = Math.max(...labelled.map((r) => ctx.measureText(shortName(rows[r].name, 80)).width), LABEL_MIN_PX);
+    const labelWidth = Math.ceil(Math.min(LABEL_MAX_PX, widest + 2));
+    const left = labelWidth + LABEL_GAP_PX;
     const plotWidth = width - left - RIGHT_PX;
-    this.layout = {left, top: TOP_PX, plotWidth, plotHeight, rowHeight};
+    const ratio = window.devicePixelRatio || 1;
+    this.layout = {left, top: TOP_PX, plotWidth, plotHeight, rowHeight, rows};
 
     ctx.clearRect(0, 0, width, height);
     ctx.fillStyle = colours.plotBg;
     ctx.fillRect(left, TOP_PX, plotWidth, plotHeight);
 
-    // Paint at device resolution so one pixel column is one aggregate column.
-    const ratio = window.devicePixelRatio || 1;
+    // Paint at device resolution: one aggregate column per device pixel, and rows merged when they outnumber the pixel rows.
     const pixels = Math.max(1, Math.round(plotWidth * ratio));
-    const {kinds, values} = aggregateColumns(series, xRange[0], xRange[1], pixels);
-    const image = new ImageData(pixels, nLayers);
-    for (let j = 0; j < nLayers; j++) {
-      for (let p = 0; p < pixels; p++) {
-        const cell = j * pixels + p;
-        const kind = kinds[cell];
-        if (kind === EMPTY) continue;
-        const rgb = kind === NONFINITE ? NONFINITE_RGB : kind === ZERO ? ZERO_RGB : valueRgb(values[cell], colour.lo, colour.hi);
-        const o = cell * 4;
-        image.data[o] = rgb[0];
-        image.data[o + 1] = rgb[1];
-        image.data[o + 2] = rgb[2];
-        image.data[o + 3] = 255;
-      }
+    const imageRows = pixelRows(rows, Math.max(1, Math.round(plotHeight * ratio)));
+    this._merged = imageRows.length < rows.length;
+    const {kinds, values} = aggregateColumns(series, xRange[0], xRange[1], pixels, imageRows);
+    const image = new ImageData(pixels, imageRows.length);
+    for (let cell = 0; cell < kinds.length; cell++) {
+      const kind = kinds[cell];
+      if (kind === EMPTY) continue;
+      const rgb = kind === NONFINITE ? NONFINITE_RGB : kind === ZERO ? ZERO_RGB : valueRgb(values[cell], colour.lo, colour.hi);
+      const o = cell * 4;
+      image.data[o] = rgb[0];
+      image.data[o + 1] = rgb[1];
+      image.data[o + 2] = rgb[2];
+      image.data[o + 3] = 255;
     }
     const offscreen = document.createElement('canvas');
     offscreen.width = pixels;
-    offscreen.height = nLayers;
+    offscreen.height = imageRows.length;
     offscreen.getContext('2d').putImageData(image, 0, 0);
     ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(offscreen, 0, 0, pixels, nLayers, left, TOP_PX, plotWidth, plotHeight);
+    ctx.drawImage(offscreen, 0, 0, pixels, imageRows.length, left, TOP_PX, plotWidth, plotHeight);
 
-    // Thin gaps between rows keep the layers apart when neighbouring colours are close.
-    if (rowHeight >= 10) {
+    if (rowHeight >= ROW_GAP_MIN_PX) {
       ctx.fillStyle = colours.rowGap;
-      for (let j = 1; j < nLayers; j++) ctx.fillRect(left, TOP_PX + j * rowHeight - 0.5, plotWidth, 1);
+      for (let r = 1; r < rows.length; r++) ctx.fillRect(left, TOP_PX + r * rowHeight - 0.5, plotWidth, 1);
     }
-
-    this._drawSelected(ctx, series, xRange, selectedStep);
-    this._drawLabels(ctx, series, labelWidth);
     this._drawAxis(ctx, xRange);
+    this._drawLabels(labelled, labelWidth);
+    this._placeMarker();
+    this.note.textContent = this._merged
+      ? `${rows.length.toLocaleString('en-US')} rows in ${imageRows.length} pixel rows: each shows the largest value (or NaN/Inf) of its rows; hover for names`
+      : '';
+    this.canvas.setAttribute(
+      'aria-label',
+      `Heatmap of ${series.stat} for run ${shortName(series.run, 80)}: ${rows.length} rows by ${series.steps.length} steps` +
+        (series.nonFinite.length ? `, NaN or Inf from step ${formatStep(series.steps[series.nonFinite[0]])}` : ''),
+    );
+  }
+
+  _drawLabels(labelled, labelWidth) {
+    const {top, rowHeight, rows} = this.layout;
+    this.labels.style.width = `${labelWidth}px`;
+    this.labels.style.top = `${top}px`;
+    this.labels.style.height = `${this.layout.plotHeight}px`;
+    this.labels.replaceChildren(
+      ...labelled.map((r) =>
+        el('div', {
+          class: 'heatmap-label',
+          text: rows[r].name,
+          title: rows[r].name,
+          style: {top: `${(r + 0.5) * rowHeight}px`},
+        }),
+      ),
+    );
   }
 
   _stepToX(step) {
@@ -208,42 +317,15 @@ export class Heatmap {
     return left + ((step - x0) / (x1 - x0)) * plotWidth;
   }
 
-  _drawSelected(ctx, series, xRange, selectedStep) {
-    if (selectedStep === null || selectedStep === undefined) return;
-    if (selectedStep < xRange[0] || selectedStep > xRange[1]) return;
-    const {top, plotHeight} = this.layout;
-    const x = Math.round(this._stepToX(selectedStep)) + 0.5;
-    const colours = palette();
-    ctx.save();
-    ctx.fillStyle = colours.marker;
-    ctx.beginPath();
-    ctx.moveTo(x - MARKER_PX, top - MARKER_PX - 3);
-    ctx.lineTo(x + MARKER_PX, top - MARKER_PX - 3);
-    ctx.lineTo(x, top - 1);
-    ctx.closePath();
-    ctx.fill();
-    ctx.strokeStyle = colours.markerHalo;
-    ctx.lineWidth = 3;
-    ctx.beginPath();
-    ctx.moveTo(x, top);
-    ctx.lineTo(x, top + plotHeight);
-    ctx.stroke();
-    ctx.strokeStyle = colours.marker;
-    ctx.lineWidth = 1;
-    ctx.stroke();
-    ctx.restore();
-  }
-
-  _drawLabels(ctx, series, labelWidth) {
-    const {left, top, rowHeight} = this.layout;
-    const every = Math.ceil(LABEL_MIN_ROW_PX / rowHeight);
-    ctx.fillStyle = palette().label;
-    ctx.textAlign = 'right';
-    ctx.textBaseline = 'middle';
-    series.layers.forEach((name, j) => {
-      if (j % every !== 0) return;
-      ctx.fillText(fitText(ctx, name, labelWidth), left - LABEL_GAP_PX, top + (j + 0.5) * rowHeight);
-    });
+  _placeMarker() {
+    const step = this.options.selectedStep;
+    const [x0, x1] = this.options.xRange;
+    const inside = step !== null && step !== undefined && step >= x0 && step <= x1;
+    this.marker.hidden = !inside;
+    if (!inside) return;
+    this.marker.style.left = `${Math.round(this._stepToX(step))}px`;
+    this.marker.style.top = `${this.layout.top}px`;
+    this.marker.style.height = `${this.layout.plotHeight}px`;
   }
 
   _drawAxis(ctx, xRange) {
@@ -269,7 +351,7 @@ export class Heatmap {
     const rect = this.canvas.getBoundingClientRect();
     const x = event.clientX - rect.left;
     const y = event.clientY - rect.top;
-    const {left, top, plotWidth, plotHeight, rowHeight} = this.layout;
+    const {left, top, plotWidth, plotHeight, rowHeight, rows} = this.layout;
     if (x < left || x > left + plotWidth || y < top || y >= top + plotHeight) return null;
     const {series, xRange} = this.options;
     const step = xRange[0] + ((x - left) / plotWidth) * (xRange[1] - xRange[0]);
@@ -277,7 +359,11 @@ export class Heatmap {
     if (index < 0) return null;
     const [start, end] = cellBounds(series.steps, index);
     if (step < start || step >= end) return null;
-    return {index, layer: Math.floor((y - top) / rowHeight), x, y};
+    // A pixel row covers a run of rows when they outnumber the pixels: all of them are under the cursor.
+    const ratio = window.devicePixelRatio || 1;
+    const from = Math.min(rows.length - 1, Math.floor((y - top) / rowHeight));
+    const to = this._merged ? Math.min(rows.length, Math.max(from + 1, Math.floor((y - top + 1 / ratio) / rowHeight))) : from + 1;
+    return {index, rows: rows.slice(from, to), x, y};
   }
 
   _hover(event) {
@@ -287,14 +373,21 @@ export class Heatmap {
       return;
     }
     const {series} = this.options;
-    const value = series.values[cell.layer * series.steps.length + cell.index];
-    const shown = recorded(series, cell.layer, cell.index);
+    const n = series.steps.length;
+    const layers = cell.rows.flatMap((row) => row.layers);
+    // The cell's colour is its strongest value: name the layer that has it.
+    const best = strongestAt(series, layers, cell.index);
+    const single = cell.rows.length === 1 && layers.length === 1;
+    const title = single ? series.layers[layers[0]] : cell.rows.length === 1 ? cell.rows[0].name : `${cell.rows.length} rows: ${cell.rows[0].name} … ${cell.rows[cell.rows.length - 1].name}`;
+    const value = best < 0 ? null : series.values[best * n + cell.index];
+    let reading;
+    if (best < 0) reading = el('div', {class: 'muted', text: 'not recorded at this step'});
+    else if (single) reading = el('div', {class: Number.isFinite(value) ? '' : 'tooltip-bad', text: `${series.stat} = ${formatValue(value)}`});
+    else reading = el('div', {class: Number.isFinite(value) ? '' : 'tooltip-bad', text: `largest: ${series.stat} = ${formatValue(value)} in ${shortName(series.layers[best])}`});
     this.tooltip.replaceChildren(
-      el('div', {class: 'tooltip-title', text: series.layers[cell.layer]}),
+      el('div', {class: 'tooltip-title', text: shortName(title)}),
       el('div', {text: `step ${formatStep(series.steps[cell.index])}`}),
-      shown
-        ? el('div', {class: Number.isFinite(value) ? '' : 'tooltip-bad', text: `${series.stat} = ${formatValue(value)}`})
-        : el('div', {class: 'muted', text: 'not recorded at this step'}),
+      reading,
       el('div', {class: 'tooltip-hint', text: 'click to show this step in the layer profile'}),
     );
     this.tooltip.hidden = false;
@@ -320,7 +413,7 @@ export function legendTicks(colour) {
 
 /** Returns the colour legend of the shared scale: a viridis bar over decades, and the special colours. */
 export function colourLegend(colour, stat) {
-  const canvas = el('canvas', {class: 'legend-bar'});
+  const canvas = el('canvas', {class: 'legend-bar', attrs: {role: 'img', 'aria-label': `colour scale of ${stat}, log10, from ${formatValue(10 ** colour.lo)} to ${formatValue(10 ** colour.hi)}`}});
   const height = LEGEND_BAR_PX + 16;
   const ctx = setupCanvas(canvas, LEGEND_WIDTH_PX, height);
   const inset = 14;
@@ -340,8 +433,7 @@ export function colourLegend(colour, stat) {
     ctx.fillRect(Math.round(x), LEGEND_BAR_PX, 1, 3);
     ctx.fillText(label, x, LEGEND_BAR_PX + 4);
   }
-  const swatch = (css, text) =>
-    el('span', {class: 'legend-swatch'}, [el('span', {class: 'swatch', style: {background: css}}), text]);
+  const swatch = (css, text) => el('span', {class: 'legend-swatch'}, [el('span', {class: 'swatch', style: {background: css}}), text]);
   return el('div', {class: 'colour-legend'}, [
     el('span', {class: 'legend-title', text: `${stat} (log scale)`}),
     canvas,

@@ -2,47 +2,33 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import pathlib
 import shutil
-import signal
-import subprocess
-import tempfile
-import threading
 import urllib.request
 from urllib.parse import urlencode
 
 import numpy as np
 import pytest
-from tb_server import (
-    HOST,
-    STARTUP_TIMEOUT_S,
-    STOP_TIMEOUT_S,
-    TENSORBOARD_BIN,
-    TensorBoardServer,
-    free_port,
-    strict_json,
-    wsgi_client,
+from frontend_support import (  # noqa: F401  (fixtures)
+    ENTRY,
+    HEATMAP_TOP_PX,
+    LOAD_TIMEOUT_MS,
+    MIN_DRAWN_PIXELS,
+    NONFINITE_RGB,
+    ROUTES,
+    browser,
+    in_process_tensorboard,
+    page,
+    tensorboard_process,
 )
-from werkzeug import serving
+from tb_server import strict_json
 
 from tb_gradhealth.summary import GradientHealthFileWriter
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
-
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "gradient_health_tab.png"
 SCREENSHOT_IN_TENSORBOARD = REPO / "docs" / "gradient_health_in_tensorboard.png"
@@ -57,10 +43,6 @@ def screenshot_target(path: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Pat
 
 # Serving under a prefix proves every URL of the tab is relative.
 PATH_PREFIX = "/tb"
-ENTRY = "/data/plugin_entry.html?name=gradient_health"
-ROUTES = "/data/plugin/gradient_health"
-VIEWPORT = {"width": 1600, "height": 1000}
-LOAD_TIMEOUT_MS = 60_000
 HOSTILE_RUN = "<img src=x onerror=alert(1)>"
 HOSTILE_LAYERS = ["<b>bold</b>", "dense_1"]
 USER_STAT = "my_stat"
@@ -68,12 +50,6 @@ HOSTILE_STEPS = 20
 # A run that grows during a test, as while training runs.
 LIVE_RUN = "live"
 LIVE_STEPS = 30
-# colormap.js: the colour of NaN/Inf cells, bars and marks.
-NONFINITE_RGB = (228, 26, 28)
-# view_heatmap.js: rows start this far below the canvas top.
-HEATMAP_TOP_PX = 9
-# Coloured pixels a chart with data has at least (axes, grid and text are grey: none).
-MIN_DRAWN_PIXELS = 500
 
 
 def user_stat_value(step: int) -> float:
@@ -115,53 +91,6 @@ def logdir(demo_logdir, tmp_path_factory):
     return root
 
 
-@contextlib.contextmanager
-def tensorboard_process(logdir: pathlib.Path, path_prefix: str):
-    """Runs `tensorboard --path_prefix path_prefix` on a free localhost port until the block ends."""
-    port = free_port()
-    log_path = pathlib.Path(tempfile.mkdtemp(prefix="tb_frontend_")) / "tensorboard.log"
-    command = [
-        str(TENSORBOARD_BIN),
-        "--logdir",
-        str(logdir),
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--path_prefix",
-        path_prefix,
-    ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            command,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    server = TensorBoardServer(process, port, log_path)
-    try:
-        server.wait_until(
-            lambda: server.get(path_prefix + "/data/plugins_listing", timeout=5)[0] == 200,
-            STARTUP_TIMEOUT_S,
-            "tensorboard on port %d" % port,
-        )
-        yield server
-    finally:
-        # Its own session: the process and its data server go together.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=STOP_TIMEOUT_S)
-
-
 @pytest.fixture(scope="module")
 def server(logdir):
     with tensorboard_process(logdir, PATH_PREFIX) as running:
@@ -173,122 +102,6 @@ def demo_server(demo_logdir):
     """TensorBoard over the demo's runs only: what the README's screenshots show."""
     with tensorboard_process(demo_logdir, PATH_PREFIX) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_sync.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-class Page:
-    """A browser page that records console errors, page errors and dialogs."""
-
-    def __init__(self, browser):
-        self.page = browser.new_page(viewport=VIEWPORT)
-        self.errors = []
-        self.dialogs = []
-        self.page.on("console", self._console)
-        self.page.on("pageerror", lambda error: self.errors.append("page error: %s" % error))
-        self.page.on("dialog", self._dialog)
-
-    def _console(self, message):
-        if message.type != "error":
-            return
-        url = message.location.get("url", "")
-        # A top-level page (no TensorBoard around it) asks for /favicon.ico, which no
-        # TensorBoard serves under a path prefix: the browser's doing, not the tab's.
-        if url.endswith("/favicon.ico"):
-            return
-        self.errors.append("console: %s (%s)" % (message.text, url))
-
-    def tab_errors(self):
-        """Errors of our tab: TensorBoard's own page has its own (e.g. fonts under a path prefix)."""
-        return [
-            error
-            for error in self.errors
-            if not error.startswith("console:") or ROUTES in error or ENTRY.split("?")[0] in error
-        ]
-
-    def _dialog(self, dialog):
-        self.dialogs.append(dialog.message)
-        dialog.dismiss()
-
-    def open_tab(self, url: str, state: str = "ready"):
-        self.page.goto(url)
-        self.wait_for_state(state)
-
-    def wait_for_state(self, state: str = "ready"):
-        """Waits until the tab says it is in `state` (ready: every request answered and drawn)."""
-        self.page.wait_for_selector("body[data-state=%s]" % state, timeout=LOAD_TIMEOUT_MS)
-
-    def settle(self):
-        """Waits until the page has no request in flight (e.g. an image a name might have smuggled in)."""
-        self.page.wait_for_load_state("networkidle")
-
-    def set_selection(self, runs):
-        """Ticks exactly `runs` in the run list and waits until their charts are drawn."""
-        for _ in range(20):
-            index = self.page.evaluate(
-                """(runs) => [...document.querySelectorAll('.run-item')].findIndex(
-                    (item) => item.querySelector('input').checked !== runs.includes(item.dataset.run))""",
-                list(runs),
-            )
-            if index < 0:
-                break
-            self.page.locator(".run-item").nth(index).locator("input").click()
-        self.page.wait_for_function(
-            """(runs) => {
-                const cells = [...document.querySelectorAll('.heatmap-cell')].map((cell) => cell.dataset.run);
-                return cells.length === runs.length && runs.every((run) => cells.includes(run)) &&
-                    document.querySelectorAll('.heatmap-cell canvas').length === runs.length;
-            }""",
-            arg=list(runs),
-            timeout=LOAD_TIMEOUT_MS,
-        )
-
-    def pixels(self, section: str, run: str, rgb=None) -> int:
-        """Counts the coloured pixels (or those of exactly `rgb`) of a run's canvases in a section.
-
-        Coloured: clearly not grey (axes, grid and text are grey) and not the red of the
-        non-finite marks, so only drawn data counts: lines, cells, bars.
-        """
-        return self.page.evaluate(
-            """([section, run, rgb]) => {
-                const cell = [...document.querySelectorAll(section)].find((c) => c.dataset.run === run);
-                let count = 0;
-                for (const canvas of cell.querySelectorAll('canvas')) {
-                    const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-                    for (let i = 0; i < data.length; i += 4) {
-                        const [r, g, b, a] = [data[i], data[i + 1], data[i + 2], data[i + 3]];
-                        if (a === 0) continue;
-                        if (rgb !== null) {
-                            if (r === rgb[0] && g === rgb[1] && b === rgb[2]) count++;
-                            continue;
-                        }
-                        const reddish = r > 150 && g < 130 && b < 130;
-                        if (Math.max(r, g, b) - Math.min(r, g, b) > 60 && !reddish) count++;
-                    }
-                }
-                return count;
-            }""",
-            [section, run, list(rgb) if rgb else None],
-        )
-
-    def cell_text(self, section: str, run: str) -> str:
-        return self.page.evaluate(
-            "([section, run]) => [...document.querySelectorAll(section)].find((c) => c.dataset.run === run).textContent",
-            [section, run],
-        )
-
-
-@pytest.fixture
-def page(browser):
-    tab = Page(browser)
-    yield tab
-    tab.page.close()
 
 
 def verdicts(server):
@@ -493,27 +306,6 @@ def test_screenshot_of_the_tab_over_the_demo_runs(demo_server, page, tmp_path):
 
 
 # ---------------------------------------------------------------- empty and error states
-
-
-class QuietHandler(serving.WSGIRequestHandler):
-    """Serves without logging each request."""
-
-    def log_request(self, *args, **kwargs):
-        pass
-
-
-@contextlib.contextmanager
-def in_process_tensorboard(logdir: str):
-    """TensorBoard's own WSGI app with our plugin, over HTTP on a free localhost port, in a thread."""
-    app = wsgi_client(logdir).application
-    http = serving.make_server(HOST, 0, app, threaded=True, request_handler=QuietHandler)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield "http://%s:%d" % (HOST, http.server_port), http
-    finally:
-        http.shutdown()
-        thread.join()
 
 
 def test_empty_logdir_shows_the_how_to_and_a_dead_server_shows_an_error(tmp_path, page):

@@ -7,9 +7,7 @@ import pathlib
 import time
 
 import pytest
-
-# The browser and page fixtures and the in-process server come from the main browser tests.
-from test_frontend_browser import ENTRY, MIN_DRAWN_PIXELS, browser, in_process_tensorboard, page  # noqa: F401
+from frontend_support import ENTRY, MIN_DRAWN_PIXELS, browser, in_process_tensorboard, page  # noqa: F401  (fixtures)
 
 from tb_gradhealth import event_files
 from tb_gradhealth.summary import GradientHealthFileWriter

@@ -8,10 +8,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import numpy as np
 import pytest
+from frontend_support import ENTRY, MIN_DRAWN_PIXELS, NONFINITE_RGB, ROUTES, browser, in_process_tensorboard, page  # noqa: F401  (fixtures)
 from tb_server import strict_json
-
-# The browser and page fixtures and the in-process server come from the main browser tests.
-from test_frontend_browser import ENTRY, MIN_DRAWN_PIXELS, NONFINITE_RGB, ROUTES, browser, in_process_tensorboard, page  # noqa: F401
 
 from tb_gradhealth.summary import GradientHealthFileWriter
 

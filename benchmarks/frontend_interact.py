@@ -1,0 +1,271 @@
+"""Frontend benchmark: how quickly the tab answers the mouse on wide runs (hover, pick a step, log scale), in headless Chromium.
+
+For each size (layers x logged steps) a run is generated with `eventgen`
+(what the Keras callback writes: six statistics per step) and served by a
+real `tensorboard`; a baseline run of 10 layers x the same steps is measured
+in the same invocation, so each result is also a ratio to what the tab costs
+at a depth where it was never slow. With `--compare-ref REF` the frontend
+(and plugin) of git commit REF is measured too, each size served by both
+versions one after the other from the same logdir.
+
+Each visit opens the tab in a fresh browser context (1,600 x 1,000), waits
+until it reports `body[data-state=ready]`, then:
+
+* hover: real mouse moves (Chromium input events) across the trend chart's
+  plot, one at a time;
+* pick: real clicks at different steps of the heatmap;
+* log scale: clicks on the log-scale checkbox (off, then on again).
+
+An input's latency is measured in the page from the event's own time stamp
+(when Chromium received the input) until the first animation frame after
+its handlers ran, plus a task: the work the tab did for it, the frame it
+drew and the wait for that frame. Long tasks (over 50 ms, the browser's
+PerformanceObserver) during loading and during the interactions are
+recorded, the longest being the worst freeze a user could meet.
+
+    python -m benchmarks.frontend_interact --sizes 1000x2000,10000x200 --compare-ref HEAD~3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+
+from benchmarks import common, eventgen
+
+# tests/tb_server.py starts and stops a real `tensorboard`, as in the end-to-end tests.
+sys.path.insert(0, str(common.REPO / "tests"))
+import tb_server
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ENTRY = "/data/plugin_entry.html?name=gradient_health"
+VIEWPORT = {"width": 1600, "height": 1000}
+BASELINE_LAYERS = 10
+# Loading a very wide run through an old frontend can take minutes.
+LOAD_TIMEOUT_MS = 900_000
+INPUT_TIMEOUT_MS = 600_000
+
+# Runs before the tab's scripts: every input's latency, and every long task.
+_INIT_SCRIPT = """
+(() => {
+  window.__ghLatencies = [];
+  window.__ghLongTasks = [];
+  const record = (event) => {
+    const received = event.timeStamp;
+    requestAnimationFrame(() => setTimeout(() => window.__ghLatencies.push([event.type, performance.now() - received]), 0));
+  };
+  for (const type of ['mousemove', 'click']) window.addEventListener(type, record, {capture: true});
+  new PerformanceObserver((list) => {
+    for (const entry of list.getEntries()) window.__ghLongTasks.push([entry.startTime, entry.duration]);
+  }).observe({type: 'longtask', buffered: true});
+})();
+"""
+
+
+def _latencies_after(page, count_before: int, kind: str, expected: int) -> list[float]:
+    """Waits for `expected` latencies of events of type `kind` after the first `count_before`; returns them (ms)."""
+    script = (
+        "([before, kind]) => window.__ghLatencies.slice(before).filter(([type]) => type === kind).map(([, ms]) => ms)"
+    )
+    page.wait_for_function(
+        "([before, kind, expected]) => (%s)([before, kind]).length >= expected" % script,
+        arg=[count_before, kind, expected],
+        timeout=INPUT_TIMEOUT_MS,
+    )
+    return page.evaluate(script, [count_before, kind])
+
+
+def _longest_task_since(page, since_ms: float) -> float:
+    return page.evaluate(
+        "(since) => Math.max(0, ...window.__ghLongTasks.filter(([start]) => start >= since).map(([, d]) => d))",
+        since_ms,
+    )
+
+
+def visit(browser, url: str, moves: int, picks: int) -> dict:
+    """Opens the tab at `url` and measures loading, hovering, picking and the log-scale toggle (ms)."""
+    context = browser.new_context(viewport=VIEWPORT)
+    try:
+        page = context.new_page()
+        page.add_init_script(_INIT_SCRIPT)
+        page.goto(url)
+        page.wait_for_selector("body[data-state=ready]", timeout=LOAD_TIMEOUT_MS)
+        ready_ms = page.evaluate("performance.now()")
+        result = {"ready_ms": ready_ms, "longest_task_loading_ms": _longest_task_since(page, 0)}
+        interactions_from = page.evaluate("performance.now()")
+
+        over = page.locator(".trend-cell .u-over").first.bounding_box()
+        y = over["y"] + over["height"] / 2
+        before = page.evaluate("window.__ghLatencies.length")
+        for k in range(moves):
+            page.mouse.move(over["x"] + over["width"] * (0.05 + 0.9 * k / max(1, moves - 1)), y)
+        result["hover_ms"] = _latencies_after(page, before, "mousemove", moves)
+        page.mouse.move(0, 0)
+
+        heatmap = page.locator(".heatmap-cell canvas").first.bounding_box()
+        before = page.evaluate("window.__ghLatencies.length")
+        for k in range(picks):
+            # Inside the rows (the first tenth of the height is the marker's room at most), left to right.
+            page.mouse.click(
+                heatmap["x"] + heatmap["width"] * (0.3 + 0.6 * k / max(1, picks - 1)),
+                heatmap["y"] + heatmap["height"] * 0.4,
+            )
+        result["pick_ms"] = _latencies_after(page, before, "click", picks)
+        page.mouse.move(0, 0)
+
+        before = page.evaluate("window.__ghLatencies.length")
+        for _ in range(2):
+            page.click(".log-y")
+            page.wait_for_selector("body[data-state=ready]", timeout=INPUT_TIMEOUT_MS)
+        result["log_scale_ms"] = _latencies_after(page, before, "click", 2)
+        result["longest_task_interacting_ms"] = _longest_task_since(page, interactions_from)
+        result["lines_drawn"] = page.evaluate(
+            "document.querySelectorAll('.trend-cell .trend-legend .legend-item.toggles, .trend-cell .u-legend .u-series').length"
+        )
+        result["notes"] = page.evaluate(
+            "[...document.querySelectorAll('.legend-cap, .heatmap-note, .reduced-note')].map((e) => e.textContent).filter(Boolean)"
+        )
+        return result
+    finally:
+        context.close()
+
+
+def _summarise(visits: list[dict]) -> dict:
+    hover = [ms for v in visits for ms in v["hover_ms"]]
+    pick = [ms for v in visits for ms in v["pick_ms"]]
+    log_scale = [ms for v in visits for ms in v["log_scale_ms"]]
+    return {
+        "ready_ms": common.median([v["ready_ms"] for v in visits]),
+        "hover_p50_ms": common.median(hover),
+        "hover_p95_ms": common.percentile(hover, 95),
+        "pick_p50_ms": common.median(pick),
+        "pick_max_ms": max(pick),
+        "log_scale_ms": common.median(log_scale),
+        "longest_task_ms": max(max(v["longest_task_loading_ms"], v["longest_task_interacting_ms"]) for v in visits),
+        "lines_drawn": visits[-1]["lines_drawn"],
+        "notes": visits[-1]["notes"],
+    }
+
+
+def export_ref(ref: str, into: pathlib.Path) -> pathlib.Path:
+    """Writes the package and frontend of git commit `ref` into `into` (importable with PYTHONPATH=into)."""
+    archive = subprocess.run(
+        ["git", "-C", str(common.REPO), "archive", ref, "tb_gradhealth", "frontend"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return into
+
+
+@contextlib.contextmanager
+def _pythonpath(path: str):
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = path
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def parse_sizes(text: str) -> list[tuple[int, int]]:
+    """Parses `1000x2000,10000x200` into [(layers, steps), ...]."""
+    return [tuple(int(part) for part in size.split("x")) for size in text.split(",") if size.strip()]
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="1000x2000,10000x200", help="layers x logged steps, comma-separated")
+    parser.add_argument("--reps", type=int, default=2, help="visits per size and version")
+    parser.add_argument("--moves", type=int, default=40, help="mouse moves per visit")
+    parser.add_argument("--picks", type=int, default=8, help="steps picked per visit")
+    parser.add_argument("--compare-ref", default=None, help="also measure the frontend and plugin of this git commit")
+    parser.add_argument("--out-dir", default=str(common.OUT_DIR))
+    args = parser.parse_args(argv)
+    out_dir = pathlib.Path(args.out_dir)
+    from playwright import sync_api
+
+    sizes = parse_sizes(args.sizes)
+    versions = {"current": str(common.REPO)}
+    results = {
+        "machine": common.machine("benchmarks.frontend_interact", argv),
+        "args": vars(args),
+        "visits": {},
+        "summary": {},
+    }
+    with contextlib.ExitStack() as stack:
+        if args.compare_ref:
+            exported = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gh_ref_")))
+            versions[args.compare_ref] = str(export_ref(args.compare_ref, exported))
+        playwright = stack.enter_context(sync_api.sync_playwright())
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        stack.callback(browser.close)
+        measured = [(BASELINE_LAYERS, steps) for steps in sorted({steps for _, steps in sizes})] + sizes
+        for layers, steps in measured:
+            spec = eventgen.LogdirSpec(eventgen.GRADIENT_HEALTH, 1, layers, steps)
+            logdir = eventgen.build_logdir(spec, out_dir)
+            for version, path in versions.items():
+                key = "%dx%d %s" % (layers, steps, version)
+                with _pythonpath(path), tb_server.running_tensorboard(str(logdir)) as server:
+                    # One untimed visit: TensorBoard's first requests fill its caches.
+                    visit(browser, server.url + ENTRY, 1, 1)
+                    visits = [visit(browser, server.url + ENTRY, args.moves, args.picks) for _ in range(args.reps)]
+                results["visits"][key] = visits
+                summary = _summarise(visits)
+                baseline = results["summary"].get("%dx%d %s" % (BASELINE_LAYERS, steps, version))
+                if baseline and layers != BASELINE_LAYERS:
+                    summary["hover_ratio"] = summary["hover_p50_ms"] / baseline["hover_p50_ms"]
+                    summary["pick_ratio"] = summary["pick_p50_ms"] / baseline["pick_p50_ms"]
+                results["summary"][key] = summary
+                print(
+                    "%s: ready %.0f ms, hover p50 %.1f ms (p95 %.1f), pick p50 %.1f ms (max %.1f), log scale %.0f ms, longest task %.0f ms"
+                    % (
+                        key,
+                        summary["ready_ms"],
+                        summary["hover_p50_ms"],
+                        summary["hover_p95_ms"],
+                        summary["pick_p50_ms"],
+                        summary["pick_max_ms"],
+                        summary["log_scale_ms"],
+                        summary["longest_task_ms"],
+                    ),
+                    flush=True,
+                )
+    path = common.write_results("frontend_interact", results, out_dir)
+    print()
+    common.print_table(
+        [dict(entry, size=key) for key, entry in results["summary"].items()],
+        [
+            "size",
+            "ready_ms",
+            "hover_p50_ms",
+            "hover_p95_ms",
+            "pick_p50_ms",
+            "pick_max_ms",
+            "log_scale_ms",
+            "longest_task_ms",
+            "hover_ratio",
+            "pick_ratio",
+            "lines_drawn",
+        ],
+    )
+    print("\nresults: %s" % path)
+    return results
+
+
+if __name__ == "__main__":
+    main()
