@@ -54,9 +54,6 @@ CHROMIUM_ARGS = [
 ENTRY = "/data/plugin_entry.html?name=gradient_health"
 VIEWPORT = {"width": 1600, "height": 1000}
 BASELINE_LAYERS = 10
-# Loading a very wide run through an old frontend can take minutes.
-LOAD_TIMEOUT_MS = 900_000
-INPUT_TIMEOUT_MS = 600_000
 
 # Runs before the tab's scripts: every input's latency, and every long task.
 _INIT_SCRIPT = """
@@ -75,7 +72,7 @@ _INIT_SCRIPT = """
 """
 
 
-def _latencies_after(page, count_before: int, kind: str, expected: int) -> list[float]:
+def _latencies_after(page, count_before: int, kind: str, expected: int, timeout_ms: float) -> list[float]:
     """Waits for `expected` latencies of events of type `kind` after the first `count_before`; returns them (ms)."""
     script = (
         "([before, kind]) => window.__ghLatencies.slice(before).filter(([type]) => type === kind).map(([, ms]) => ms)"
@@ -83,7 +80,7 @@ def _latencies_after(page, count_before: int, kind: str, expected: int) -> list[
     page.wait_for_function(
         "([before, kind, expected]) => (%s)([before, kind]).length >= expected" % script,
         arg=[count_before, kind, expected],
-        timeout=INPUT_TIMEOUT_MS,
+        timeout=timeout_ms,
     )
     return page.evaluate(script, [count_before, kind])
 
@@ -95,42 +92,53 @@ def _longest_task_since(page, since_ms: float) -> float:
     )
 
 
-def visit(browser, url: str, moves: int, picks: int) -> dict:
-    """Opens the tab at `url` and measures loading, hovering, picking and the log-scale toggle (ms)."""
+def visit(browser, url: str, moves: int, picks: int, timeout_s: float) -> dict:
+    """Opens the tab at `url` and measures loading, hovering, picking and the log-scale toggle (ms).
+
+    A stage that takes longer than `timeout_s` ends the visit: the result says which (`timed_out`).
+    """
+    from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+
     context = browser.new_context(viewport=VIEWPORT)
+    context.set_default_timeout(timeout_s * 1000)
+    result = {"timed_out": None}
+    stage = "loading"
     try:
         page = context.new_page()
         page.add_init_script(_INIT_SCRIPT)
         page.goto(url)
-        page.wait_for_selector("body[data-state=ready]", timeout=LOAD_TIMEOUT_MS)
-        ready_ms = page.evaluate("performance.now()")
-        result = {"ready_ms": ready_ms, "longest_task_loading_ms": _longest_task_since(page, 0)}
+        page.wait_for_selector("body[data-state=ready]")
+        result["ready_ms"] = page.evaluate("performance.now()")
+        result["longest_task_loading_ms"] = _longest_task_since(page, 0)
+        stage = "hover"
         interactions_from = page.evaluate("performance.now()")
 
-        over = page.locator(".trend-cell .u-over").first.bounding_box()
-        y = over["y"] + over["height"] / 2
+        # Positions relative to the element: Playwright scrolls it into the window first.
+        over = page.locator(".trend-cell .u-over").first
+        box = over.bounding_box()
         before = page.evaluate("window.__ghLatencies.length")
         for k in range(moves):
-            page.mouse.move(over["x"] + over["width"] * (0.05 + 0.9 * k / max(1, moves - 1)), y)
-        result["hover_ms"] = _latencies_after(page, before, "mousemove", moves)
+            over.hover(position={"x": box["width"] * (0.05 + 0.9 * k / max(1, moves - 1)), "y": box["height"] / 2})
+        result["hover_ms"] = _latencies_after(page, before, "mousemove", moves, timeout_s * 1000)
+        stage = "pick"
         page.mouse.move(0, 0)
 
-        heatmap = page.locator(".heatmap-cell canvas").first.bounding_box()
+        heatmap = page.locator(".heatmap-cell canvas").first
+        box = heatmap.bounding_box()
         before = page.evaluate("window.__ghLatencies.length")
         for k in range(picks):
-            # Inside the rows (the first tenth of the height is the marker's room at most), left to right.
-            page.mouse.click(
-                heatmap["x"] + heatmap["width"] * (0.3 + 0.6 * k / max(1, picks - 1)),
-                heatmap["y"] + heatmap["height"] * 0.4,
-            )
-        result["pick_ms"] = _latencies_after(page, before, "click", picks)
+            # Inside the first rows (a tall heatmap need not fit the window), left to right.
+            position = {"x": box["width"] * (0.3 + 0.6 * k / max(1, picks - 1)), "y": min(box["height"] * 0.4, 100)}
+            heatmap.click(position=position)
+        result["pick_ms"] = _latencies_after(page, before, "click", picks, timeout_s * 1000)
+        stage = "log scale"
         page.mouse.move(0, 0)
 
         before = page.evaluate("window.__ghLatencies.length")
         for _ in range(2):
             page.click(".log-y")
-            page.wait_for_selector("body[data-state=ready]", timeout=INPUT_TIMEOUT_MS)
-        result["log_scale_ms"] = _latencies_after(page, before, "click", 2)
+            page.wait_for_selector("body[data-state=ready]")
+        result["log_scale_ms"] = _latencies_after(page, before, "click", 2, timeout_s * 1000)
         result["longest_task_interacting_ms"] = _longest_task_since(page, interactions_from)
         result["lines_drawn"] = page.evaluate(
             "document.querySelectorAll('.trend-cell .trend-legend .legend-item.toggles, .trend-cell .u-legend .u-series').length"
@@ -138,26 +146,58 @@ def visit(browser, url: str, moves: int, picks: int) -> dict:
         result["notes"] = page.evaluate(
             "[...document.querySelectorAll('.legend-cap, .heatmap-note, .reduced-note')].map((e) => e.textContent).filter(Boolean)"
         )
-        return result
+    except PlaywrightTimeoutError:
+        result["timed_out"] = stage
     finally:
         context.close()
+    return result
 
 
 def _summarise(visits: list[dict]) -> dict:
-    hover = [ms for v in visits for ms in v["hover_ms"]]
-    pick = [ms for v in visits for ms in v["pick_ms"]]
-    log_scale = [ms for v in visits for ms in v["log_scale_ms"]]
+    """Medians and worst cases over the visits; a stage no visit finished is None (`timed_out` says which)."""
+
+    def values(key):
+        return [ms for v in visits for ms in v.get(key, [])]
+
+    def median_or_none(found):
+        return common.median(found) if found else None
+
+    hover, pick, log_scale = values("hover_ms"), values("pick_ms"), values("log_scale_ms")
+    ready = [v["ready_ms"] for v in visits if "ready_ms" in v]
+    tasks = [v.get(key, 0) for v in visits for key in ("longest_task_loading_ms", "longest_task_interacting_ms")]
     return {
-        "ready_ms": common.median([v["ready_ms"] for v in visits]),
-        "hover_p50_ms": common.median(hover),
-        "hover_p95_ms": common.percentile(hover, 95),
-        "pick_p50_ms": common.median(pick),
-        "pick_max_ms": max(pick),
-        "log_scale_ms": common.median(log_scale),
-        "longest_task_ms": max(max(v["longest_task_loading_ms"], v["longest_task_interacting_ms"]) for v in visits),
-        "lines_drawn": visits[-1]["lines_drawn"],
-        "notes": visits[-1]["notes"],
+        "ready_ms": median_or_none(ready),
+        "hover_p50_ms": median_or_none(hover),
+        "hover_p95_ms": common.percentile(hover, 95) if hover else None,
+        "pick_p50_ms": median_or_none(pick),
+        "pick_max_ms": max(pick) if pick else None,
+        "log_scale_ms": median_or_none(log_scale),
+        "longest_task_ms": max(tasks) if tasks else None,
+        "timed_out": sorted({v["timed_out"] for v in visits if v["timed_out"]}),
+        "lines_drawn": visits[-1].get("lines_drawn"),
+        "notes": visits[-1].get("notes"),
     }
+
+
+SUMMARY_COLUMNS = [
+    "ready_ms",
+    "hover_p50_ms",
+    "hover_p95_ms",
+    "pick_p50_ms",
+    "pick_max_ms",
+    "log_scale_ms",
+    "longest_task_ms",
+    "timed_out",
+    "hover_ratio",
+    "pick_ratio",
+    "lines_drawn",
+]
+
+
+def _cell(value) -> str:
+    if value is None or value == []:
+        return "-"
+    return "%.1f" % value if isinstance(value, float) else str(value)
 
 
 def export_ref(ref: str, into: pathlib.Path) -> pathlib.Path:
@@ -194,6 +234,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--moves", type=int, default=40, help="mouse moves per visit")
     parser.add_argument("--picks", type=int, default=8, help="steps picked per visit")
     parser.add_argument("--compare-ref", default=None, help="also measure the frontend and plugin of this git commit")
+    parser.add_argument("--timeout-s", type=float, default=300, help="longest wait for one stage of a visit")
     parser.add_argument("--out-dir", default=str(common.OUT_DIR))
     args = parser.parse_args(argv)
     out_dir = pathlib.Path(args.out_dir)
@@ -222,47 +263,31 @@ def main(argv=None) -> dict:
                 key = "%dx%d %s" % (layers, steps, version)
                 with _pythonpath(path), tb_server.running_tensorboard(str(logdir)) as server:
                     # One untimed visit: TensorBoard's first requests fill its caches.
-                    visit(browser, server.url + ENTRY, 1, 1)
-                    visits = [visit(browser, server.url + ENTRY, args.moves, args.picks) for _ in range(args.reps)]
+                    visit(browser, server.url + ENTRY, 1, 1, args.timeout_s)
+                    visits = [
+                        visit(browser, server.url + ENTRY, args.moves, args.picks, args.timeout_s)
+                        for _ in range(args.reps)
+                    ]
                 results["visits"][key] = visits
                 summary = _summarise(visits)
                 baseline = results["summary"].get("%dx%d %s" % (BASELINE_LAYERS, steps, version))
-                if baseline and layers != BASELINE_LAYERS:
+                if baseline and layers != BASELINE_LAYERS and summary["hover_p50_ms"] and summary["pick_p50_ms"]:
                     summary["hover_ratio"] = summary["hover_p50_ms"] / baseline["hover_p50_ms"]
                     summary["pick_ratio"] = summary["pick_p50_ms"] / baseline["pick_p50_ms"]
                 results["summary"][key] = summary
                 print(
-                    "%s: ready %.0f ms, hover p50 %.1f ms (p95 %.1f), pick p50 %.1f ms (max %.1f), log scale %.0f ms, longest task %.0f ms"
+                    "%s: %s"
                     % (
                         key,
-                        summary["ready_ms"],
-                        summary["hover_p50_ms"],
-                        summary["hover_p95_ms"],
-                        summary["pick_p50_ms"],
-                        summary["pick_max_ms"],
-                        summary["log_scale_ms"],
-                        summary["longest_task_ms"],
+                        ", ".join(
+                            "%s %s" % (name, _cell(summary[name])) for name in SUMMARY_COLUMNS if name in summary
+                        ),
                     ),
                     flush=True,
                 )
     path = common.write_results("frontend_interact", results, out_dir)
     print()
-    common.print_table(
-        [dict(entry, size=key) for key, entry in results["summary"].items()],
-        [
-            "size",
-            "ready_ms",
-            "hover_p50_ms",
-            "hover_p95_ms",
-            "pick_p50_ms",
-            "pick_max_ms",
-            "log_scale_ms",
-            "longest_task_ms",
-            "hover_ratio",
-            "pick_ratio",
-            "lines_drawn",
-        ],
-    )
+    common.print_table([dict(entry, size=key) for key, entry in results["summary"].items()], ["size", *SUMMARY_COLUMNS])
     print("\nresults: %s" % path)
     return results
 

@@ -2,9 +2,11 @@
 
 import {el} from './dom.js';
 import {listenForTensorBoardReload} from './host.js';
+import {groupsHolding, layerKinds, layerRows, topGroups} from './layers.js';
 import {decodeProblems, Model} from './model.js';
 import {DiagnosisPanel} from './panel_diagnosis.js';
 import {HeatmapPanel} from './panel_heatmap.js';
+import {LayersPanel} from './panel_layers.js';
 import {ProfilePanel} from './panel_profile.js';
 import {TrendsPanel} from './panel_trends.js';
 import {requestPoints} from './resolution.js';
@@ -34,6 +36,12 @@ function initialState() {
     xRange: null, // a zoom chosen by the user; null = all steps
     step: null, // the step the user picked; null = follow the latest
     hiddenLayers: new Set(),
+    filter: '', // what the trend charts' filter box holds
+    focus: null, // the layer name selected everywhere, or null
+    groupBy: 'path', // rows of heatmaps and profiles: 'path', 'kind' or 'none'
+    collapsed: new Set(), // keys of the collapsed groups of rows
+    kind: null, // the kind of layer heatmaps and profiles show; null = every kind
+    rowZoom: 'fit', // 'fit': every row in the heatmap's height; 'rows': readable rows, scrolled
     theme: 'light',
     // What was loaded.
     runs: null, // decoded /runs entries, once loaded
@@ -98,9 +106,32 @@ export class App {
         else hiddenLayers.add(name);
         this.store.update({hiddenLayers});
       },
+      setFilter: (filter) => this.store.update({filter}),
+      focusLayer: (name) => this._focus(name),
+      setGroupBy: (groupBy) => this.store.update({groupBy, collapsed: new Set()}),
+      toggleGroup: (key) => {
+        const collapsed = new Set(this.store.state.collapsed);
+        if (collapsed.has(key)) collapsed.delete(key);
+        else collapsed.add(key);
+        this.store.update({collapsed});
+      },
+      collapseAll: () => {
+        const view = this._viewOf(this.store.state);
+        const keys = view.loaded.flatMap((series) => topGroups(series.layers, view.kindsOf(series), this.store.state.groupBy));
+        this.store.update({collapsed: new Set(keys)});
+      },
+      expandAll: () => this.store.update({collapsed: new Set()}),
+      setKind: (kind) => this.store.update({kind}),
+      setRowZoom: (rowZoom) => this.store.update({rowZoom}),
     };
     this.shell = new Shell(root, this.actions);
-    this.panels = [new DiagnosisPanel(), new TrendsPanel(this.actions), new HeatmapPanel(this.actions), new ProfilePanel()];
+    this.panels = [
+      new DiagnosisPanel(),
+      new LayersPanel(this.actions),
+      new TrendsPanel(this.actions),
+      new HeatmapPanel(this.actions),
+      new ProfilePanel(),
+    ];
     this._mainShows = null;
     this._sidebarKey = null;
     this._refreshing = false;
@@ -119,6 +150,7 @@ export class App {
       const [lo, hi] = extent || [first, last];
       return [xRange[0] - Math.max(0, first - lo), xRange[1] + Math.max(0, hi - last)];
     });
+    this._rows = new WeakMap(); // series -> its rows, with what they were computed from
     this._problemsByRun = memo((runs, health, series) => {
       const byRun = new Map();
       for (const info of runs || []) {
@@ -224,6 +256,25 @@ export class App {
     return {selected: sameItems(selected, state.selected) ? state.selected : selected, selectionInitialized, stat};
   }
 
+  /**
+   * Selects layer `name` everywhere (or unselects it when it is selected): its groups open, its
+   * heatmap row shows at a readable height, its line is drawn.
+   */
+  _focus(name) {
+    const state = this.store.state;
+    if (state.focus === name) {
+      this.store.update({focus: null});
+      return;
+    }
+    const view = this._viewOf(state);
+    const collapsed = new Set(state.collapsed);
+    for (const series of view.loaded) {
+      const j = series.layers.indexOf(name);
+      if (j >= 0) for (const key of groupsHolding(series.layers, view.kindsOf(series), state.groupBy, j)) collapsed.delete(key);
+    }
+    this.store.update({focus: name, collapsed, rowZoom: 'rows'});
+  }
+
   _stamp() {
     const time = new Date().toLocaleTimeString([], {hour: '2-digit', minute: '2-digit', second: '2-digit'});
     this.store.update({status: `Updated ${time}`});
@@ -238,6 +289,8 @@ export class App {
     const scales = this._scales(loaded, state.logY);
     const xRange = this._xRange(state.xRange, scales);
     const health = state.health;
+    const infoOf = new Map(runs.map((info) => [info.run, info]));
+    const kindsOf = (series) => layerKinds(series, infoOf.get(series.run));
     return {
       state,
       stat,
@@ -251,6 +304,17 @@ export class App {
       stepPinned: state.step !== null,
       /** Returns a run's /health entry; null while the diagnosis is loading, undefined if it has none. */
       healthOf: (run) => (health === null ? null : health.get(run)),
+      /** Returns each layer's kind of a series, or null when the run recorded none. */
+      kindsOf,
+      /** Returns the rows of a series' heatmap and profile: {rows, spans} (layers.layerRows). */
+      rowsOf: (series) => {
+        const inputs = [state.groupBy, state.collapsed, state.kind, infoOf.get(series.run)];
+        const cached = this._rows.get(series);
+        if (cached && cached.inputs.every((input, i) => input === inputs[i])) return cached.result;
+        const result = layerRows(series.layers, kindsOf(series), {groupBy: state.groupBy, collapsed: state.collapsed, kind: state.kind});
+        this._rows.set(series, {inputs, result});
+        return result;
+      },
       /** Returns what a run's chart cells show: {series} or {message, error}. */
       content: (info) => {
         if (!info.stats.includes(stat)) return {message: `This run has no “${stat}” statistic.`};

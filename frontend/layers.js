@@ -37,6 +37,13 @@ function select(values, count, k) {
   return values[k];
 }
 
+/** Returns the median of `values[0..count)` (the mean of the two middle ones for an even count; reorders them), or NaN. */
+function median(values, count) {
+  if (count === 0) return NaN;
+  if (count % 2) return select(values, count, count >> 1);
+  return (select(values, count, count / 2 - 1) + select(values, count, count / 2)) / 2;
+}
+
 /**
  * Returns the spread over `layerIndices` of `series` per step: {min, median, max}, arrays with null where no value counts.
  *
@@ -46,7 +53,7 @@ export function spread(series, layerIndices, positiveOnly) {
   const n = series.steps.length;
   const {values, missing} = series;
   const min = new Array(n).fill(null);
-  const median = new Array(n).fill(null);
+  const middle = new Array(n).fill(null);
   const max = new Array(n).fill(null);
   const scratch = new Float64Array(layerIndices.length);
   for (let i = 0; i < n; i++) {
@@ -64,9 +71,9 @@ export function spread(series, layerIndices, positiveOnly) {
     if (count === 0) continue;
     min[i] = lo;
     max[i] = hi;
-    median[i] = count % 2 ? select(scratch, count, count >> 1) : (select(scratch, count, count / 2 - 1) + select(scratch, count, count / 2)) / 2;
+    middle[i] = median(scratch, count);
   }
-  return {min, median, max};
+  return {min, median: middle, max};
 }
 
 /**
@@ -84,7 +91,7 @@ export function movers(series) {
       const value = series.values[j * n + i];
       if (Number.isFinite(value) && value > 0) scratch[count++] = value;
     }
-    return count ? select(scratch, count, count >> 1) : NaN;
+    return median(scratch, count);
   };
   const moved = [];
   for (let j = 0; j < series.layers.length; j++) {
@@ -113,18 +120,19 @@ export function nonFiniteOnsets(series) {
 /**
  * Returns the lines a run's trend chart draws: [{j, reason}] in model order, at most MAX_LINES, and how many were asked for.
  *
- * `wanted` is [{j, reason}] of layers asked for by name (e.g. a filter's matches), drawn first;
- * without them, a run of up to ALL_LINES_MAX layers draws them all, a deeper one its first and
- * last layer, its layers with NaN/Inf and those that moved the most.
+ * `wanted` is [{j, reason}] of layers asked for by name (the selected layer, a filter's matches,
+ * the layers of findings), drawn first. With `defaults`, a run of up to ALL_LINES_MAX layers
+ * draws them all, a deeper one its first and last layer, its layers with NaN/Inf and those that
+ * moved the most.
  */
-export function linesToDraw(series, wanted = []) {
+export function linesToDraw(series, wanted = [], defaults = true) {
   const chosen = new Map();
   const add = (j, reason) => {
     if (!chosen.has(j)) chosen.set(j, reason);
   };
   for (const {j, reason} of wanted) add(j, reason);
   const count = series.layers.length;
-  if (wanted.length === 0) {
+  if (defaults) {
     if (count <= ALL_LINES_MAX) {
       for (let j = 0; j < count; j++) add(j, 'layer');
     } else {
@@ -136,4 +144,185 @@ export function linesToDraw(series, wanted = []) {
   }
   const lines = [...chosen].slice(0, MAX_LINES).map(([j, reason]) => ({j, reason}));
   return {lines: lines.sort((a, b) => a.j - b.j), asked: chosen.size};
+}
+
+// ------------------------------------------------------------ depth: groups of layers, rows, filters, ranking
+
+// The kinds of layer the data contract names, in the order their groups are listed.
+export const LAYER_KINDS = ['dense', 'conv', 'normalization', 'embedding', 'attention', 'recurrent', 'other'];
+// Layers listed per ranking of the "layers to look at" table.
+export const RANKED = 5;
+// The share of the steps at the end over which a layer's level is taken for the ranking.
+const LEVEL_END_FRACTION = 0.1;
+
+/**
+ * Returns the path of a layer name: its prefixes from the outermost group to the whole name.
+ *
+ * Names with `/` or `.` (Keras nested layers, PyTorch modules) split there; flat names such as
+ * Keras's `block_3_expand_BN` or `conv2_block1_1_conv` split after each part with a digit, so
+ * `block_3_expand_BN` is in group `block_3`.
+ */
+export function namePath(name) {
+  const prefixes = [];
+  if (/[/.]/.test(name)) {
+    const pattern = /[/.]/g;
+    let match;
+    while ((match = pattern.exec(name)) !== null) if (match.index > 0) prefixes.push(name.slice(0, match.index));
+  } else {
+    const pattern = /_/g;
+    let match;
+    let from = 0;
+    while ((match = pattern.exec(name)) !== null) {
+      if (/\d/.test(name.slice(from, match.index))) prefixes.push(name.slice(0, match.index));
+      from = match.index + 1;
+    }
+  }
+  prefixes.push(name);
+  return prefixes;
+}
+
+/** Returns each layer's kind of `series` (from the series itself or the run's /runs entry), or null when none was recorded. */
+export function layerKinds(series, info) {
+  if (series.kinds && series.kinds.length === series.layers.length) return series.kinds;
+  if (!info?.kinds) return null;
+  const byName = new Map(info.layers.map((name, j) => [name, info.kinds[j]]));
+  return series.layers.map((name) => byName.get(name) ?? 'other');
+}
+
+/**
+ * Returns the rows a run's heatmap and profile show, and the groups around them.
+ *
+ * `groupBy` is 'path' (contiguous layers sharing a name prefix), 'kind' (one group per kind of
+ * layer, when `kinds` are known) or 'none'; a group whose key is in `collapsed` is one row over all
+ * its layers. `kind` keeps only the layers of that kind. Returns {rows: [{layers, name, group}],
+ * spans: [{key, from, to, depth, count}]}: `group` is set on a collapsed group's row ({key,
+ * count}); `spans` are the expanded groups: their row ranges [from, to) and their layers.
+ */
+export function layerRows(layers, kinds, {groupBy = 'path', collapsed = new Set(), kind = null} = {}) {
+  let indices = layers.map((name, j) => j);
+  if (kind && kinds) indices = indices.filter((j) => kinds[j] === kind);
+  // Without recorded kinds, grouping by kind groups by name path.
+  const mode = groupBy === 'kind' && !kinds ? 'path' : groupBy;
+  const rows = [];
+  const spans = [];
+  const leaf = (j) => rows.push({layers: [j], name: layers[j], group: null});
+  const group = (key, label, members, depth, inside) => {
+    if (collapsed.has(key)) {
+      rows.push({layers: members, name: label, group: {key, count: members.length}});
+      return;
+    }
+    const from = rows.length;
+    inside();
+    spans.push({key, label, from, to: rows.length, depth, layers: members});
+  };
+  if (mode === 'kind') {
+    for (const each of LAYER_KINDS) {
+      const members = indices.filter((j) => (LAYER_KINDS.includes(kinds[j]) ? kinds[j] : 'other') === each);
+      if (members.length) group(`kind:${each}`, each, members, 0, () => members.forEach(leaf));
+    }
+    return {rows, spans};
+  }
+  if (mode !== 'path') {
+    indices.forEach(leaf);
+    return {rows, spans};
+  }
+  const paths = layers.map(namePath);
+  const walk = (members, level, depth) => {
+    let k = 0;
+    while (k < members.length) {
+      const j = members[k];
+      // A name whose path ended above this level is a layer of its own here.
+      if (paths[j].length <= level) {
+        leaf(j);
+        k++;
+        continue;
+      }
+      const key = paths[j][level];
+      let end = k + 1;
+      while (end < members.length && paths[members[end]].length > level && paths[members[end]][level] === key) end++;
+      const grouped = members.slice(k, end);
+      k = end;
+      if (grouped.length === 1) {
+        leaf(j);
+        continue;
+      }
+      // A group with one sub-group only is that sub-group: no level of nesting that tells nothing.
+      let deepest = level;
+      while (grouped.every((m) => paths[m].length > deepest + 2 && paths[m][deepest + 1] === paths[grouped[0]][deepest + 1])) deepest++;
+      const groupKey = paths[j][deepest];
+      group(groupKey, groupKey, grouped, depth, () => walk(grouped, deepest + 1, depth + 1));
+    }
+  };
+  walk(indices, 0, 0);
+  return {rows, spans};
+}
+
+/** Returns the keys of the outermost groups of `layers` (what "collapse all" collapses). */
+export function topGroups(layers, kinds, groupBy) {
+  return layerRows(layers, kinds, {groupBy}).spans.filter((span) => span.depth === 0).map((span) => span.key);
+}
+
+/** Returns the keys of the groups that hold layer `j` (to expand them all when it is selected). */
+export function groupsHolding(layers, kinds, groupBy, j) {
+  return layerRows(layers, kinds, {groupBy}).spans.filter((span) => span.layers.includes(j)).map((span) => span.key);
+}
+
+/**
+ * Returns a filter of layer names from what the user typed, or null when there is nothing to filter.
+ *
+ * `/pattern/` is a regular expression (case-insensitive); anything else a substring, any case.
+ * Returns {test(name), error}: `error` (a message) when the expression does not compile.
+ */
+export function layerFilter(text) {
+  const typed = text.trim();
+  if (!typed) return null;
+  const regex = typed.length > 2 && typed.startsWith('/') && typed.endsWith('/');
+  if (regex) {
+    try {
+      const pattern = new RegExp(typed.slice(1, -1), 'i');
+      return {test: (name) => pattern.test(name), error: null};
+    } catch (error) {
+      return {test: () => false, error: error.message};
+    }
+  }
+  const lower = typed.toLowerCase();
+  return {test: (name) => name.toLowerCase().includes(lower), error: null};
+}
+
+/**
+ * Returns the layers of a run worth a look, ranked: {smallest, growth, nonfinite}, at most RANKED each.
+ *
+ * `smallest`: the lowest level (median over the last tenth of the steps) relative to the median
+ * level of the layers of the same kind (all layers when kinds are unknown), as [{j, ratio}];
+ * `growth`: the largest rise from the first to the last tenth, as [{j, factor}]; `nonfinite`:
+ * the earliest NaN/Inf, as [{j, step}].
+ */
+export function ranking(series, kinds) {
+  const n = series.steps.length;
+  const edge = Math.max(1, Math.round(n * LEVEL_END_FRACTION));
+  const scratch = new Float64Array(edge);
+  const levels = series.layers.map((name, j) => {
+    let count = 0;
+    for (let i = n - edge; i < n; i++) {
+      const value = series.values[j * n + i];
+      if (Number.isFinite(value) && value > 0) scratch[count++] = value;
+    }
+    return median(scratch, count);
+  });
+  const kindOf = (j) => (kinds ? kinds[j] : 'all');
+  const medianOfKind = new Map();
+  for (const each of new Set(series.layers.map((name, j) => kindOf(j)))) {
+    const found = Float64Array.from(levels.filter((level, j) => kindOf(j) === each && Number.isFinite(level)));
+    medianOfKind.set(each, median(found, found.length));
+  }
+  const smallest = levels
+    .map((level, j) => ({j, ratio: level / medianOfKind.get(kindOf(j))}))
+    .filter(({ratio}) => Number.isFinite(ratio))
+    .sort((a, b) => a.ratio - b.ratio || a.j - b.j)
+    .slice(0, RANKED);
+  const growth = movers(series)
+    .filter(({change}) => change > 0)
+    .slice(0, RANKED)
+    .map(({j, change}) => ({j, factor: 10 ** change}));
+  return {smallest, growth, nonfinite: nonFiniteOnsets(series).slice(0, RANKED)};
 }

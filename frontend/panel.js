@@ -13,8 +13,11 @@ export class Panel {
     this.subtitle = el('span', {class: 'panel-subtitle'});
     this.extra = el('span', {class: 'panel-extra'});
     this.grid = el('div', {class: 'run-grid'});
+    // Controls of the panel's view, under its title.
+    this.tools = el('div', {class: 'panel-tools', hidden: true});
     this.element = el('section', {class: `panel panel-${name}`}, [
       el('div', {class: 'panel-head'}, [el('h2', {text: title}), this.subtitle, el('span', {class: 'spacer'}), this.extra]),
+      this.tools,
       this.grid,
     ]);
     this._cells = new Map();

@@ -24,7 +24,16 @@ class ProfileCell extends ChartCell {
     this.caption.note.textContent =
       shown === null ? 'no step at or before the selected one' : shown === step ? `step ${formatStep(shown)}` : `step ${formatStep(shown)} (nearest earlier)`;
     const {state, scales} = view;
-    this.chart.update({series, index, logY: state.logY, yRange: scales.y, colour: view.colour, theme: state.theme});
+    this.chart.update({
+      series,
+      rows: view.rowsOf(series).rows,
+      focusLayer: state.focus === null ? -1 : series.layers.indexOf(state.focus),
+      index,
+      logY: state.logY,
+      yRange: scales.y,
+      colour: view.colour,
+      theme: state.theme,
+    });
   }
 
   show(content, view) {

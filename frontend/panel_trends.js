@@ -2,15 +2,46 @@
 
 import {el} from './dom.js';
 import {statLabel} from './format.js';
-import {ALL_LINES_MAX, linesToDraw, spread} from './layers.js';
+import {ALL_LINES_MAX, layerFilter, linesToDraw, spread} from './layers.js';
 import {ChartCell, Panel, showReduction} from './panel.js';
 import {TrendChart} from './view_trend.js';
+
+// Layers of each finding drawn as lines (a finding may name hundreds).
+const FINDING_LINES = 4;
+
+/**
+ * Returns the layers a run's trend is asked to draw ([{j, reason}]), and whether its default lines come too.
+ *
+ * The selected layer always; with a filter, the layers it matches (and no defaults); without,
+ * the first layers of each finding of the run's diagnosis.
+ */
+function wantedLines(series, state, health) {
+  const wanted = [];
+  const focus = state.focus === null ? -1 : series.layers.indexOf(state.focus);
+  if (focus >= 0) wanted.push({j: focus, reason: 'selected'});
+  const filter = layerFilter(state.filter);
+  // A regular expression that does not compile filters nothing (the box says why).
+  if (filter && !filter.error) {
+    series.layers.forEach((name, j) => {
+      if (filter.test(name)) wanted.push({j, reason: 'matches the filter'});
+    });
+    return [wanted, false];
+  }
+  for (const finding of health?.findings || []) {
+    for (const name of (finding.layers || []).slice(0, FINDING_LINES)) {
+      const j = series.layers.indexOf(name);
+      if (j >= 0) wanted.push({j, reason: `named by the ${finding.kind} finding`});
+    }
+  }
+  return [wanted, true];
+}
 
 class TrendCell extends ChartCell {
   constructor(run, actions) {
     super(run, 'trend-cell');
     this._actions = actions;
     this._drawn = {};
+    this._shapesOf = null;
   }
 
   createChart(box) {
@@ -26,26 +57,48 @@ class TrendCell extends ChartCell {
     });
   }
 
-  /** Returns the band and lines of `series`, computed once per series (and scale, for the band). */
-  _shapes(series, logY) {
-    if (this._shapesOf?.series !== series) this._shapesOf = {series, ...linesToDraw(series), bands: new Map()};
+  /** Returns the band and lines of `series` (the band computed once per series and scale). */
+  _shapes(series, view) {
+    const {state} = view;
+    if (this._shapesOf?.series !== series) this._shapesOf = {series, bands: new Map(), linesKey: null, lines: null};
     const shapes = this._shapesOf;
-    if (series.layers.length > ALL_LINES_MAX && !shapes.bands.has(logY)) {
-      shapes.bands.set(logY, spread(series, series.layers.map((name, j) => j), logY));
+    const health = view.healthOf(series.run);
+    const linesKey = [state.filter, state.focus, health];
+    if (!shapes.linesKey || linesKey.some((part, i) => part !== shapes.linesKey[i])) {
+      const {lines, asked} = linesToDraw(series, ...wantedLines(series, state, health));
+      // The same layers drawn again keep the chart as it is (e.g. a diagnosis naming layers already drawn).
+      if (!shapes.lines || lines.length !== shapes.lines.length || lines.some((line, i) => line.j !== shapes.lines[i].j)) {
+        shapes.lines = lines;
+      }
+      shapes.asked = asked;
+      shapes.linesKey = linesKey;
     }
-    return {lines: shapes.lines, asked: shapes.asked, band: shapes.bands.get(logY) ?? null};
+    if (series.layers.length > ALL_LINES_MAX && !shapes.bands.has(state.logY)) {
+      shapes.bands.set(state.logY, spread(series, series.layers.map((name, j) => j), state.logY));
+    }
+    return {lines: shapes.lines, asked: shapes.asked, band: shapes.bands.get(state.logY) ?? null};
   }
 
   draw(series, view) {
     const {state} = view;
     const drawn = this._drawn;
-    if (drawn.series !== series || drawn.logY !== state.logY || drawn.scales !== view.scales || drawn.theme !== state.theme) {
-      const {lines, asked, band} = this._shapes(series, state.logY);
+    const {lines, asked, band} = this._shapes(series, view);
+    const focus = lines.find(({j}) => series.layers[j] === state.focus)?.j ?? -1;
+    const rebuild =
+      drawn.series !== series ||
+      drawn.lines !== lines ||
+      drawn.focus !== focus ||
+      drawn.logY !== state.logY ||
+      drawn.scales !== view.scales ||
+      drawn.theme !== state.theme;
+    if (rebuild) {
       this.chart.update({
         series,
         lines,
         asked,
         band,
+        focus,
+        filtered: Boolean(layerFilter(state.filter)) && !layerFilter(state.filter).error,
         logY: state.logY,
         smoothing: state.smoothing,
         yRange: view.scales.y,
@@ -62,6 +115,8 @@ class TrendCell extends ChartCell {
     }
     this._drawn = {
       series,
+      lines,
+      focus,
       logY: state.logY,
       scales: view.scales,
       theme: state.theme,
@@ -77,14 +132,26 @@ export class TrendsPanel {
   constructor(actions) {
     this._actions = actions;
     this._panel = new Panel('trends', 'Trends');
+    this._filter = el('input', {
+      type: 'search',
+      class: 'layer-filter',
+      placeholder: 'filter layers: text or /regex/',
+      attrs: {'aria-label': 'Filter the layers drawn as lines: text, or a regular expression between slashes'},
+    });
+    this._filter.addEventListener('input', () => actions.setFilter(this._filter.value));
     this._panel.extra.append(
-      el('span', {class: 'panel-hint', text: 'drag to zoom · double-click to reset · click to pick a step · legend toggles layers'}),
+      this._filter,
+      el('span', {class: 'panel-hint', text: 'drag to zoom · double-click to reset · click to pick a step · legend toggles lines'}),
     );
     this.element = this._panel.element;
   }
 
   render(state, view) {
     this._panel.subtitle.textContent = statLabel(view.stat);
+    if (this._filter.value !== state.filter) this._filter.value = state.filter;
+    const error = layerFilter(state.filter)?.error ?? null;
+    this._filter.classList.toggle('invalid', error !== null);
+    this._filter.title = error ? `Not a regular expression: ${error}` : '';
     const cells = this._panel.columns(view.runs, (info) => new TrendCell(info.run, this._actions));
     view.runs.forEach((info, i) => {
       cells[i].caption.setVerdict(view.healthOf(info.run)?.verdict, view.healthOf(info.run) === null);

@@ -24,6 +24,14 @@ const LEGEND_WIDTH_PX = 260;
 const LEGEND_BAR_PX = 12;
 // Tooltips show at most this many characters of a name (the row label's own tooltip has it whole).
 const TOOLTIP_NAME_CHARS = 160;
+// Rows shown this tall when readable rows are asked for; they then scroll in the plot's height.
+const READABLE_ROW_PX = 14;
+// Room for the scroll bar of readable rows.
+const SCROLL_PX = 16;
+// Brackets beside the rows of open groups: one column of this width per level, this many levels.
+const BRACKET_STEP_PX = 6;
+const MAX_BRACKETS = 3;
+const BRACKET_MIN_PX = 3;
 
 // Cell kinds of the aggregate (a pixel can cover many steps and layers); EMPTY is also "not recorded".
 const EMPTY = 0;
@@ -163,7 +171,7 @@ export function cellExtent(seriesList) {
 }
 
 /** Returns the rows of the plot's pixel rows: each pixel row's layers when rows outnumber the pixels, else the rows as they are. */
-function pixelRows(rows, pixels) {
+function mergedRows(rows, pixels) {
   if (rows.length <= pixels) return rows.map((row) => row.layers);
   const merged = [];
   for (let p = 0; p < pixels; p++) {
@@ -177,22 +185,32 @@ function pixelRows(rows, pixels) {
 /**
  * One run's heatmap.
  *
- * Rows are given as [{layers: [layer indices], name}] (one row per layer by default); with more
- * rows than the plot has pixel rows, each pixel row shows the strongest cell of its rows and a
- * note says so. Names are HTML next to the plot: cut with an ellipsis, isolated from their
- * neighbours' writing direction, whole in their tooltip. `handlers`: onSelectStep(step).
+ * Rows are given as [{layers: [layer indices], name, group}] (a layer, or a collapsed group of
+ * layers) with `spans`, the expanded groups around them (layers.layerRows). With `rowZoom` 'fit'
+ * every row fits the plot's height: with more rows than pixel rows, each pixel row shows the
+ * strongest cell of its rows, and a note says so. With 'rows' each row is tall enough to read its
+ * name and the rows scroll. Names are HTML next to the plot: cut with an ellipsis, isolated from
+ * their neighbours' writing direction, whole in their tooltip; a collapsed group's name opens it,
+ * the bracket beside an open group's rows closes it. `handlers`: onSelectStep(step),
+ * onToggleGroup(key).
  */
 export class Heatmap {
   constructor(container, handlers) {
     this.container = container;
     this.handlers = handlers;
     this.options = null;
-    this.canvas = el('canvas', {class: 'heatmap-canvas', attrs: {role: 'img'}});
+    this._first = 0;
+    // The selected row is scrolled into view when it (or the rows) change, not on every scroll.
+    this._revealFocus = true;
+    this._image = null;
+    this.canvas = el('canvas', {class: 'heatmap-canvas', attrs: {role: 'img', tabindex: '0'}});
     this.labels = el('div', {class: 'heatmap-labels'});
     this.marker = el('div', {class: 'step-marker heatmap-marker', hidden: true, attrs: {'aria-hidden': 'true'}});
+    this.focus = el('div', {class: 'heatmap-focus', hidden: true, attrs: {'aria-hidden': 'true'}});
+    this.scroller = el('div', {class: 'heatmap-scroll', hidden: true}, [el('div', {class: 'heatmap-scroll-size'})]);
     this.tooltip = el('div', {class: 'tooltip', hidden: true});
     this.note = el('div', {class: 'heatmap-note'});
-    this.element = el('div', {class: 'heatmap'}, [this.canvas, this.labels, this.marker, this.tooltip]);
+    this.element = el('div', {class: 'heatmap'}, [this.canvas, this.labels, this.marker, this.focus, this.scroller, this.tooltip]);
     container.append(this.element, this.note);
     this.canvas.addEventListener('mousemove', (event) => this._hover(event));
     this.canvas.addEventListener('mouseleave', () => {
@@ -202,6 +220,28 @@ export class Heatmap {
       const cell = this._cellAt(event);
       if (cell) this.handlers.onSelectStep(this.options.series.steps[cell.index]);
     });
+    this.scroller.addEventListener('scroll', () => {
+      const first = Math.round(this.scroller.scrollTop / this.layout.rowHeight);
+      if (first === this._first) return;
+      this._first = first;
+      if (!this._frame) {
+        this._frame = requestAnimationFrame(() => {
+          this._frame = null;
+          this.draw();
+        });
+      }
+    });
+    // The wheel over readable rows scrolls them (and only while they can scroll that way: the page scrolls otherwise).
+    this.element.addEventListener(
+      'wheel',
+      (event) => {
+        if (this.scroller.hidden) return;
+        const before = this.scroller.scrollTop;
+        this.scroller.scrollTop += event.deltaY;
+        if (this.scroller.scrollTop !== before) event.preventDefault();
+      },
+      {passive: false},
+    );
     this._lastWidth = 0;
     this._resize = new ResizeObserver(() => {
       if (this.options && this.container.clientWidth !== this._lastWidth) this.draw();
@@ -210,7 +250,7 @@ export class Heatmap {
   }
 
   /**
-   * Draws with `options` {series, rows, xRange: [min, max], colour: {lo, hi}, selectedStep, theme}.
+   * Draws with `options` {series, rows, spans, rowZoom, focusRow, xRange: [min, max], colour: {lo, hi}, selectedStep, theme}.
    *
    * Only what changed is redrawn: a new picked step moves the marker, nothing else.
    */
@@ -222,42 +262,91 @@ export class Heatmap {
       if (next.selectedStep !== previous.selectedStep) this._placeMarker();
       return;
     }
+    if (previous && (next.rows !== previous.rows || next.focusRow !== previous.focusRow)) this._revealFocus = true;
     this.draw();
   }
 
   destroy() {
     this._resize.disconnect();
+    if (this._frame) cancelAnimationFrame(this._frame);
   }
 
   draw() {
-    const {series, xRange, colour} = this.options;
-    const rows = this.options.rows ?? series.layers.map((name, j) => ({layers: [j], name}));
+    const {series, xRange, colour, rowZoom, focusRow} = this.options;
+    const rows = this.options.rows ?? series.layers.map((name, j) => ({layers: [j], name, group: null}));
+    const spans = this.options.spans ?? [];
     const width = Math.max(240, Math.floor(this.container.clientWidth));
     this._lastWidth = this.container.clientWidth;
-    const rowHeight = Math.min(ROW_MAX_PX, PLOT_MAX_HEIGHT_PX / Math.max(1, rows.length));
-    const plotHeight = Math.max(1, Math.round(rowHeight * rows.length));
+    const fitRowHeight = Math.min(ROW_MAX_PX, PLOT_MAX_HEIGHT_PX / Math.max(1, rows.length));
+    const readable = rowZoom === 'rows' && fitRowHeight < READABLE_ROW_PX;
+    const rowHeight = readable ? READABLE_ROW_PX : fitRowHeight;
+    const plotHeight = readable ? PLOT_MAX_HEIGHT_PX : Math.max(1, Math.round(rowHeight * rows.length));
+    const visible = readable ? Math.ceil(plotHeight / rowHeight) : rows.length;
+    const whole = Math.floor(plotHeight / rowHeight);
+    if (readable && this._revealFocus && focusRow >= 0 && (focusRow < this._first || focusRow >= this._first + whole)) {
+      this._first = focusRow - Math.floor(whole / 2);
+    }
+    this._revealFocus = false;
+    const first = readable ? Math.max(0, Math.min(this._first, rows.length - whole)) : 0;
+    this._first = first;
+    const shownRows = rows.slice(first, first + visible);
     const height = TOP_PX + plotHeight + AXIS_PX;
     const ctx = setupCanvas(this.canvas, width, height);
     const colours = palette();
     ctx.font = smallFont();
     const every = Math.ceil(LABEL_MIN_ROW_PX / rowHeight);
     const labelled = [];
-    for (let r = 0; r < rows.length; r += every) labelled.push(r);
-    const widest = Math.max(...labelled.map((r) => ctx.measureText(shortName(rows[r].name, 80)).width), LABEL_MIN_PX);
-    const labelWidth = Math.ceil(Math.min(LABEL_MAX_PX, widest + 2));
+    for (let r = 0; r < shownRows.length; r += every) labelled.push(r);
+    const depths = Math.min(MAX_BRACKETS, 1 + Math.max(-1, ...spans.map((span) => span.depth)));
+    const brackets = depths * BRACKET_STEP_PX;
+    const widest = Math.max(...labelled.map((r) => ctx.measureText(rowLabel(shownRows[r]).slice(0, 80)).width), LABEL_MIN_PX);
+    const labelWidth = Math.ceil(Math.min(LABEL_MAX_PX, widest + 2)) + brackets;
     const left = labelWidth + LABEL_GAP_PX;
-    const plotWidth = width - left - RIGHT_PX;
+    const right = readable ? SCROLL_PX : RIGHT_PX;
+    const plotWidth = width - left - right;
     const ratio = window.devicePixelRatio || 1;
-    this.layout = {left, top: TOP_PX, plotWidth, plotHeight, rowHeight, rows};
+    this.layout = {left, top: TOP_PX, plotWidth, plotHeight, rowHeight, rows, first, visible, readable};
 
     ctx.clearRect(0, 0, width, height);
     ctx.fillStyle = colours.plotBg;
     ctx.fillRect(left, TOP_PX, plotWidth, plotHeight);
+    const image = this._cells(series, shownRows, xRange, colour, Math.max(1, Math.round(plotWidth * ratio)), Math.max(1, Math.round(plotHeight * ratio)));
+    ctx.save();
+    ctx.beginPath();
+    ctx.rect(left, TOP_PX, plotWidth, plotHeight);
+    ctx.clip();
+    ctx.imageSmoothingEnabled = false;
+    const imageHeight = image.merged ? plotHeight : rowHeight * image.canvas.height;
+    ctx.drawImage(image.canvas, 0, 0, image.canvas.width, image.canvas.height, left, TOP_PX, plotWidth, imageHeight);
+    if (rowHeight >= ROW_GAP_MIN_PX) {
+      ctx.fillStyle = colours.rowGap;
+      for (let r = 1; r < shownRows.length; r++) ctx.fillRect(left, TOP_PX + r * rowHeight - 0.5, plotWidth, 1);
+    }
+    ctx.restore();
+    this._merged = image.merged;
+    this._drawAxis(ctx, xRange);
+    this._drawLabels(labelled, shownRows, spans, labelWidth, brackets);
+    this._placeMarker();
+    this._placeFocus();
+    this._placeScroller(rows.length);
+    this.note.textContent = image.merged
+      ? `${rows.length.toLocaleString('en-US')} rows in ${image.canvas.height} pixel rows: each shows the largest value (or NaN/Inf) of its rows; hover for names, or show readable rows`
+      : readable
+        ? `rows ${first + 1}–${Math.min(rows.length, first + visible)} of ${rows.length.toLocaleString('en-US')}; scroll for the others`
+        : '';
+    this.canvas.dataset.rows = String(rows.length);
+    this.canvas.setAttribute(
+      'aria-label',
+      `Heatmap of ${series.stat} for run ${shortName(series.run, 80)}: ${rows.length} rows by ${series.steps.length} steps` +
+        (series.nonFinite.length ? `, NaN or Inf from step ${formatStep(series.steps[series.nonFinite[0]])}` : ''),
+    );
+  }
 
-    // Paint at device resolution: one aggregate column per device pixel, and rows merged when they outnumber the pixel rows.
-    const pixels = Math.max(1, Math.round(plotWidth * ratio));
-    const imageRows = pixelRows(rows, Math.max(1, Math.round(plotHeight * ratio)));
-    this._merged = imageRows.length < rows.length;
+  /** Returns the cells of `rows` as an image (merged into the pixel rows when they outnumber them), reused while they stay the same. */
+  _cells(series, rows, xRange, colour, pixels, pixelRows) {
+    const key = [series, rows.length, rows[0], rows[rows.length - 1], xRange, colour, pixels, pixelRows, this.options.rows];
+    if (this._image && key.every((part, i) => part === this._image.key[i])) return this._image;
+    const imageRows = mergedRows(rows, pixelRows);
     const {kinds, values} = aggregateColumns(series, xRange[0], xRange[1], pixels, imageRows);
     const image = new ImageData(pixels, imageRows.length);
     for (let cell = 0; cell < kinds.length; cell++) {
@@ -270,45 +359,73 @@ export class Heatmap {
       image.data[o + 2] = rgb[2];
       image.data[o + 3] = 255;
     }
-    const offscreen = document.createElement('canvas');
-    offscreen.width = pixels;
-    offscreen.height = imageRows.length;
-    offscreen.getContext('2d').putImageData(image, 0, 0);
-    ctx.imageSmoothingEnabled = false;
-    ctx.drawImage(offscreen, 0, 0, pixels, imageRows.length, left, TOP_PX, plotWidth, plotHeight);
-
-    if (rowHeight >= ROW_GAP_MIN_PX) {
-      ctx.fillStyle = colours.rowGap;
-      for (let r = 1; r < rows.length; r++) ctx.fillRect(left, TOP_PX + r * rowHeight - 0.5, plotWidth, 1);
-    }
-    this._drawAxis(ctx, xRange);
-    this._drawLabels(labelled, labelWidth);
-    this._placeMarker();
-    this.note.textContent = this._merged
-      ? `${rows.length.toLocaleString('en-US')} rows in ${imageRows.length} pixel rows: each shows the largest value (or NaN/Inf) of its rows; hover for names`
-      : '';
-    this.canvas.setAttribute(
-      'aria-label',
-      `Heatmap of ${series.stat} for run ${shortName(series.run, 80)}: ${rows.length} rows by ${series.steps.length} steps` +
-        (series.nonFinite.length ? `, NaN or Inf from step ${formatStep(series.steps[series.nonFinite[0]])}` : ''),
-    );
+    const canvas = document.createElement('canvas');
+    canvas.width = pixels;
+    canvas.height = imageRows.length;
+    canvas.getContext('2d').putImageData(image, 0, 0);
+    this._image = {key, canvas, merged: imageRows.length < rows.length};
+    return this._image;
   }
 
-  _drawLabels(labelled, labelWidth) {
-    const {top, rowHeight, rows} = this.layout;
+  _drawLabels(labelled, shownRows, spans, labelWidth, brackets) {
+    const {top, rowHeight, first, visible, plotHeight} = this.layout;
     this.labels.style.width = `${labelWidth}px`;
     this.labels.style.top = `${top}px`;
-    this.labels.style.height = `${this.layout.plotHeight}px`;
-    this.labels.replaceChildren(
-      ...labelled.map((r) =>
-        el('div', {
-          class: 'heatmap-label',
-          text: rows[r].name,
-          title: rows[r].name,
-          style: {top: `${(r + 0.5) * rowHeight}px`},
-        }),
-      ),
-    );
+    this.labels.style.height = `${plotHeight}px`;
+    const items = labelled.map((r) => {
+      const row = shownRows[r];
+      const style = {top: `${(r + 0.5) * rowHeight}px`, left: `${brackets}px`};
+      if (!row.group) return el('div', {class: 'heatmap-label', text: row.name, title: row.name, style});
+      const label = el('button', {
+        type: 'button',
+        class: 'heatmap-label heatmap-group',
+        text: rowLabel(row),
+        title: `${row.name}: ${row.group.count} layers, shown as one row (the largest value of each step) · click to open`,
+        style,
+        attrs: {'aria-expanded': 'false'},
+      });
+      label.addEventListener('click', () => this.handlers.onToggleGroup(row.group.key));
+      return label;
+    });
+    for (const span of spans) {
+      if (span.depth >= MAX_BRACKETS) continue;
+      const from = Math.max(span.from, first);
+      const to = Math.min(span.to, first + visible);
+      const height = (to - from) * rowHeight;
+      if (height < BRACKET_MIN_PX) continue;
+      const bracket = el('button', {
+        type: 'button',
+        class: 'heatmap-bracket',
+        title: `${span.label}: ${span.layers.length} layers · click to show them as one row`,
+        style: {top: `${(from - first) * rowHeight}px`, height: `${height}px`, left: `${span.depth * BRACKET_STEP_PX}px`},
+        attrs: {'aria-expanded': 'true', 'aria-label': `collapse ${span.label}`},
+      });
+      bracket.addEventListener('click', () => this.handlers.onToggleGroup(span.key));
+      items.push(bracket);
+    }
+    this.labels.replaceChildren(...items);
+  }
+
+  _placeScroller(count) {
+    const {readable, top, plotHeight, rowHeight, first} = this.layout;
+    this.scroller.hidden = !readable;
+    if (!readable) return;
+    this.scroller.style.top = `${top}px`;
+    this.scroller.style.height = `${plotHeight}px`;
+    this.scroller.firstChild.style.height = `${count * rowHeight}px`;
+    if (Math.round(this.scroller.scrollTop / rowHeight) !== first) this.scroller.scrollTop = first * rowHeight;
+  }
+
+  _placeFocus() {
+    const {focusRow} = this.options;
+    const {left, top, plotWidth, rowHeight, first, visible} = this.layout;
+    const inside = focusRow !== null && focusRow !== undefined && focusRow >= first && focusRow < first + visible;
+    this.focus.hidden = !inside;
+    if (!inside) return;
+    this.focus.style.left = `${left - 1}px`;
+    this.focus.style.width = `${plotWidth + 2}px`;
+    this.focus.style.top = `${top + (focusRow - first) * rowHeight - 1}px`;
+    this.focus.style.height = `${Math.max(2, rowHeight) + 2}px`;
   }
 
   _stepToX(step) {
@@ -351,7 +468,7 @@ export class Heatmap {
     const rect = this.canvas.getBoundingClientRect();
     const x = event.clientX - rect.left;
     const y = event.clientY - rect.top;
-    const {left, top, plotWidth, plotHeight, rowHeight, rows} = this.layout;
+    const {left, top, plotWidth, plotHeight, rowHeight, rows, first, visible} = this.layout;
     if (x < left || x > left + plotWidth || y < top || y >= top + plotHeight) return null;
     const {series, xRange} = this.options;
     const step = xRange[0] + ((x - left) / plotWidth) * (xRange[1] - xRange[0]);
@@ -359,10 +476,11 @@ export class Heatmap {
     if (index < 0) return null;
     const [start, end] = cellBounds(series.steps, index);
     if (step < start || step >= end) return null;
+    const last = Math.min(rows.length, first + visible) - 1;
+    const from = Math.min(last, first + Math.floor((y - top) / rowHeight));
     // A pixel row covers a run of rows when they outnumber the pixels: all of them are under the cursor.
     const ratio = window.devicePixelRatio || 1;
-    const from = Math.min(rows.length - 1, Math.floor((y - top) / rowHeight));
-    const to = this._merged ? Math.min(rows.length, Math.max(from + 1, Math.floor((y - top + 1 / ratio) / rowHeight))) : from + 1;
+    const to = this._merged ? Math.min(last + 1, Math.max(from + 1, first + Math.floor((y - top + 1 / ratio) / rowHeight))) : from + 1;
     return {index, rows: rows.slice(from, to), x, y};
   }
 
@@ -378,7 +496,11 @@ export class Heatmap {
     // The cell's colour is its strongest value: name the layer that has it.
     const best = strongestAt(series, layers, cell.index);
     const single = cell.rows.length === 1 && layers.length === 1;
-    const title = single ? series.layers[layers[0]] : cell.rows.length === 1 ? cell.rows[0].name : `${cell.rows.length} rows: ${cell.rows[0].name} … ${cell.rows[cell.rows.length - 1].name}`;
+    const title = single
+      ? series.layers[layers[0]]
+      : cell.rows.length === 1
+        ? `${cell.rows[0].name} (${layers.length} layers)`
+        : `${cell.rows.length} rows: ${cell.rows[0].name} … ${cell.rows[cell.rows.length - 1].name}`;
     const value = best < 0 ? null : series.values[best * n + cell.index];
     let reading;
     if (best < 0) reading = el('div', {class: 'muted', text: 'not recorded at this step'});
@@ -396,6 +518,11 @@ export class Heatmap {
     this.tooltip.style.right = flip ? `${this.canvas.clientWidth - cell.x + 14}px` : '';
     this.tooltip.style.top = `${Math.max(0, cell.y - 10)}px`;
   }
+}
+
+/** Returns how a row is named beside the heatmap: a collapsed group with its number of layers. */
+function rowLabel(row) {
+  return row.group ? `▸ ${row.name} (${row.group.count})` : row.name;
 }
 
 /** Returns [log10 value, label] ticks of the colour scale: decades, or the two ends when under two decades fit. */

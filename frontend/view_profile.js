@@ -59,7 +59,7 @@ export class LayerProfile {
     this._resize.observe(this.container);
   }
 
-  /** Draws with `options` {series, rows, index (step index), logY, yRange: [min, max], colour: {lo, hi}, theme}, unless they are those drawn. */
+  /** Draws with `options` {series, rows, focusLayer (index or -1), index (step index), logY, yRange: [min, max], colour: {lo, hi}, theme}, unless they are those drawn. */
   update(options) {
     if (this.options && Object.keys(options).every((key) => options[key] === this.options[key])) return;
     this.options = options;
@@ -124,6 +124,7 @@ export class LayerProfile {
         ctx.fillRect(x0, Math.min(y, baseline), Math.round(barWidth), Math.max(1, Math.abs(baseline - y)));
       }
     });
+    this._drawFocus(ctx, shown, slot);
     this._drawLabels(ctx, shown, slot);
     this.canvas.setAttribute(
       'aria-label',
@@ -163,6 +164,21 @@ export class LayerProfile {
     ctx.lineTo(left + 0.5, top + plotHeight + 0.5);
     ctx.lineTo(left + plotWidth, top + plotHeight + 0.5);
     ctx.stroke();
+  }
+
+  /** Outlines the bar that holds the selected layer. */
+  _drawFocus(ctx, shown, slot) {
+    const {focusLayer} = this.options;
+    if (focusLayer === undefined || focusLayer < 0) return;
+    const b = shown.findIndex((bar) => bar.layers.includes(focusLayer));
+    if (b < 0) return;
+    const {left, top, plotHeight} = this.layout;
+    ctx.save();
+    ctx.strokeStyle = palette().marker;
+    ctx.lineWidth = 1.5;
+    ctx.setLineDash([3, 2]);
+    ctx.strokeRect(Math.round(left + slot * b) + 0.5, top - 2.5, Math.max(3, Math.round(slot)), plotHeight + 4);
+    ctx.restore();
   }
 
   _drawLabels(ctx, shown, slot) {

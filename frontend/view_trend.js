@@ -18,6 +18,9 @@ const MARKER_SIZE_PX = 7;
 const VALUE_TICK_SPACING_PX = 26;
 // Series with at most this many steps get a dot at each step.
 const DOTS_MAX_STEPS = 60;
+const LINE_WIDTH = 1.6;
+// The selected layer's line stands out.
+const FOCUS_LINE_WIDTH = 3.2;
 
 function ticksAsSteps(u, splits) {
   return splits.map((v) => (v === null ? null : Number.isInteger(v) ? formatStep(v) : ''));
@@ -101,8 +104,8 @@ export class TrendChart {
    * Draws `series` with the shared scales.
    *
    * @param {object} options {series, lines: [{j, reason}], band: {min, median, max}|null,
-   *     asked (lines asked for, when more than drawn), logY, smoothing, yRange, xRange,
-   *     selectedStep, hiddenLayers}
+   *     asked (lines asked for), focus (the selected layer's index, or -1), filtered (the lines
+   *     are a filter's matches), logY, smoothing, yRange, xRange, selectedStep, hiddenLayers}
    */
   update(options) {
     this.options = options;
@@ -154,7 +157,7 @@ export class TrendChart {
         ...lines.map(({j}) => ({
           label: series.layers[j],
           stroke: layerColour(j),
-          width: 1.6,
+          width: j === options.focus ? FOCUS_LINE_WIDTH : LINE_WIDTH,
           show: !hiddenLayers.has(series.layers[j]),
           spanGaps: false,
           points: {show: series.steps.length <= DOTS_MAX_STEPS, size: 4},
@@ -257,7 +260,7 @@ export class TrendChart {
 
   /** The legend: the step read-out, the band's entries and one entry per line, each with its value at the step shown. */
   _buildLegend() {
-    const {series, lines, band, asked} = this.options;
+    const {series, lines, band, asked, focus, filtered} = this.options;
     const colours = palette();
     const entry = (index, swatch, name, title, toggles) => {
       const item = el('div', {class: 'legend-item', data: {series: String(index)}, title}, [
@@ -281,11 +284,14 @@ export class TrendChart {
     const first = band ? 4 : 1;
     lines.forEach(({j, reason}, k) => {
       const name = series.layers[j];
-      items.push(entry(first + k, {background: layerColour(j)}, name, `${name} (${reason}) · click to hide or show`, true));
+      const item = entry(first + k, {background: layerColour(j)}, name, `${name} (${reason}) · click to hide or show`, true);
+      item.classList.toggle('focused', j === focus);
+      items.push(item);
     });
-    if (asked > lines.length) {
+    if (filtered && asked === 0) items.push(el('div', {class: 'legend-cap', text: 'no layer of this run matches the filter'}));
+    else if (asked > lines.length) {
       items.push(el('div', {class: 'legend-cap', text: `${lines.length} of ${asked} layers drawn (at most ${lines.length} lines); narrow the filter to see others`}));
-    }
+    } else if (filtered) items.push(el('div', {class: 'legend-cap', text: `${asked} of ${series.layers.length} layers match the filter`}));
     this.legend.replaceChildren(...items);
     this._valueCells = [...this.legend.querySelectorAll('.legend-item[data-series] .legend-value')];
   }

@@ -177,7 +177,7 @@ def test_hostile_names_stay_text_and_no_dialog_fires(server, page):
     page.open_tab(server.url + PATH_PREFIX + ENTRY)
     page.set_selection([HOSTILE_RUN])
     texts = page.page.evaluate("[...document.querySelectorAll('.run-name, .cell-run')].map((e) => e.textContent)")
-    assert texts.count(HOSTILE_RUN) == 1 + 4  # the run list, and the caption of each of the four panels
+    assert texts.count(HOSTILE_RUN) == 1 + 5  # the run list, and the caption of each of the five panels
     legend = page.cell_text(".trend-cell", HOSTILE_RUN)
     assert HOSTILE_LAYERS[0] in legend
     # Nothing of the names became markup.

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import math
+import re
+import urllib.parse
+import urllib.request
 
 import numpy as np
 import pytest
@@ -99,13 +102,13 @@ def open_with(tab, server, runs):
     tab.set_selection(runs)
 
 
-def series_body(server, run):
-    import urllib.parse
-    import urllib.request
+def get_json(server, route):
+    with urllib.request.urlopen(server + ROUTES + route, timeout=LOAD_TIMEOUT_MS / 1000) as response:
+        return strict_json(response.read())
 
-    url = server + ROUTES + "/series?" + urllib.parse.urlencode({"run": run, "stat": "grad_norm"})
-    with urllib.request.urlopen(url, timeout=LOAD_TIMEOUT_MS / 1000) as response:
-        body = strict_json(response.read())
+
+def series_body(server, run):
+    body = get_json(server, "/series?" + urllib.parse.urlencode({"run": run, "stat": "grad_norm"}))
     body["array"] = np.array([[float(v) for v in row] for row in body["values"]])
     return body
 
@@ -238,3 +241,146 @@ def test_long_and_bidi_names_are_cut_isolated_and_whole_in_their_tooltip(tab, se
         # Whole in its tooltip.
         assert entry["text"] in entry["title"]
     assert tab.errors == []
+
+
+def levels_at_the_end(values: np.ndarray) -> np.ndarray:
+    """Each layer's median positive finite value over the last tenth of the steps (layers.js ranking)."""
+    tail = values[-max(1, round(len(values) * 0.1)) :]
+    return np.array([np.median(column[np.isfinite(column) & (column > 0)]) for column in tail.T])
+
+
+def test_a_filter_narrows_the_lines_to_the_layers_it_matches(tab, server):
+    open_with(tab, server, [WIDE_RUN])
+    names, _ = wide_layers()
+    for typed, matches in (
+        ("/^block_4[0-9]\\/conv$/", [name for name in names if re.fullmatch(r"block_4[0-9]/conv", name)]),
+        ("BLOCK_7/", [name for name in names if "block_7/" in name]),
+    ):
+        tab.page.fill(".layer-filter", typed)
+        tab.page.wait_for_function(
+            "(count) => document.querySelectorAll('.trend-cell .legend-item.toggles').length === count",
+            arg=len(matches),
+        )
+        drawn = [name for name, _ in legend(tab, WIDE_RUN)][3:]  # after the step and the band's two entries
+        assert sorted(drawn) == sorted(matches), typed
+        assert "%d of 1000 layers match the filter" % len(matches) in tab.cell(".trend-cell", WIDE_RUN).text_content()
+    # A regular expression that does not compile says so and filters nothing.
+    tab.page.fill(".layer-filter", "/block_(/")
+    tab.page.wait_for_selector(".layer-filter.invalid")
+    assert "block_0/conv" in [name for name, _ in legend(tab, WIDE_RUN)]
+    assert tab.errors == []
+
+
+def test_grouping_by_name_path_collapses_rows_and_a_group_opens_again(tab, server):
+    open_with(tab, server, [WIDE_RUN])
+    rows = "document.querySelector('.heatmap-cell canvas').dataset.rows"
+    assert tab.page.evaluate(rows) == str(2 * BLOCKS)
+    tab.page.click("text=Collapse all")
+    tab.page.wait_for_function("(count) => %s === count" % rows, arg=str(BLOCKS))
+    # Each block is one row over its two layers: the profile follows the heatmap's rows.
+    assert "%d rows in 420 pixel rows" % BLOCKS in tab.cell(".heatmap-cell", WIDE_RUN).text_content()
+    tab.page.click("text=Readable rows")
+    group = tab.cell(".heatmap-cell", WIDE_RUN).locator(".heatmap-group").first
+    assert group.text_content() == "▸ block_0 (2)"
+    group.click()
+    tab.page.wait_for_function("(count) => %s === count" % rows, arg=str(BLOCKS + 1))
+    labels = tab.cell(".heatmap-cell", WIDE_RUN).locator(".heatmap-label").all_text_contents()
+    assert labels[:3] == ["block_0/conv", "block_0/bn", "▸ block_1 (2)"]
+    # The bracket beside an open group closes it again.
+    tab.cell(".heatmap-cell", WIDE_RUN).locator(".heatmap-bracket").first.click()
+    tab.page.wait_for_function("(count) => %s === count" % rows, arg=str(BLOCKS))
+    tab.page.click("text=Expand all")
+    tab.page.wait_for_function("(count) => %s === count" % rows, arg=str(2 * BLOCKS))
+    assert tab.errors == []
+
+
+def test_the_ranked_layers_are_those_numpy_finds_and_a_click_selects_one_everywhere(tab, server):
+    open_with(tab, server, [WIDE_RUN])
+    names, kinds = wide_layers()
+    values = wide_values().astype(np.float64)
+    ranked = tab.cell(".layers-cell", WIDE_RUN).evaluate(
+        """(cell) => Object.fromEntries([...cell.querySelectorAll('.ranking')].map((list) => [
+            list.dataset.ranking, [...list.querySelectorAll('.rank-item')].map((item) => item.dataset.layer)]))"""
+    )
+    # Smallest: each layer's level at the end relative to the median level of its kind
+    # (of all layers, from a server that does not serve the kinds).
+    levels = levels_at_the_end(values)
+    served = any(entry.get("kinds") for entry in get_json(server, "/runs")["runs"])
+    kind_of = np.array(kinds if served else ["all"] * len(names))
+    relative = levels / np.array([np.median(levels[kind_of == kind]) for kind in kind_of])
+    assert ranked["smallest"] == [names[j] for j in np.argsort(relative, kind="stable")[:5]]
+    assert ranked["growth"][0] == GROWING_LAYER
+    assert ranked["nonfinite"] == [INF_LAYER]
+    assert "step 1,500" in tab.cell(".layers-cell", WIDE_RUN).locator(".rank-item").last.text_content()
+
+    tab.cell(".layers-cell", WIDE_RUN).locator(".rank-item[data-layer='%s']" % GROWING_LAYER).first.click()
+    # Selected everywhere: marked in the table, drawn bold in the trend, outlined in the heatmap at a readable height.
+    tab.page.wait_for_selector(".rank-item.focused[data-layer='%s']" % GROWING_LAYER)
+    focused = tab.cell(".trend-cell", WIDE_RUN).locator(".legend-item.focused .legend-name")
+    assert focused.text_content() == GROWING_LAYER
+    heatmap = tab.cell(".heatmap-cell", WIDE_RUN)
+    assert heatmap.locator(".heatmap-focus").is_visible()
+    assert GROWING_LAYER in heatmap.locator(".heatmap-label").all_text_contents()
+    focus_box = heatmap.locator(".heatmap-focus").bounding_box()
+    label_box = heatmap.locator(".heatmap-label", has_text=GROWING_LAYER).bounding_box()
+    assert abs((focus_box["y"] + focus_box["height"] / 2) - (label_box["y"] + label_box["height"] / 2)) <= 3
+    # A second click unselects it.
+    tab.cell(".layers-cell", WIDE_RUN).locator(".rank-item[data-layer='%s']" % GROWING_LAYER).first.click()
+    tab.page.wait_for_function("() => !document.querySelector('.rank-item.focused')")
+    assert heatmap.locator(".heatmap-focus").is_hidden()
+    assert tab.errors == []
+
+
+# Keras's own layer names of MobileNetV2 and ResNet50 (excerpts), and nested names as PyTorch and Keras subclasses write them.
+MOBILENET = ["Conv1", "bn_Conv1", "expanded_conv_depthwise", "block_1_expand", "block_1_expand_BN", "block_1_depthwise"]
+MOBILENET += ["block_2_expand", "block_2_project", "Conv_1", "Conv_1_bn", "predictions"]
+RESNET = [
+    "conv1_conv",
+    "conv1_bn",
+    "conv2_block1_1_conv",
+    "conv2_block1_1_bn",
+    "conv2_block1_2_conv",
+    "conv2_block2_1_conv",
+]
+RESNET += ["conv3_block1_1_conv", "predictions"]
+NESTED = ["encoder.layer.0.attention.query", "encoder.layer.0.attention.key", "encoder.layer.0.ffn"]
+NESTED += ["encoder.layer.1.ffn", "head"]
+RESNET_KINDS = ["conv", "normalization", "conv", "normalization", "conv", "conv", "conv", "dense"]
+
+
+def test_rows_group_by_name_path_and_by_kind_as_real_models_name_their_layers(tab, server):
+    tab.page.goto(server + ENTRY)
+    tab.page.wait_for_selector("body[data-state=ready]", timeout=LOAD_TIMEOUT_MS)
+    groups = tab.page.evaluate(
+        """async ([mobilenet, resnet, nested, kinds]) => {
+            const layers = await import('./layers.js');
+            const spans = (names, options) => layers.layerRows(names, options.kinds ?? null, options).spans
+                .map((span) => [span.key, span.from, span.to]);
+            const rows = (names, options) => layers.layerRows(names, options.kinds ?? null, options).rows
+                .map((row) => [row.name, row.layers]);
+            return {
+                mobilenet: spans(mobilenet, {}),
+                resnet: spans(resnet, {}),
+                nested: spans(nested, {}),
+                collapsed: rows(mobilenet, {collapsed: new Set(['block_1', 'Conv_1'])}),
+                byKind: rows(resnet, {kinds, groupBy: 'kind', collapsed: new Set(['kind:normalization'])}),
+                oneKind: rows(resnet, {kinds, kind: 'normalization'}),
+                noKinds: rows(resnet, {groupBy: 'kind', kind: 'conv'}).length,
+            };
+        }""",
+        [MOBILENET, RESNET, NESTED, RESNET_KINDS],
+    )
+    # Flat Keras names group after each part with a digit: block_1_expand is in block_1, conv2_block1_1_bn in conv2.
+    assert groups["mobilenet"] == [["block_1", 3, 6], ["block_2", 6, 8], ["Conv_1", 8, 10]]
+    assert groups["resnet"] == [["conv1", 0, 2], ["conv2_block1_1", 2, 4], ["conv2_block1", 2, 5], ["conv2", 2, 6]]
+    # A group with one sub-group only is that sub-group (encoder.layer.0, not encoder > encoder.layer > ...).
+    assert groups["nested"] == [["encoder.layer.0.attention", 0, 2], ["encoder.layer.0", 0, 3], ["encoder.layer", 0, 4]]
+    assert groups["collapsed"][3] == ["block_1", [3, 4, 5]] and groups["collapsed"][6] == ["Conv_1", [8, 9]]
+    assert len(groups["collapsed"]) == len(MOBILENET) - 3
+    # By kind: dense, then convolutions, then normalisation (collapsed into one row over its two layers).
+    assert groups["byKind"] == [["predictions", [7]]] + [[RESNET[j], [j]] for j in (0, 2, 4, 5, 6)] + [
+        ["normalization", [1, 3]]
+    ]
+    assert groups["oneKind"] == [["conv1_bn", [1]], ["conv2_block1_1_bn", [3]]]
+    # Without recorded kinds no layer is dropped and grouping by kind falls back to the name path.
+    assert groups["noKinds"] == len(RESNET)
