@@ -4,9 +4,10 @@ For each size (layers x logged steps) a run is generated with `eventgen`
 (what the Keras callback writes: six statistics per step) and served by a
 real `tensorboard`; a baseline run of 10 layers x the same steps is measured
 in the same invocation, so each result is also a ratio to what the tab costs
-at a depth where it was never slow. With `--compare-ref REF` the frontend
-(and plugin) of git commit REF is measured too, each size served by both
-versions one after the other from the same logdir.
+at a depth where it was never slow. Each version of `--refs` (git commits;
+`.` is the working tree) is served in turn from the same logdir, its package
+and frontend exported to a folder of their own, so a checkout edited during
+the run does not change what is measured.
 
 Each visit opens the tab in a fresh browser context (1,600 x 1,000), waits
 until it reports `body[data-state=ready]`, then:
@@ -21,9 +22,10 @@ An input's latency is measured in the page from the event's own time stamp
 its handlers ran, plus a task: the work the tab did for it, the frame it
 drew and the wait for that frame. Long tasks (over 50 ms, the browser's
 PerformanceObserver) during loading and during the interactions are
-recorded, the longest being the worst freeze a user could meet.
+recorded, the longest being the worst freeze a user could meet. A stage
+that takes longer than `--timeout-s` ends that visit and is reported.
 
-    python -m benchmarks.frontend_interact --sizes 1000x2000,10000x200 --compare-ref HEAD~3
+    python -m benchmarks.frontend_interact --sizes 1000x2000,10000x200 --refs HEAD,205e960
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ import argparse
 import contextlib
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -114,7 +117,7 @@ def visit(browser, url: str, moves: int, picks: int, timeout_s: float) -> dict:
         interactions_from = page.evaluate("performance.now()")
 
         # Positions relative to the element: Playwright scrolls it into the window first.
-        over = page.locator(".trend-cell .u-over").first
+        over = page.locator(".trend-cell .trend-plot .u-over").first
         box = over.bounding_box()
         before = page.evaluate("window.__ghLatencies.length")
         for k in range(moves):
@@ -201,7 +204,11 @@ def _cell(value) -> str:
 
 
 def export_ref(ref: str, into: pathlib.Path) -> pathlib.Path:
-    """Writes the package and frontend of git commit `ref` into `into` (importable with PYTHONPATH=into)."""
+    """Writes the package and frontend of git commit `ref` (`.`: the working tree) into `into`, importable with PYTHONPATH=into."""
+    if ref == ".":
+        for folder in ("tb_gradhealth", "frontend"):
+            shutil.copytree(common.REPO / folder, into / folder, ignore=shutil.ignore_patterns("__pycache__"))
+        return into
     archive = subprocess.run(
         ["git", "-C", str(common.REPO), "archive", ref, "tb_gradhealth", "frontend"], check=True, capture_output=True
     ).stdout
@@ -210,7 +217,8 @@ def export_ref(ref: str, into: pathlib.Path) -> pathlib.Path:
 
 
 @contextlib.contextmanager
-def _pythonpath(path: str):
+def pythonpath(path: str):
+    """Sets PYTHONPATH to `path` for the processes started in the block (a tensorboard then imports that package)."""
     old = os.environ.get("PYTHONPATH")
     os.environ["PYTHONPATH"] = path
     try:
@@ -233,7 +241,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--reps", type=int, default=2, help="visits per size and version")
     parser.add_argument("--moves", type=int, default=40, help="mouse moves per visit")
     parser.add_argument("--picks", type=int, default=8, help="steps picked per visit")
-    parser.add_argument("--compare-ref", default=None, help="also measure the frontend and plugin of this git commit")
+    parser.add_argument(
+        "--refs",
+        default=".",
+        help="git commits whose plugin and frontend are measured, comma-separated (.: the working tree)",
+    )
     parser.add_argument("--timeout-s", type=float, default=300, help="longest wait for one stage of a visit")
     parser.add_argument("--out-dir", default=str(common.OUT_DIR))
     args = parser.parse_args(argv)
@@ -241,17 +253,17 @@ def main(argv=None) -> dict:
     from playwright import sync_api
 
     sizes = parse_sizes(args.sizes)
-    versions = {"current": str(common.REPO)}
     results = {
         "machine": common.machine("benchmarks.frontend_interact", argv),
         "args": vars(args),
         "visits": {},
         "summary": {},
     }
+    versions = {}
     with contextlib.ExitStack() as stack:
-        if args.compare_ref:
+        for ref in args.refs.split(","):
             exported = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gh_ref_")))
-            versions[args.compare_ref] = str(export_ref(args.compare_ref, exported))
+            versions[ref] = str(export_ref(ref, exported))
         playwright = stack.enter_context(sync_api.sync_playwright())
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         stack.callback(browser.close)
@@ -261,7 +273,7 @@ def main(argv=None) -> dict:
             logdir = eventgen.build_logdir(spec, out_dir)
             for version, path in versions.items():
                 key = "%dx%d %s" % (layers, steps, version)
-                with _pythonpath(path), tb_server.running_tensorboard(str(logdir)) as server:
+                with pythonpath(path), tb_server.running_tensorboard(str(logdir)) as server:
                     # One untimed visit: TensorBoard's first requests fill its caches.
                     visit(browser, server.url + ENTRY, 1, 1, args.timeout_s)
                     visits = [

@@ -1,7 +1,6 @@
 // The tab's application: the view state, the loads that fill it, and the panels drawn from it.
 
 import {el} from './dom.js';
-import {listenForTensorBoardReload} from './host.js';
 import {groupsHolding, layerKinds, layerRows, topGroups} from './layers.js';
 import {decodeProblems, Model} from './model.js';
 import {DiagnosisPanel} from './panel_diagnosis.js';
@@ -12,6 +11,8 @@ import {TrendsPanel} from './panel_trends.js';
 import {requestPoints} from './resolution.js';
 import {sharedScales} from './scales.js';
 import {Store} from './store.js';
+import {applyTheme} from './theme.js';
+import {decodeView, encodeView} from './url_state.js';
 import {cellExtent} from './view_heatmap.js';
 import {mergeProblems, renderNotices} from './view_notices.js';
 import {renderRunList} from './view_runs.js';
@@ -81,7 +82,9 @@ function allStats(runs) {
 }
 
 export class App {
-  constructor(root) {
+  /** Builds the tab in `root`; `host` (host.js) is the page around it. */
+  constructor(root, host) {
+    this.host = host;
     this.model = new Model();
     this.store = new Store(initialState());
     this.actions = {
@@ -124,7 +127,7 @@ export class App {
       setKind: (kind) => this.store.update({kind}),
       setRowZoom: (rowZoom) => this.store.update({rowZoom}),
     };
-    this.shell = new Shell(root, this.actions);
+    this.shell = new Shell(root, this.actions, host.insideTensorBoard);
     this.panels = [
       new DiagnosisPanel(),
       new LayersPanel(this.actions),
@@ -160,18 +163,28 @@ export class App {
       }
       return byRun;
     });
+    this._urlData = null;
     this.store.subscribe((state) => this._render(state));
     this._render(this.store.state);
   }
 
+  /** Restores the view the URL keeps, follows the host's theme and reloads, and loads the data. */
   start() {
+    this.host.watchTheme((dark) => {
+      applyTheme(dark);
+      this.store.update({theme: dark ? 'dark' : 'light'});
+    });
+    this.store.update(decodeView(this.host.urlData()));
     this.refresh(false);
-    setInterval(() => {
-      // TensorBoard's own reload may have just refreshed the tab: no need to do it twice.
-      const recent = Date.now() - this._lastRefreshAt < REFRESH_INTERVAL_MS / 2;
-      if (this.store.state.autoRefresh && !recent && document.visibilityState !== 'hidden') this.refresh(true);
-    }, REFRESH_INTERVAL_MS);
-    listenForTensorBoardReload(() => this.refresh(true));
+    if (this.host.insideTensorBoard) {
+      // TensorBoard's reload button and auto-reload refresh the tab: it has no timer of its own there.
+      this.host.onReload(() => this.refresh(true));
+    } else {
+      setInterval(() => {
+        const recent = Date.now() - this._lastRefreshAt < REFRESH_INTERVAL_MS / 2;
+        if (this.store.state.autoRefresh && !recent && document.visibilityState !== 'hidden') this.refresh(true);
+      }, REFRESH_INTERVAL_MS);
+    }
     let resizeTimer = null;
     window.addEventListener('resize', () => {
       clearTimeout(resizeTimer);
@@ -332,7 +345,17 @@ export class App {
     this._renderSidebar(state);
     this.shell.showError(this._errorText(state));
     this._renderMain(state, view);
+    this._keepInUrl(state);
     document.body.dataset.state = this._pageState(state);
+  }
+
+  /** Writes what the user chose into the URL, once the data it refers to has loaded (before, the URL is what is being restored). */
+  _keepInUrl(state) {
+    if (state.runs === null) return;
+    const data = JSON.stringify(encodeView(state));
+    if (data === this._urlData) return;
+    this._urlData = data;
+    this.host.writeUrlData(JSON.parse(data));
   }
 
   _renderSidebar(state) {

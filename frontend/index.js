@@ -2,6 +2,7 @@
 
 import {App} from './app.js';
 import {el} from './dom.js';
+import {Host} from './host.js';
 
 const STYLESHEETS = ['./vendor/uplot/uPlot.min.css', './style.css'];
 // Charts measure their boxes: wait for the styles, but never hang on a missing one.
@@ -26,5 +27,5 @@ function loadStylesheets() {
 export async function render() {
   document.body.classList.add('gradient-health');
   await loadStylesheets();
-  new App(document.body).start();
+  new App(document.body, new Host()).start();
 }

@@ -2,7 +2,7 @@
 
 import {NONFINITE_CSS, NONFINITE_RGB, rgbCss, valueRgb, viridis, ZERO_CSS, ZERO_RGB} from './colormap.js';
 import {el, setupCanvas} from './dom.js';
-import {formatPowerOfTen, formatStep, formatValue, nearestIndex} from './format.js';
+import {formatPowerOfTen, formatStep, formatValue, nearestIndex, stepForKey} from './format.js';
 import {palette, smallFont} from './theme.js';
 
 const LABEL_MAX_PX = 130;
@@ -219,6 +219,13 @@ export class Heatmap {
     this.canvas.addEventListener('click', (event) => {
       const cell = this._cellAt(event);
       if (cell) this.handlers.onSelectStep(this.options.series.steps[cell.index]);
+    });
+    // Arrows, PageUp/PageDown, Home and End pick a step from the keyboard.
+    this.canvas.addEventListener('keydown', (event) => {
+      const step = stepForKey(event.key, this.options.series.steps, this.options.selectedStep);
+      if (step === null) return;
+      event.preventDefault();
+      this.handlers.onSelectStep(step);
     });
     this.scroller.addEventListener('scroll', () => {
       const first = Math.round(this.scroller.scrollTop / this.layout.rowHeight);

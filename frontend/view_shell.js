@@ -14,9 +14,10 @@ export const HOW_TO_LINES = [
  * The frame around the panels, drawn from the view state.
  *
  * `actions`: setStat(stat), setSmoothing(weight), setLogY(bool), refresh(), setAutoRefresh(bool).
+ * Inside TensorBoard (`hosted`) its reload refreshes the tab: no refresh button or timer of the tab's own.
  */
 export class Shell {
-  constructor(root, actions) {
+  constructor(root, actions, hosted) {
     this._stat = el('select', {class: 'stat-select', title: 'Statistic to plot', attrs: {'aria-label': 'Statistic'}});
     this._stat.addEventListener('change', () => actions.setStat(this._stat.value));
 
@@ -49,8 +50,8 @@ export class Shell {
       el('label', {class: 'control check'}, [this._logY, el('span', {text: 'Log scale'})]),
       el('span', {class: 'spacer'}),
       this._status,
-      el('label', {class: 'control check', title: 'Fetch new steps every 30 seconds'}, [this._auto, el('span', {text: 'Auto-refresh'})]),
-      this._refresh,
+      hosted ? null : el('label', {class: 'control check', title: 'Fetch new steps every 30 seconds'}, [this._auto, el('span', {text: 'Auto-refresh'})]),
+      hosted ? null : this._refresh,
     ]);
 
     this._errorText = el('span', {class: 'error-text'});

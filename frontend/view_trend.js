@@ -2,7 +2,7 @@
 
 import {layerColour, NONFINITE_CSS} from './colormap.js';
 import {el} from './dom.js';
-import {formatPowerOfTen, formatStep, formatValue, lastIndexAtOrBefore, smooth} from './format.js';
+import {formatPowerOfTen, formatStep, formatValue, lastIndexAtOrBefore, smooth, stepForKey} from './format.js';
 import {column, recorded} from './model.js';
 import {palette} from './theme.js';
 import uPlot from './vendor/uplot/uPlot.esm.js';
@@ -181,6 +181,9 @@ export class TrendChart {
     this.plot = new uPlot(opts, this._data(options.smoothing), this.element);
     this.plot.over.append(this.marker);
     this._bindClick();
+    this._bindKeys();
+    this.plot.ctx.canvas.setAttribute('role', 'img');
+    this.plot.ctx.canvas.setAttribute('aria-label', this._description());
     this._buildLegend();
     this.setXRange(options.xRange);
     this._placeMarker();
@@ -212,6 +215,7 @@ export class TrendChart {
     if (!this.plot) return;
     this.options.selectedStep = step;
     this._placeMarker();
+    this._describeStep();
     if (this.plot.cursor.idx === null || this.plot.cursor.idx === undefined) this._showValues(null);
   }
 
@@ -313,6 +317,44 @@ export class TrendChart {
     this._valueCells.forEach((cell, k) => {
       cell.textContent = texts[k];
     });
+  }
+
+  /** What the chart shows, for screen readers. */
+  _description() {
+    const {series, lines, band} = this.options;
+    const drawn = lines.map(({j}) => series.layers[j].slice(0, 80)).join(', ');
+    return (
+      `Trend of ${series.stat} for run ${series.run.slice(0, 80)} over ${series.steps.length} steps` +
+      (band ? `: the median and range of ${series.layers.length} layers, and lines for ${drawn}` : `: lines for ${drawn}`) +
+      (series.nonFinite.length ? `; NaN or Inf from step ${formatStep(series.steps[series.nonFinite[0]])}` : '')
+    );
+  }
+
+  /** The plot takes the keyboard: arrows, PageUp/PageDown, Home and End pick a step. */
+  _bindKeys() {
+    const over = this.plot.over;
+    over.tabIndex = 0;
+    over.setAttribute('role', 'slider');
+    over.setAttribute('aria-label', `Picked step of run ${this.options.series.run.slice(0, 80)}: arrow keys move it`);
+    over.addEventListener('keydown', (event) => {
+      const step = stepForKey(event.key, this.options.series.steps, this.options.selectedStep);
+      if (step === null) return;
+      event.preventDefault();
+      this.handlers.onSelectStep(step);
+    });
+    this._describeStep();
+  }
+
+  _describeStep() {
+    const {series, selectedStep} = this.options;
+    const over = this.plot.over;
+    if (series.steps.length) {
+      over.setAttribute('aria-valuemin', String(series.steps[0]));
+      over.setAttribute('aria-valuemax', String(series.steps[series.steps.length - 1]));
+    }
+    if (selectedStep === null || selectedStep === undefined) return;
+    over.setAttribute('aria-valuenow', String(selectedStep));
+    over.setAttribute('aria-valuetext', `step ${formatStep(selectedStep)}`);
   }
 
   _scaleChanged(u, key) {

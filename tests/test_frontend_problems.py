@@ -74,7 +74,7 @@ def test_skipped_files_are_listed_per_run_as_text_and_every_run_still_draws(brok
         page.open_tab(url + ENTRY)
         notices = page.page.evaluate(
             """[...document.querySelectorAll('.notice-banner .notice')].map((item) => [
-                item.dataset.run, item.querySelector('.notice-run').textContent, item.dataset.tag, item.textContent])"""
+                item.dataset.run, item.querySelector('.notice-run').textContent, item.dataset.file || item.dataset.tag, item.textContent])"""
         )
         assert sorted((run, shown, tag) for run, shown, tag, _ in notices) == sorted(
             (run, run, tag) for run, (tag, _) in expected.items()
