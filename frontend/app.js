@@ -1,7 +1,7 @@
 // The tab's application: the view state, the loads that fill it, and the panels drawn from it.
 
 import {el} from './dom.js';
-import {groupsHolding, layerKinds, layerRows, topGroups} from './layers.js';
+import {cutShort, groupsHolding, layerKinds, layerRows, onsetRange, topGroups} from './layers.js';
 import {decodeProblems, Model} from './model.js';
 import {DiagnosisPanel} from './panel_diagnosis.js';
 import {HeatmapPanel} from './panel_heatmap.js';
@@ -125,6 +125,10 @@ export class App {
       },
       expandAll: () => this.store.update({collapsed: new Set()}),
       setKind: (kind) => this.store.update({kind}),
+      showOnset: (run) => {
+        const series = this._viewOf(this.store.state).loaded.find((loaded) => loaded.run === run);
+        if (series?.nonFinite.length) this.store.update({xRange: onsetRange(series), step: series.steps[series.nonFinite[0]]});
+      },
       setRowZoom: (rowZoom) => this.store.update({rowZoom}),
     };
     this.shell = new Shell(root, this.actions, host.insideTensorBoard);
@@ -164,6 +168,7 @@ export class App {
       return byRun;
     });
     this._urlData = null;
+    this._openedOnce = false;
     this.store.subscribe((state) => this._render(state));
     this._render(this.store.state);
   }
@@ -246,6 +251,22 @@ export class App {
     // Unchanged series keep their objects: the charts see by identity that there is nothing to redraw.
     const same = this.store.state.seriesStat === stat && before.size === loaded.size && [...loaded].every(([run, s]) => before.get(run) === s);
     this.store.update({series: same ? before : loaded, seriesStat: stat, maxPoints, seriesLoading: false});
+    this._openAtOnset();
+  }
+
+  /**
+   * On the first series shown, zooms to the onset when every run turned non-finite early (its
+   * finite part would otherwise be a few pixels at the left edge), unless the user chose a range.
+   */
+  _openAtOnset() {
+    const state = this.store.state;
+    const view = this._viewOf(state);
+    if (this._openedOnce || view.loaded.length === 0) return;
+    this._openedOnce = true;
+    if (state.xRange !== null || !cutShort(view.loaded, view.scales.x)) return;
+    const ranges = view.loaded.map(onsetRange);
+    const onset = Math.min(...view.loaded.map((series) => series.steps[series.nonFinite[0]]));
+    this.store.update({xRange: [Math.min(...ranges.map((r) => r[0])), Math.max(...ranges.map((r) => r[1]))], step: onset});
   }
 
   /** Returns the series resolution for the plots as wide as they can be now (one run across the whole main area). */

@@ -146,6 +146,49 @@ export function linesToDraw(series, wanted = [], defaults = true) {
   return {lines: lines.sort((a, b) => a.j - b.j), asked: chosen.size};
 }
 
+// ------------------------------------------------------------ non-finite runs
+
+// After its first NaN/Inf step the onset zoom shows half as many steps again as before it, and at least this many logged steps.
+const ONSET_AFTER_FRACTION = 0.5;
+const ONSET_AFTER_STEPS = 3;
+// A run whose finite values end within this share of the steps shown opens zoomed to its onset.
+const CUT_SHORT_FRACTION = 0.25;
+
+/** Returns the last step at which some layer of `series` has a finite value, or null. */
+export function lastFiniteStep(series) {
+  const n = series.steps.length;
+  for (let i = n - 1; i >= 0; i--) {
+    for (let j = 0; j < series.layers.length; j++) {
+      const at = j * n + i;
+      if (Number.isFinite(series.values[at]) && (series.missing === null || !series.missing[at])) return series.steps[i];
+    }
+  }
+  return null;
+}
+
+/** Returns the steps [from, to] around the first NaN/Inf step of `series` (its finite part and a little after), or null without one. */
+export function onsetRange(series) {
+  if (series.nonFinite.length === 0) return null;
+  const steps = series.steps;
+  const onset = series.nonFinite[0];
+  const first = steps[0];
+  const after = Math.min(steps.length - 1, onset + ONSET_AFTER_STEPS);
+  const to = Math.min(steps[steps.length - 1], Math.max(steps[after], steps[onset] + (steps[onset] - first) * ONSET_AFTER_FRACTION));
+  return [first, to > first ? to : first + 1];
+}
+
+/** Returns whether every run of `seriesList` turned non-finite and stopped having finite values early in [x0, x1]. */
+export function cutShort(seriesList, [x0, x1]) {
+  return (
+    seriesList.length > 0 &&
+    seriesList.every((series) => {
+      if (series.nonFinite.length === 0) return false;
+      const last = lastFiniteStep(series);
+      return last === null || last - x0 < CUT_SHORT_FRACTION * (x1 - x0);
+    })
+  );
+}
+
 // ------------------------------------------------------------ depth: groups of layers, rows, filters, ranking
 
 // The kinds of layer the data contract names, in the order their groups are listed.

@@ -54,6 +54,7 @@ class TrendCell extends ChartCell {
       onResetZoom: () => this._actions.zoom(null),
       onSelectStep: (step) => this._actions.pickStep(step),
       onToggleLayer: (name, shown) => this._actions.showLayer(name, shown),
+      onShowOnset: () => this._actions.showOnset(this.run),
     });
   }
 

@@ -12,8 +12,9 @@ const HEIGHT_PX = 250;
 const SYNC_KEY = 'gradient-health-steps';
 // A press that moves less than this is a click (pick a step), not a zoom drag.
 const CLICK_SLOP_PX = 3;
-const NONFINITE_BAND_CSS = 'rgba(228, 26, 28, 0.16)';
 const MARKER_SIZE_PX = 7;
+// Height of the strip that marks NaN/Inf steps along the top of the plot.
+const NONFINITE_STRIP_PX = 5;
 // Value-axis labels this far apart at least (CSS pixels): decades are thinned out to fit.
 const VALUE_TICK_SPACING_PX = 26;
 // Series with at most this many steps get a dot at each step.
@@ -46,31 +47,54 @@ function decadeSplits(u, axisIndex, min, max) {
   return splits;
 }
 
-/** Draws a red band and a top marker at every step where some layer is NaN or infinite. */
+/**
+ * Marks the steps where some layer is NaN or infinite without covering the lines: a red strip along
+ * the top edge of the plot over those steps, and at the first one a thin line and a marker.
+ */
 function drawNonFiniteMarks(u, series) {
   if (series.nonFinite.length === 0) return;
   const ctx = u.ctx;
   const {left, top, width, height} = u.bbox;
   const ratio = window.devicePixelRatio || 1;
-  const band = Math.max(2 * ratio, 1);
+  const strip = NONFINITE_STRIP_PX * ratio;
   const marker = MARKER_SIZE_PX * ratio;
+  const steps = series.steps;
+  const x = (index) => u.valToPos(steps[index], 'x', true);
+  // Half the way to the neighbouring steps on each side, at least a visible sliver.
+  const reach = (index, side) => {
+    const next = index + side;
+    const half = next >= 0 && next < steps.length ? Math.abs(x(next) - x(index)) / 2 : 0;
+    return Math.max(ratio, half);
+  };
   ctx.save();
   ctx.beginPath();
   ctx.rect(left, top, width, height);
   ctx.clip();
-  for (const index of series.nonFinite) {
-    const x = Math.round(u.valToPos(series.steps[index], 'x', true));
-    if (x < left - band || x > left + width + band) continue;
-    ctx.fillStyle = NONFINITE_BAND_CSS;
-    ctx.fillRect(x - band, top, 2 * band, height);
-    ctx.fillStyle = NONFINITE_CSS;
-    ctx.beginPath();
-    ctx.moveTo(x - marker, top);
-    ctx.lineTo(x + marker, top);
-    ctx.lineTo(x, top + marker * 1.4);
-    ctx.closePath();
-    ctx.fill();
+  ctx.fillStyle = NONFINITE_CSS;
+  const indices = series.nonFinite;
+  for (let k = 0; k < indices.length; ) {
+    let end = k;
+    while (end + 1 < indices.length && indices[end + 1] === indices[end] + 1) end++;
+    const from = x(indices[k]) - reach(indices[k], -1);
+    const to = x(indices[end]) + reach(indices[end], 1);
+    ctx.fillRect(Math.round(from), top, Math.max(1, Math.round(to - from)), strip);
+    k = end + 1;
   }
+  const onset = Math.round(x(indices[0]));
+  ctx.strokeStyle = NONFINITE_CSS;
+  ctx.lineWidth = ratio;
+  ctx.setLineDash([3 * ratio, 3 * ratio]);
+  ctx.beginPath();
+  ctx.moveTo(onset + 0.5, top);
+  ctx.lineTo(onset + 0.5, top + height);
+  ctx.stroke();
+  ctx.setLineDash([]);
+  ctx.beginPath();
+  ctx.moveTo(onset - marker, top);
+  ctx.lineTo(onset + marker, top);
+  ctx.lineTo(onset, top + marker * 1.4);
+  ctx.closePath();
+  ctx.fill();
   ctx.restore();
 }
 
@@ -80,7 +104,7 @@ function drawNonFiniteMarks(u, series) {
  * Draws `lines` (layers by index) and, for deep runs, the spread over layers as a min-max band
  * around the median. The legend is the chart's own, below the plot in a box of fixed height, so
  * no number or length of names moves the plot. `handlers`: onZoom([min, max]),
- * onResetZoom(), onSelectStep(step), onToggleLayer(name, shown).
+ * onResetZoom(), onSelectStep(step), onToggleLayer(name, shown), onShowOnset().
  */
 export class TrendChart {
   constructor(container, handlers) {
@@ -391,9 +415,14 @@ export class TrendChart {
     const first = series.steps[series.nonFinite[0]];
     const count = series.nonFinite.length;
     this.note.className = 'chart-note nonfinite-note';
+    const onset = el('button', {type: 'button', class: 'tool-button onset-button', text: 'Show the onset', title: `Zoom every run to the steps before and after step ${formatStep(first)}, and pick that step`});
+    onset.addEventListener('click', () => this.handlers.onShowOnset());
     this.note.replaceChildren(
       el('span', {class: 'nonfinite-swatch', attrs: {'aria-hidden': 'true'}}),
-      `NaN or Inf in ${count} logged step${count === 1 ? '' : 's'}, first at step ${formatStep(first)} (red marks; those points have no place on the line).`,
+      el('span', {
+        text: `NaN or Inf in ${count} logged step${count === 1 ? '' : 's'}, first at step ${formatStep(first)} (red along the top; those points have no place on the lines).`,
+      }),
+      onset,
     );
   }
 }
