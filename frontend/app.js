@@ -20,6 +20,8 @@ import {emptyState, Shell} from './view_shell.js';
 
 const REFRESH_INTERVAL_MS = 30_000;
 const DEFAULT_STAT = 'grad_norm';
+// The run-level statistic drawn over each run's trends.
+const LOSS = 'loss';
 // Runs selected at first, in list order: a side-by-side comparison that still fits a screen.
 const MAX_DEFAULT_SELECTED = 3;
 // A window resize settles for this long before the series resolution is checked again.
@@ -50,6 +52,7 @@ function initialState() {
     healthError: null,
     series: new Map(), // run -> decoded series or RequestError, of `seriesStat`
     seriesStat: null,
+    losses: new Map(), // run -> its training loss (decoded series) or RequestError, for runs that record it
     seriesLoading: false,
     maxPoints: null, // the `max_points` of the series shown (or being loaded)
     fatalError: null, // the run list could not be loaded
@@ -243,14 +246,24 @@ export class App {
     if (!state.runs) return;
     const stat = state.stat;
     const runs = this._selectedRuns(state.runs, state.selected).filter((info) => info.stats.includes(stat)).map((info) => info.run);
+    const withLoss = this._selectedRuns(state.runs, state.selected).filter((info) => info.scalars.includes(LOSS)).map((info) => info.run);
     const maxPoints = this._requestPoints();
     this.store.update({seriesLoading: true});
-    const loaded = await this.model.series(runs, stat, maxPoints, fresh);
-    if (loaded === null) return; // a newer load is under way
-    const before = this.store.state.series;
-    // Unchanged series keep their objects: the charts see by identity that there is nothing to redraw.
-    const same = this.store.state.seriesStat === stat && before.size === loaded.size && [...loaded].every(([run, s]) => before.get(run) === s);
-    this.store.update({series: same ? before : loaded, seriesStat: stat, maxPoints, seriesLoading: false});
+    const [loaded, losses] = await Promise.all([
+      this.model.series(runs, stat, maxPoints, fresh),
+      this.model.series(withLoss, LOSS, maxPoints, fresh, LOSS),
+    ]);
+    if (loaded === null || losses === null) return; // a newer load is under way
+    // Unchanged series keep their objects (and maps): the charts see by identity that there is nothing to redraw.
+    const same = (before, after) => before.size === after.size && [...after].every(([run, s]) => before.get(run) === s);
+    const current = this.store.state;
+    this.store.update({
+      series: current.seriesStat === stat && same(current.series, loaded) ? current.series : loaded,
+      losses: same(current.losses, losses) ? current.losses : losses,
+      seriesStat: stat,
+      maxPoints,
+      seriesLoading: false,
+    });
     this._openAtOnset();
   }
 
@@ -338,6 +351,11 @@ export class App {
       stepPinned: state.step !== null,
       /** Returns a run's /health entry; null while the diagnosis is loading, undefined if it has none. */
       healthOf: (run) => (health === null ? null : health.get(run)),
+      /** Returns a run's training loss series, or null when it has none (or it could not be read). */
+      lossOf: (run) => {
+        const loss = state.losses.get(run);
+        return loss && !(loss instanceof Error) ? loss : null;
+      },
       /** Returns each layer's kind of a series, or null when the run recorded none. */
       kindsOf,
       /** Returns the rows of a series' heatmap and profile: {rows, spans} (layers.layerRows). */

@@ -220,15 +220,16 @@ export class Model {
   }
 
   /**
-   * Returns a Map run -> decoded series or RequestError, or null when a newer call began meanwhile.
+   * Returns a Map run -> decoded series or RequestError, or null when a newer call of `channel` began meanwhile.
    *
    * `maxPoints` is the route's `max_points` (steps per series; the server keeps every extreme
    * and non-finite step beyond it). With `fresh`, cached series are fetched again; a series whose
    * signature did not change keeps its cached object, so views can tell by identity that there is
-   * nothing to redraw.
+   * nothing to redraw. Per-layer statistics and run-level ones (the loss) load on channels of
+   * their own, so neither drops the other.
    */
-  series(runs, stat, maxPoints, fresh) {
-    return this._latestOnly('series', async () => {
+  series(runs, stat, maxPoints, fresh, channel = 'series') {
+    return this._latestOnly(channel, async () => {
       // Series of another resolution will not be asked for again until the view changes back.
       if (maxPoints !== this._maxPoints) this._series.clear();
       this._maxPoints = maxPoints;

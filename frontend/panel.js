@@ -105,8 +105,7 @@ export class ChartCell {
     const key = `${content.error}:${content.message}`;
     if (key === this._message) return;
     this._message = key;
-    this.chart?.destroy();
-    this.chart = null;
+    this.destroy();
     this.body.replaceChildren(el('p', {class: content.error ? 'cell-error' : 'muted cell-missing', text: content.message}));
   }
 

@@ -12,14 +12,15 @@ class DiagnosisCell {
     this._shownKey = JSON.stringify(null);
   }
 
-  /** Shows `entry` (the run's /health entry; null while it loads, undefined if there is none). */
-  update(entry) {
+  /** Shows `entry` (the run's /health entry; null while it loads, undefined if there is none) and its `loss` series (or null). */
+  update(entry, loss) {
     this.caption.setVerdict(entry?.verdict, entry === null);
     // Each refresh brings a new but often equal /health body: redraw only what changed.
     const key = JSON.stringify(entry ?? (entry === null ? null : 'none'));
-    if (key === this._shownKey) return;
+    if (key === this._shownKey && loss === this._shownLoss) return;
     this._shownKey = key;
-    const card = diagnosisCard(entry);
+    this._shownLoss = loss;
+    const card = diagnosisCard(entry, loss);
     this._card.replaceWith(card);
     this._card = card;
   }
@@ -34,7 +35,7 @@ export class DiagnosisPanel {
   render(state, view) {
     this._panel.subtitle.textContent = view.runs.length > 1 ? `${view.runs.length} runs side by side` : '';
     const cells = this._panel.columns(view.runs, (info) => new DiagnosisCell(info.run));
-    view.runs.forEach((info, i) => cells[i].update(view.healthOf(info.run)));
+    view.runs.forEach((info, i) => cells[i].update(view.healthOf(info.run), view.lossOf(info.run)));
   }
 
   destroy() {

@@ -4,6 +4,7 @@ import {el} from './dom.js';
 import {statLabel} from './format.js';
 import {ALL_LINES_MAX, layerFilter, linesToDraw, spread} from './layers.js';
 import {ChartCell, Panel, showReduction} from './panel.js';
+import {LossChart} from './view_loss.js';
 import {TrendChart} from './view_trend.js';
 
 // Layers of each finding drawn as lines (a finding may name hundreds).
@@ -45,9 +46,10 @@ class TrendCell extends ChartCell {
   }
 
   createChart(box) {
+    this._lossBox = el('div', {class: 'loss', hidden: true});
     this._box = el('div', {class: 'trend'});
     this._reduction = el('div');
-    box.append(this._box, this._reduction);
+    box.append(this._lossBox, this._box, this._reduction);
     this._drawn = {};
     return new TrendChart(this._box, {
       onZoom: (range) => this._actions.zoom(range),
@@ -80,7 +82,36 @@ class TrendCell extends ChartCell {
     return {lines: shapes.lines, asked: shapes.asked, band: shapes.bands.get(state.logY) ?? null};
   }
 
+  /** Draws the run's training loss over its trend (or nothing, for a run without one). */
+  _drawLoss(view) {
+    const loss = view.lossOf(this.run);
+    this._lossBox.hidden = loss === null;
+    if (loss === null) {
+      this._loss?.destroy();
+      this._loss = null;
+      this._lossBox.replaceChildren();
+      return;
+    }
+    if (!this._loss) this._loss = new LossChart(this._lossBox, {onSelectStep: (step) => this._actions.pickStep(step)});
+    const drawn = this._lossDrawn ?? {};
+    if (drawn.series !== loss || drawn.theme !== view.state.theme || this._loss.plot === null) {
+      this._loss.update({series: loss, xRange: view.xRange, selectedStep: view.step});
+    } else {
+      if (drawn.xRange !== view.xRange) this._loss.setXRange(view.xRange);
+      if (drawn.step !== view.step) this._loss.setSelectedStep(view.step);
+    }
+    this._lossDrawn = {series: loss, theme: view.state.theme, xRange: view.xRange, step: view.step};
+  }
+
+  destroy() {
+    this._loss?.destroy();
+    this._loss = null;
+    this._lossDrawn = null;
+    super.destroy();
+  }
+
   draw(series, view) {
+    this._drawLoss(view);
     const {state} = view;
     const drawn = this._drawn;
     const {lines, asked, band} = this._shapes(series, view);

@@ -243,7 +243,7 @@ def test_new_steps_appear_on_refresh_keeping_zoom_and_selected_step(server, logd
     box = page.page.locator(".heatmap-cell canvas").bounding_box()
     page.page.mouse.click(box["x"] + box["width"] * 0.4, box["y"] + HEATMAP_TOP_PX + 3)
     picked = page.page.evaluate(caption)
-    over = page.page.locator(".trend-cell .u-over").bounding_box()
+    over = page.page.locator(".trend-cell .trend-plot .u-over").bounding_box()
     y = over["y"] + over["height"] / 2
     page.page.mouse.move(over["x"] + over["width"] * 0.2, y)
     page.page.mouse.down()
@@ -264,7 +264,7 @@ def test_new_steps_appear_on_refresh_keeping_zoom_and_selected_step(server, logd
     # Redrawn with the new steps, still zoomed on the same steps and showing the picked one.
     assert page.page.evaluate(heatmap) == zoomed
     assert page.page.evaluate(caption) == picked
-    page.page.dblclick(".trend-cell .u-over")
+    page.page.dblclick(".trend-cell .trend-plot .u-over")
     page.page.wait_for_function("(zoomed) => %s !== zoomed" % heatmap, arg=zoomed)
     # All steps again, now twice as many: the cells are half as wide as at first.
     assert page.page.evaluate(heatmap) not in (full, zoomed)

@@ -135,10 +135,11 @@ def test_a_wide_run_keeps_its_charts_in_their_boxes_and_caps_what_it_draws(tab, 
             const trend = cell('.trend-cell');
             const legend = trend.querySelector('.trend-legend');
             return {
-                plot: trend.querySelector('.uplot canvas').getBoundingClientRect().height,
+                plot: trend.querySelector('.trend-plot canvas').getBoundingClientRect().height,
                 legend: legend.getBoundingClientRect().height,
                 legendMax: parseFloat(getComputedStyle(legend).maxHeight),
                 trendCell: trend.getBoundingClientRect().height,
+                loss: trend.querySelector('.loss').getBoundingClientRect().height,
                 lines: trend.querySelectorAll('.legend-item.toggles').length,
                 heatmap: cell('.heatmap-cell').querySelector('canvas').getBoundingClientRect().height,
                 profile: cell('.profile-cell').querySelector('canvas').getBoundingClientRect().height,
@@ -150,7 +151,7 @@ def test_a_wide_run_keeps_its_charts_in_their_boxes_and_caps_what_it_draws(tab, 
     # The plot is as tall with 1,000 layers as with 3; the legend scrolls inside its own box.
     assert wide["plot"] == small["plot"] == PLOT_HEIGHT_PX
     assert wide["legend"] <= wide["legendMax"]
-    assert wide["trendCell"] <= PLOT_HEIGHT_PX + wide["legendMax"] + 150
+    assert wide["trendCell"] <= wide["loss"] + PLOT_HEIGHT_PX + wide["legendMax"] + 150
     assert 0 < wide["lines"] <= MAX_LINES and small["lines"] == len(SMALL_LAYERS)
     assert wide["heatmap"] <= HEATMAP_MAX_HEIGHT_PX and wide["profile"] == small["profile"]
     names = [name for name, _ in legend(tab, WIDE_RUN)]
@@ -165,7 +166,7 @@ def test_a_wide_run_keeps_its_charts_in_their_boxes_and_caps_what_it_draws(tab, 
 def test_hovering_reads_out_the_drawn_layers_and_the_median_over_all_layers(tab, server):
     open_with(tab, server, [WIDE_RUN])
     body = series_body(server, WIDE_RUN)
-    over = visible_box(tab.cell(".trend-cell", WIDE_RUN).locator(".u-over"))
+    over = visible_box(tab.cell(".trend-cell", WIDE_RUN).locator(".trend-plot .u-over"))
     tab.page.mouse.move(over["x"] + over["width"] * 0.37, over["y"] + over["height"] / 2)
     shown = dict(legend(tab, WIDE_RUN))
     step = int(shown.pop("Step").replace(",", ""))
@@ -384,3 +385,49 @@ def test_rows_group_by_name_path_and_by_kind_as_real_models_name_their_layers(ta
     assert groups["oneKind"] == [["conv1_bn", [1]], ["conv2_block1_1_bn", [3]]]
     # Without recorded kinds no layer is dropped and grouping by kind falls back to the name path.
     assert groups["noKinds"] == len(RESNET)
+
+
+def loss_at(step: int) -> float:
+    return float(np.float32(2.0 / (1.0 + 0.001 * step)))
+
+
+def test_the_loss_is_drawn_over_the_trends_and_reads_out_the_hovered_and_picked_step(tab, server):
+    open_with(tab, server, [WIDE_RUN, SMALL_RUN])
+    # Only the run that records its loss has the chart.
+    assert tab.cell(".trend-cell", WIDE_RUN).locator(".loss canvas").count() == 1
+    assert tab.cell(".trend-cell", SMALL_RUN).locator(".loss").is_hidden()
+    readout = tab.cell(".trend-cell", WIDE_RUN).locator(".loss-readout")
+    over = visible_box(tab.cell(".trend-cell", WIDE_RUN).locator(".trend-plot .u-over"))
+    tab.page.mouse.move(over["x"] + over["width"] * 0.61, over["y"] + over["height"] / 2)
+    step, value = readout.text_content().removeprefix("step ").split(": ")
+    assert math.isclose(float(value), loss_at(int(step.replace(",", ""))), rel_tol=5e-3)
+    # Away from the plots it reads out the picked step, picked here from the keyboard.
+    tab.page.mouse.move(0, 0)
+    tab.cell(".trend-cell", WIDE_RUN).locator(".trend-plot .u-over").press("Home")
+    assert readout.text_content() == "step 0: %g" % float("%.3g" % loss_at(0))
+    label = tab.cell(".trend-cell", WIDE_RUN).locator(".loss canvas").get_attribute("aria-label")
+    assert label.startswith("Training loss of run %s over %d steps" % (WIDE_RUN, WIDE_STEPS))
+    assert tab.errors == []
+
+
+def test_the_evidence_reads_out_its_numbers_and_the_loss_trend(tab, server):
+    open_with(tab, server, [WIDE_RUN])
+    findings = next(entry for entry in get_json(server, "/health")["runs"] if entry["run"] == WIDE_RUN)["findings"]
+    nonfinite = next(finding for finding in findings if finding["kind"] == "nonfinite")
+    item = tab.cell(".panel-diagnosis .cell", WIDE_RUN).locator(".finding[data-kind=nonfinite]")
+    item.locator("summary").click()
+    shown = dict(
+        zip(
+            item.locator(".finding-evidence > .evidence-list > dt").all_text_contents(),
+            item.locator(".finding-evidence > .evidence-list > dd").all_text_contents(),
+        )
+    )
+    # Each number under the words it means, as the diagnosis computed it.
+    assert shown["logged steps with NaN/Inf"] == "%d" % nonfinite["evidence"]["steps_nonfinite"]
+    assert shown["logged steps"] == format(nonfinite["evidence"]["steps_logged"], ",")
+    sparkline = item.locator(".evidence-loss canvas")
+    assert "training loss from 2 to " in sparkline.get_attribute("aria-label")
+    assert "the finding starts at step %s" % format(nonfinite["first_step"], ",") in sparkline.get_attribute(
+        "aria-label"
+    )
+    assert tab.errors == []
