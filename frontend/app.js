@@ -386,6 +386,8 @@ export class App {
     this._renderMain(state, view);
     this._keepInUrl(state);
     document.body.dataset.state = this._pageState(state);
+    // The charts alone, whatever the diagnosis: for scripts that time them.
+    document.body.dataset.charts = state.runs !== null && !state.seriesLoading && state.seriesStat !== null ? 'drawn' : 'loading';
   }
 
   /** Writes what the user chose into the URL, once the data it refers to has loaded (before, the URL is what is being restored). */

@@ -47,16 +47,17 @@ function median(values, count) {
 /**
  * Returns the spread over `layerIndices` of `series` per step: {min, median, max}, arrays with null where no value counts.
  *
- * Only finite recorded values count; with `positiveOnly` (a log scale) only positive ones.
+ * Only finite recorded values count; with `positiveOnly` (a log scale) only positive ones. With
+ * `from`, the arrays cover the step indices from there on (the new steps of a grown series).
  */
-export function spread(series, layerIndices, positiveOnly) {
+export function spread(series, layerIndices, positiveOnly, from = 0) {
   const n = series.steps.length;
   const {values, missing} = series;
-  const min = new Array(n).fill(null);
-  const middle = new Array(n).fill(null);
-  const max = new Array(n).fill(null);
+  const min = new Array(n - from).fill(null);
+  const middle = new Array(n - from).fill(null);
+  const max = new Array(n - from).fill(null);
   const scratch = new Float64Array(layerIndices.length);
-  for (let i = 0; i < n; i++) {
+  for (let i = from; i < n; i++) {
     let count = 0;
     let lo = Infinity;
     let hi = -Infinity;
@@ -69,9 +70,9 @@ export function spread(series, layerIndices, positiveOnly) {
       if (value > hi) hi = value;
     }
     if (count === 0) continue;
-    min[i] = lo;
-    max[i] = hi;
-    middle[i] = median(scratch, count);
+    min[i - from] = lo;
+    max[i - from] = hi;
+    middle[i - from] = median(scratch, count);
   }
   return {min, median: middle, max};
 }

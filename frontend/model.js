@@ -244,9 +244,68 @@ export class Model {
     const key = JSON.stringify([run, stat, maxPoints]);
     const cached = this._series.get(key);
     if (cached && !fresh) return cached;
-    const decoded = decodeSeries(await getJson('series', {run, stat, max_points: String(maxPoints)}));
+    const params = {run, stat, max_points: String(maxPoints)};
+    // A series the server sent whole can grow by its new steps alone; it says whether it could (`partial`).
+    const growing = cached && cached.steps.length === cached.totalSteps && cached.steps.length > 0;
+    if (growing) params.after_step = String(cached.steps[cached.steps.length - 1]);
+    const body = await getJson('series', params);
+    let decoded;
+    if (growing && body.partial === true) {
+      // New layers (another layer set) or rows that do not follow on: fetch it whole.
+      const rows = decodeSeries(body);
+      decoded = rows.layers.length === cached.layers.length && rows.layers.every((name, j) => name === cached.layers[j]) ? appendSeries(cached, rows) : null;
+      if (decoded === null) decoded = decodeSeries(await getJson('series', {run, stat, max_points: String(maxPoints)}));
+    } else {
+      decoded = decodeSeries(body);
+    }
     if (cached && cached.signature === decoded.signature) return cached;
     this._series.set(key, decoded);
     return decoded;
   }
+}
+
+/**
+ * Returns `series` followed by `rows` (a partial /series answer: the same layers, later steps) as one new series.
+ *
+ * `rows` steps not after the last of `series` are dropped (the server sends steps > after_step).
+ */
+export function appendSeries(series, rows) {
+  const n = series.steps.length;
+  const last = n ? series.steps[n - 1] : -Infinity;
+  const skip = rows.steps.findIndex((step) => step > last);
+  const m = skip < 0 ? 0 : rows.steps.length - skip;
+  if (m === 0) return series;
+  const total = n + m;
+  const layers = series.layers.length;
+  const values = new Float64Array(layers * total);
+  const missing = series.missing || rows.missing ? new Uint8Array(layers * total) : null;
+  for (let j = 0; j < layers; j++) {
+    values.set(series.values.subarray(j * n, (j + 1) * n), j * total);
+    values.set(rows.values.subarray(j * rows.steps.length + skip, (j + 1) * rows.steps.length), j * total + n);
+    if (missing && series.missing) missing.set(series.missing.subarray(j * n, (j + 1) * n), j * total);
+    if (missing && rows.missing) missing.set(rows.missing.subarray(j * rows.steps.length + skip, (j + 1) * rows.steps.length), j * total + n);
+  }
+  const steps = new Float64Array(total);
+  steps.set(series.steps);
+  steps.set(rows.steps.subarray(skip), n);
+  const wallTimes = new Float64Array(total);
+  wallTimes.set(series.wallTimes);
+  wallTimes.set(rows.wallTimes.subarray(skip), n);
+  return {
+    ...series,
+    steps,
+    wallTimes,
+    values,
+    missing,
+    nonFinite: [...series.nonFinite, ...rows.nonFinite.filter((i) => i >= skip).map((i) => i - skip + n)],
+    totalSteps: Math.max(total, rows.totalSteps),
+    problems: rows.problems,
+    notices: rows.notices,
+    finiteMin: Math.min(series.finiteMin, rows.finiteMin),
+    finiteMax: Math.max(series.finiteMax, rows.finiteMax),
+    positiveMin: Math.min(series.positiveMin, rows.positiveMin),
+    signature: `${total}:${steps[total - 1]}:${wallTimes[total - 1]}`,
+    // Views that drew `series` may draw only what was added.
+    grownFrom: series.signature,
+  };
 }

@@ -115,10 +115,18 @@ export class ChartCell {
   }
 }
 
-/** Puts in `slot` the note of what the server left out of `series` (downsampled rows), or nothing. */
+/**
+ * Puts in `slot` what to know about the data drawn from `series`: how many of its steps the server
+ * sent (when it downsampled) and what it says about the response (its notices), or nothing.
+ */
 export function showReduction(slot, series) {
   const text = reductionNote(series.steps.length, series.totalSteps);
-  if (slot.firstChild?.textContent === (text || undefined)) return;
+  const key = JSON.stringify([text, series.notices]);
+  if (slot.dataset.shown === key) return;
+  slot.dataset.shown = key;
   const data = {shown: String(series.steps.length), total: String(series.totalSteps)};
-  slot.replaceChildren(...(text ? [el('div', {class: 'reduced-note', text, data})] : []));
+  slot.replaceChildren(
+    ...(text ? [el('div', {class: 'reduced-note', text, data})] : []),
+    ...series.notices.map((notice) => el('div', {class: 'series-notice', text: notice})),
+  );
 }

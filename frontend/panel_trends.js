@@ -63,7 +63,21 @@ class TrendCell extends ChartCell {
   /** Returns the band and lines of `series` (the band computed once per series and scale). */
   _shapes(series, view) {
     const {state} = view;
-    if (this._shapesOf?.series !== series) this._shapesOf = {series, bands: new Map(), linesKey: null, lines: null};
+    const before = this._shapesOf;
+    if (before?.series !== series) {
+      const all = series.layers.map((name, j) => j);
+      // A series grown by new steps keeps its lines, and its bands gain the new steps only.
+      const grown = before && series.grownFrom === before.series.signature;
+      const bands = new Map();
+      if (grown) {
+        const from = before.series.steps.length;
+        for (const [logY, band] of before.bands) {
+          const added = spread(series, all, logY, from);
+          bands.set(logY, {min: [...band.min, ...added.min], median: [...band.median, ...added.median], max: [...band.max, ...added.max]});
+        }
+      }
+      this._shapesOf = {series, bands, linesKey: grown ? before.linesKey : null, lines: grown ? before.lines : null, asked: before?.asked};
+    }
     const shapes = this._shapesOf;
     const health = view.healthOf(series.run);
     const linesKey = [state.filter, state.focus, health];
@@ -116,12 +130,13 @@ class TrendCell extends ChartCell {
     const drawn = this._drawn;
     const {lines, asked, band} = this._shapes(series, view);
     const focus = lines.find(({j}) => series.layers[j] === state.focus)?.j ?? -1;
+    // A series grown by new steps only, drawn with the same lines, is updated in place.
+    const grown = drawn.series !== series && series.grownFrom === drawn.series?.signature;
     const rebuild =
-      drawn.series !== series ||
+      (drawn.series !== series && !grown) ||
       drawn.lines !== lines ||
       drawn.focus !== focus ||
       drawn.logY !== state.logY ||
-      drawn.scales !== view.scales ||
       drawn.theme !== state.theme;
     if (rebuild) {
       this.chart.update({
@@ -140,6 +155,11 @@ class TrendCell extends ChartCell {
       });
       showReduction(this._reduction, series);
     } else {
+      if (grown) {
+        this.chart.setSeries(series, band, view.xRange);
+        showReduction(this._reduction, series);
+      }
+      if (drawn.yRange !== view.scales.y) this.chart.setYRange(view.scales.y);
       if (drawn.xRange !== view.xRange) this.chart.setXRange(view.xRange);
       if (drawn.step !== view.step) this.chart.setSelectedStep(view.step);
       if (drawn.smoothing !== state.smoothing) this.chart.setSmoothing(state.smoothing);
@@ -150,7 +170,7 @@ class TrendCell extends ChartCell {
       lines,
       focus,
       logY: state.logY,
-      scales: view.scales,
+      yRange: view.scales.y,
       theme: state.theme,
       xRange: view.xRange,
       step: view.step,

@@ -133,7 +133,7 @@ export class TrendChart {
    */
   update(options) {
     this.options = options;
-    const {series, lines, band, logY, yRange, hiddenLayers} = options;
+    const {series, lines, band, logY, hiddenLayers} = options;
     const colours = palette();
     const bandSeries = band
       ? [
@@ -161,7 +161,7 @@ export class TrendChart {
       },
       scales: {
         x: {time: false},
-        y: logY ? {distr: 3, log: 10, range: () => yRange} : {range: () => yRange},
+        y: logY ? {distr: 3, log: 10, range: () => this.options.yRange} : {range: () => this.options.yRange},
       },
       axes: [
         {stroke: colours.muted, grid: {stroke: colours.grid}, ticks: {stroke: colours.tick, size: 4}, values: ticksAsSteps, space: 70},
@@ -220,6 +220,27 @@ export class TrendChart {
     if (!this.plot || weight === this.options.smoothing) return;
     this.options.smoothing = weight;
     this.plot.setData(this._data(weight), false);
+  }
+
+  /** Shows `series`, the one drawn grown by new steps, with its `band`, in place: the chart and its legend stay. */
+  setSeries(series, band, xRange) {
+    if (!this.plot) return;
+    this.options.series = series;
+    this.options.band = band;
+    this.plot.setData(this._data(this.options.smoothing));
+    this.setXRange(xRange);
+    this._placeMarker();
+    this._describeStep();
+    this._showValues(null);
+    this._writeNote(series);
+    this.plot.ctx.canvas.setAttribute('aria-label', this._description());
+  }
+
+  /** Shows values `range` = [min, max] on the value axis (the runs' shared scale). */
+  setYRange(range) {
+    if (!this.plot) return;
+    this.options.yRange = range;
+    this.plot.setScale('y', {min: range[0], max: range[1]});
   }
 
   /** Shows steps `range` = [min, max] without telling the handlers (they asked for it). */

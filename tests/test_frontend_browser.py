@@ -7,7 +7,7 @@ import os
 import pathlib
 import shutil
 import urllib.request
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import numpy as np
 import pytest
@@ -258,9 +258,13 @@ def test_new_steps_appear_on_refresh_keeping_zoom_and_selected_step(server, logd
         lambda: live_max_step(server) == last, LOAD_TIMEOUT_MS / 1000, "TensorBoard to load the new steps"
     )
     meta = "[...document.querySelectorAll('.run-item')].find((item) => item.dataset.run === %r).textContent" % LIVE_RUN
+    asked = []
+    page.page.on("request", lambda request: "/series?" in request.url and asked.append(request.url))
     page.page.click(".refresh-button")
     page.page.wait_for_function("(last) => %s.includes(last)" % meta, arg="step %d" % last)
     page.wait_for_state()
+    # It asked for the steps after the last one it had (a server that can answers with those alone).
+    assert [parse_qs(urlsplit(url).query).get("after_step") for url in asked] == [[str(LIVE_STEPS - 1)]]
     # Redrawn with the new steps, still zoomed on the same steps and showing the picked one.
     assert page.page.evaluate(heatmap) == zoomed
     assert page.page.evaluate(caption) == picked
@@ -463,3 +467,39 @@ def test_a_late_diagnosis_fills_in_without_redrawing_the_charts(tmp_path, page):
         assert page.page.evaluate("window.drawnTrend.isConnected")
         assert page.pixels(".trend-cell", "only") > MIN_DRAWN_PIXELS
         assert page.errors == []
+
+
+def test_a_partial_series_is_appended_to_the_series_the_tab_has(tmp_path, page):
+    with GradientHealthFileWriter(str(tmp_path / "only")) as writer:
+        writer.write(0, {"grad_norm": [1.0]}, ["dense"])
+    whole = {
+        "run": "r",
+        "stat": "s",
+        "layers": ["x", "y"],
+        "steps": [0, 2, 4, 6, 8],
+        "wall_times": [0, 1, 2, 3, 4],
+        "values": [[0.5, 2.0], [0.25, None], ["NaN", 1.0], [0.125, "Infinity"], [0.0625, 3.0]],
+        "total_steps": 5,
+    }
+    first = dict(
+        whole, steps=whole["steps"][:3], wall_times=whole["wall_times"][:3], values=whole["values"][:3], total_steps=3
+    )
+    # What a server answers to after_step=4: the later rows alone.
+    rows = dict(
+        whole, steps=whole["steps"][3:], wall_times=whole["wall_times"][3:], values=whole["values"][3:], partial=True
+    )
+    with in_process_tensorboard(str(tmp_path)) as (url, _):
+        page.open_tab(url + ENTRY)
+        appended, decoded = page.page.evaluate(
+            """async ([first, rows, whole]) => {
+                const model = await import('./model.js');
+                const plain = (series) => ({...series, steps: [...series.steps], wallTimes: [...series.wallTimes],
+                    values: [...series.values].map(String), missing: series.missing && [...series.missing]});
+                const grown = model.appendSeries(model.decodeSeries(first), model.decodeSeries(rows));
+                return [plain(grown), plain(model.decodeSeries(whole))];
+            }""",
+            [first, rows, whole],
+        )
+    # The same series as the whole answer, and marked as grown from the first part.
+    assert appended.pop("grownFrom") == "3:4:2"
+    assert appended == decoded
