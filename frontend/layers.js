@@ -10,6 +10,8 @@ const DEFAULT_MOVERS = 3;
 const DEFAULT_NONFINITE = 3;
 // The share of a layer's recorded steps at each end compared to tell how far it moved.
 const MOVER_END_FRACTION = 0.1;
+// Layers kept per ranking of how far they moved: more than any view shows.
+const MOVERS_KEPT = 10;
 
 /** Returns the k-th smallest of `values[0..count)` (reorders them; Hoare's selection, linear on average). */
 function select(values, count, k) {
@@ -77,12 +79,24 @@ export function spread(series, layerIndices, positiveOnly, from = 0) {
   return {min, median: middle, max};
 }
 
+// What `movers` and `nonFiniteOnsets` found per series: several views ask for them.
+const movedOf = new WeakMap();
+const onsetsOf = new WeakMap();
+
 /**
- * Returns every layer index with how far it moved: |log10| of its level over the last tenth of the steps
- * against the first tenth (levels are medians of the positive finite values; layers without such
- * values at both ends are left out), largest first.
+ * Returns the layers that moved the most: {byMagnitude, byGrowth}, each [{j, change}], largest first.
+ *
+ * A layer's change is log10 of its level over the last tenth of the steps against the first tenth
+ * (levels are medians of the positive finite values; layers without such values at both ends are
+ * left out). `byMagnitude` ranks by |change|, `byGrowth` the layers that grew, by change; at most
+ * MOVERS_KEPT each.
  */
 export function movers(series) {
+  if (!movedOf.has(series)) movedOf.set(series, findMovers(series));
+  return movedOf.get(series);
+}
+
+function findMovers(series) {
   const n = series.steps.length;
   const edge = Math.max(1, Math.round(n * MOVER_END_FRACTION));
   const scratch = new Float64Array(edge);
@@ -94,16 +108,36 @@ export function movers(series) {
     }
     return median(scratch, count);
   };
-  const moved = [];
-  for (let j = 0; j < series.layers.length; j++) {
-    const change = Math.log10(level(j, n - edge, n) / level(j, 0, edge));
-    if (Number.isFinite(change)) moved.push({j, change});
+  const changes = new Float64Array(series.layers.length);
+  for (let j = 0; j < series.layers.length; j++) changes[j] = Math.log10(level(j, n - edge, n) / level(j, 0, edge));
+  // Only the largest few are ever shown: kept as they come, not sorted whole.
+  const magnitude = largest(changes, (change) => Math.abs(change), MOVERS_KEPT);
+  const growth = largest(changes, (change) => change, MOVERS_KEPT).filter((j) => changes[j] > 0);
+  return {byMagnitude: magnitude.map((j) => ({j, change: changes[j]})), byGrowth: growth.map((j) => ({j, change: changes[j]}))};
+}
+
+/** Returns the indices of the `count` largest finite `score(values[j])`, largest first (ties: lower index first). */
+function largest(values, score, count) {
+  const kept = [];
+  for (let j = 0; j < values.length; j++) {
+    const s = score(values[j]);
+    if (!Number.isFinite(s)) continue;
+    if (kept.length === count && s <= score(values[kept[kept.length - 1]])) continue;
+    let at = kept.length;
+    while (at > 0 && score(values[kept[at - 1]]) < s) at--;
+    kept.splice(at, 0, j);
+    if (kept.length > count) kept.pop();
   }
-  return moved.sort((a, b) => Math.abs(b.change) - Math.abs(a.change) || a.j - b.j);
+  return kept;
 }
 
 /** Returns [{j, step}] of the layers with a NaN/Inf recorded value: the step it first has one, earliest first. */
 export function nonFiniteOnsets(series) {
+  if (!onsetsOf.has(series)) onsetsOf.set(series, findOnsets(series));
+  return onsetsOf.get(series);
+}
+
+function findOnsets(series) {
   const n = series.steps.length;
   const onsets = [];
   for (let j = 0; j < series.layers.length; j++) {
@@ -140,7 +174,7 @@ export function linesToDraw(series, wanted = [], defaults = true) {
       add(0, 'first layer');
       add(count - 1, 'last layer');
       for (const {j} of nonFiniteOnsets(series).slice(0, DEFAULT_NONFINITE)) add(j, 'NaN/Inf');
-      for (const {j} of movers(series).slice(0, DEFAULT_MOVERS)) add(j, 'moved most');
+      for (const {j} of movers(series).byMagnitude.slice(0, DEFAULT_MOVERS)) add(j, 'moved most');
     }
   }
   const lines = [...chosen].slice(0, MAX_LINES).map(([j, reason]) => ({j, reason}));
@@ -359,14 +393,10 @@ export function ranking(series, kinds) {
     const found = Float64Array.from(levels.filter((level, j) => kindOf(j) === each && Number.isFinite(level)));
     medianOfKind.set(each, median(found, found.length));
   }
-  const smallest = levels
-    .map((level, j) => ({j, ratio: level / medianOfKind.get(kindOf(j))}))
-    .filter(({ratio}) => Number.isFinite(ratio))
-    .sort((a, b) => a.ratio - b.ratio || a.j - b.j)
-    .slice(0, RANKED);
+  const ratios = Float64Array.from(levels, (level, j) => level / medianOfKind.get(kindOf(j)));
+  const smallest = largest(ratios, (ratio) => -ratio, RANKED).map((j) => ({j, ratio: ratios[j]}));
   const growth = movers(series)
-    .filter(({change}) => change > 0)
-    .slice(0, RANKED)
+    .byGrowth.slice(0, RANKED)
     .map(({j, change}) => ({j, factor: 10 ** change}));
   return {smallest, growth, nonfinite: nonFiniteOnsets(series).slice(0, RANKED)};
 }

@@ -1,6 +1,6 @@
 // Heatmap view: rows of layers (input at the top) x steps, colour = log10 of the value; and its colour legend.
 
-import {NONFINITE_CSS, NONFINITE_RGB, rgbCss, valueRgb, viridis, ZERO_CSS, ZERO_RGB} from './colormap.js';
+import {NONFINITE_CSS, NONFINITE_RGB, rgbCss, viridis, writeValueColour, ZERO_CSS, ZERO_RGB} from './colormap.js';
 import {el, setupCanvas} from './dom.js';
 import {formatPowerOfTen, formatStep, formatValue, nearestIndex, stepForKey} from './format.js';
 import {palette, smallFont} from './theme.js';
@@ -119,8 +119,12 @@ export function aggregateColumns(series, x0, x1, width, rowLayers = null) {
     shown++;
   }
   const {values: data, missing} = series;
+  // Each row's strongest cell per step first (over its layers), then that cell spread over its pixel columns:
+  // a row of many layers or a step of many pixels is visited once per layer and step, once per pixel.
+  const stepKinds = new Uint8Array(shown);
+  const stepValues = new Float64Array(shown);
   for (let r = 0; r < rows.length; r++) {
-    const base = r * width;
+    stepKinds.fill(EMPTY);
     for (const j of rows[r]) {
       const offset = j * n;
       for (let k = 0; k < shown; k++) {
@@ -128,14 +132,24 @@ export function aggregateColumns(series, x0, x1, width, rowLayers = null) {
         if (missing !== null && missing[at]) continue;
         const value = data[at];
         const kind = value !== value || value === Infinity || value === -Infinity ? NONFINITE : value <= 0 ? ZERO : FINITE;
-        const end = base + p1s[k];
-        for (let cell = base + p0s[k]; cell < end; cell++) {
-          // stronger(), inlined: this loop visits every cell of the run.
-          const old = kinds[cell];
-          if (old === EMPTY || (old !== NONFINITE && (kind === NONFINITE || (kind === FINITE && (old === ZERO || value > values[cell]))))) {
-            kinds[cell] = kind;
-            values[cell] = value;
-          }
+        // stronger(), inlined: this loop visits every cell of the run.
+        const old = stepKinds[k];
+        if (old === EMPTY || (old !== NONFINITE && (kind === NONFINITE || (kind === FINITE && (old === ZERO || value > stepValues[k]))))) {
+          stepKinds[k] = kind;
+          stepValues[k] = value;
+        }
+      }
+    }
+    const base = r * width;
+    for (let k = 0; k < shown; k++) {
+      const kind = stepKinds[k];
+      if (kind === EMPTY) continue;
+      const value = stepValues[k];
+      const end = base + p1s[k];
+      for (let cell = base + p0s[k]; cell < end; cell++) {
+        if (stronger(kind, value, kinds[cell], values[cell])) {
+          kinds[cell] = kind;
+          values[cell] = value;
         }
       }
     }
@@ -356,15 +370,20 @@ export class Heatmap {
     const imageRows = mergedRows(rows, pixelRows);
     const {kinds, values} = aggregateColumns(series, xRange[0], xRange[1], pixels, imageRows);
     const image = new ImageData(pixels, imageRows.length);
+    const pixels4 = image.data;
     for (let cell = 0; cell < kinds.length; cell++) {
       const kind = kinds[cell];
       if (kind === EMPTY) continue;
-      const rgb = kind === NONFINITE ? NONFINITE_RGB : kind === ZERO ? ZERO_RGB : valueRgb(values[cell], colour.lo, colour.hi);
       const o = cell * 4;
-      image.data[o] = rgb[0];
-      image.data[o + 1] = rgb[1];
-      image.data[o + 2] = rgb[2];
-      image.data[o + 3] = 255;
+      if (kind === FINITE) {
+        writeValueColour(pixels4, o, values[cell], colour.lo, colour.hi);
+        continue;
+      }
+      const rgb = kind === NONFINITE ? NONFINITE_RGB : ZERO_RGB;
+      pixels4[o] = rgb[0];
+      pixels4[o + 1] = rgb[1];
+      pixels4[o + 2] = rgb[2];
+      pixels4[o + 3] = 255;
     }
     const canvas = document.createElement('canvas');
     canvas.width = pixels;
