@@ -39,7 +39,9 @@ def server(tmp_path_factory):
 
 
 def open_runs(page, server, runs):
-    page.open_tab(server + ENTRY + "#" + urllib.parse.urlencode({"runs": json.dumps(runs)}))
+    page.open_tab(
+        server + ENTRY + "#" + urllib.parse.urlencode({"runs": json.dumps(runs)}, quote_via=urllib.parse.quote)
+    )
 
 
 def caption(page, run):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import urllib.parse
@@ -39,6 +40,8 @@ MAX_LINES = 40
 # view_heatmap.js: the heatmap's plot is at most this tall, plus its room for the marker and the axis.
 HEATMAP_MAX_HEIGHT_PX = 9 + 420 + 22
 VIEWPORT = {"width": 1600, "height": 1000}
+# resolution.js: the max_points the tab asks for in this window (every step of the wide run).
+TAB_MAX_POINTS = 2048
 LOAD_TIMEOUT_MS = 180_000
 
 
@@ -97,7 +100,10 @@ def tab(browser, server):
 
 
 def open_with(tab, server, runs):
-    tab.page.goto(server + ENTRY)
+    """Opens the tab on `runs` alone (the view in its URL), so no other run is loaded."""
+    tab.page.goto(
+        server + ENTRY + "#" + urllib.parse.urlencode({"runs": json.dumps(runs)}, quote_via=urllib.parse.quote)
+    )
     tab.page.wait_for_selector("body[data-state=ready]", timeout=LOAD_TIMEOUT_MS)
     tab.set_selection(runs)
 
@@ -108,7 +114,9 @@ def get_json(server, route):
 
 
 def series_body(server, run):
-    body = get_json(server, "/series?" + urllib.parse.urlencode({"run": run, "stat": "grad_norm"}))
+    # The resolution the tab asks for in this window: the server answers from the body it keeps for the tab.
+    query = {"run": run, "stat": "grad_norm", "max_points": TAB_MAX_POINTS}
+    body = get_json(server, "/series?" + urllib.parse.urlencode(query))
     body["array"] = np.array([[float(v) for v in row] for row in body["values"]])
     return body
 
@@ -350,8 +358,7 @@ RESNET_KINDS = ["conv", "normalization", "conv", "normalization", "conv", "conv"
 
 
 def test_rows_group_by_name_path_and_by_kind_as_real_models_name_their_layers(tab, server):
-    tab.page.goto(server + ENTRY)
-    tab.page.wait_for_selector("body[data-state=ready]", timeout=LOAD_TIMEOUT_MS)
+    open_with(tab, server, [SMALL_RUN])
     groups = tab.page.evaluate(
         """async ([mobilenet, resnet, nested, kinds]) => {
             const layers = await import('./layers.js');
