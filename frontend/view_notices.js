@@ -7,13 +7,13 @@ const NOTICES_SHOWN = 6;
 // What each notices area shows now: redrawing the same list would make screen readers announce it again.
 const shownProblems = new WeakMap();
 
-/** Returns the problems of `lists` ([{tag, message}] each) in order, without repeats: several routes report the same one. */
+/** Returns the problems of `lists` ([{tag, file, message}] each) in order, without repeats: several routes report the same one. */
 export function mergeProblems(...lists) {
   const seen = new Set();
   const merged = [];
   for (const list of lists) {
     for (const problem of list || []) {
-      const key = JSON.stringify([problem.tag, problem.message]);
+      const key = JSON.stringify([problem.tag, problem.file, problem.message]);
       if (seen.has(key)) continue;
       seen.add(key);
       merged.push(problem);
@@ -22,9 +22,14 @@ export function mergeProblems(...lists) {
   return merged;
 }
 
-/** Returns one problem as a line of text: the tag (or, for a broken event file, its name) and why it was skipped. */
+/** Returns what a problem skipped: a broken event file's name or the tag that could not be read. */
+function skipped(problem) {
+  return problem.file || problem.tag;
+}
+
+/** Returns one problem as a line of text: what was skipped and why. */
 export function problemText(problem) {
-  return problem.tag ? `${problem.tag}: ${problem.message}` : problem.message;
+  return skipped(problem) ? `${skipped(problem)}: ${problem.message}` : problem.message;
 }
 
 /** Returns the run list's marker of a run with skipped data (its title lists what and why), or null. */
@@ -40,10 +45,11 @@ export function problemMarker(problems) {
 }
 
 function noticeItem(run, problem) {
-  return el('li', {class: 'notice', data: {run, tag: problem.tag}}, [
+  const data = problem.file ? {run, file: problem.file} : {run, tag: problem.tag};
+  return el('li', {class: 'notice', data}, [
     el('span', {class: 'notice-run', text: run}),
     ': skipped ',
-    el('code', {class: 'notice-tag', text: problem.tag || '(unnamed)'}),
+    el('code', {class: 'notice-tag', text: skipped(problem) || '(unnamed)'}),
     ': ',
     el('span', {class: 'notice-message', text: problem.message}),
   ]);
@@ -53,7 +59,7 @@ function noticeItem(run, problem) {
  * Fills the notices area with every run's skipped data; hides it when there is none.
  *
  * @param {HTMLElement} container the notices area
- * @param {Map<string, Array<{tag: string, message: string}>>} problemsByRun run -> its problems, in run list order
+ * @param {Map<string, Array<{tag: string, file: string, message: string}>>} problemsByRun run -> its problems, in run list order
  */
 export function renderNotices(container, problemsByRun) {
   const key = JSON.stringify([...problemsByRun]);

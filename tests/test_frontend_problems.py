@@ -7,9 +7,7 @@ import pathlib
 import time
 
 import pytest
-
-# The browser and page fixtures and the in-process server come from the main browser tests.
-from test_frontend_browser import ENTRY, MIN_DRAWN_PIXELS, browser, in_process_tensorboard, page  # noqa: F401
+from frontend_support import ENTRY, MIN_DRAWN_PIXELS, browser, in_process_tensorboard, page  # noqa: F401  (fixtures)
 
 from tb_gradhealth import event_files
 from tb_gradhealth.summary import GradientHealthFileWriter
@@ -76,7 +74,7 @@ def test_skipped_files_are_listed_per_run_as_text_and_every_run_still_draws(brok
         page.open_tab(url + ENTRY)
         notices = page.page.evaluate(
             """[...document.querySelectorAll('.notice-banner .notice')].map((item) => [
-                item.dataset.run, item.querySelector('.notice-run').textContent, item.dataset.tag, item.textContent])"""
+                item.dataset.run, item.querySelector('.notice-run').textContent, item.dataset.file || item.dataset.tag, item.textContent])"""
         )
         assert sorted((run, shown, tag) for run, shown, tag, _ in notices) == sorted(
             (run, run, tag) for run, (tag, _) in expected.items()
@@ -108,7 +106,7 @@ def test_skipped_files_are_listed_per_run_as_text_and_every_run_still_draws(brok
 
         # The markup in the run name stayed text everywhere.
         assert page.page.evaluate("document.querySelectorAll('img, b').length") == 0
-        page.page.wait_for_timeout(200)
+        page.settle()
         assert page.dialogs == []
         assert page.errors == []
 
