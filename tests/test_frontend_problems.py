@@ -7,7 +7,7 @@ import pathlib
 import time
 
 import pytest
-from frontend_support import ENTRY, MIN_DRAWN_PIXELS, browser, in_process_tensorboard, page  # noqa: F401  (fixtures)
+from support.browser import ENTRY, MIN_DRAWN_PIXELS, browser, in_process_tensorboard, page  # noqa: F401  (fixtures)
 
 from tb_gradhealth import event_files
 from tb_gradhealth.summary import GradientHealthFileWriter

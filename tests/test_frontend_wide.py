@@ -10,7 +10,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from frontend_support import ENTRY, ROUTES, Page, browser, in_process_tensorboard  # noqa: F401  (fixtures)
+from support.browser import ENTRY, ROUTES, Page, browser, in_process_tensorboard  # noqa: F401  (fixtures)
 from tb_server import strict_json
 
 from tb_gradhealth.summary import GradientHealthFileWriter
