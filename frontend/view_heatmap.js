@@ -564,8 +564,12 @@ export function legendTicks(colour) {
   return [colour.lo, colour.hi].map((e) => [e, formatValue(10 ** e)]);
 }
 
-/** Returns the colour legend of the shared scale: a viridis bar over decades, and the special colours. */
-export function colourLegend(colour, stat) {
+/**
+ * Returns the colour legend of the shared scale: a viridis bar over decades, and the special colours.
+ *
+ * With `notRecorded`, it also shows what a cell of a layer not recorded at a step looks like: empty.
+ */
+export function colourLegend(colour, stat, notRecorded = false) {
   const canvas = el('canvas', {class: 'legend-bar', attrs: {role: 'img', 'aria-label': `colour scale of ${stat}, log10, from ${formatValue(10 ** colour.lo)} to ${formatValue(10 ** colour.hi)}`}});
   const height = LEGEND_BAR_PX + 16;
   const ctx = setupCanvas(canvas, LEGEND_WIDTH_PX, height);
@@ -592,5 +596,6 @@ export function colourLegend(colour, stat) {
     canvas,
     swatch(NONFINITE_CSS, 'NaN / Inf'),
     swatch(ZERO_CSS, 'exactly 0'),
+    notRecorded ? swatch(palette().plotBg, 'not recorded') : null,
   ]);
 }

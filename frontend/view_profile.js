@@ -102,11 +102,18 @@ export class LayerProfile {
     const texts = slot >= VALUE_TEXT_MIN_SLOT_PX;
     ctx.textAlign = 'center';
     ctx.textBaseline = 'bottom';
+    let notRecorded = 0;
     shown.forEach((bar, b) => {
       const j = index < 0 ? -1 : strongestAt(series, bar.layers, index);
-      if (j < 0) return;
-      const value = series.values[j * series.steps.length + index];
       const x = AXIS_LEFT_PX + slot * (b + 0.5);
+      if (j < 0) {
+        // No layer of the bar was recorded at this step (e.g. frozen): no bar, and where it fits, words that say so.
+        if (index < 0) return;
+        notRecorded++;
+        if (texts) this._notRecorded(ctx, x, baseline);
+        return;
+      }
+      const value = series.values[j * series.steps.length + index];
       const x0 = Math.round(x - barWidth / 2);
       if (!Number.isFinite(value)) {
         ctx.fillStyle = NONFINITE_CSS;
@@ -129,8 +136,21 @@ export class LayerProfile {
     this.canvas.setAttribute(
       'aria-label',
       `Layer profile of ${series.stat} for run ${series.run.slice(0, 80)}: ${rows.length} rows` +
-        (index >= 0 ? ` at step ${formatStep(series.steps[index])}` : ', no step shown'),
+        (index >= 0 ? ` at step ${formatStep(series.steps[index])}` : ', no step shown') +
+        (notRecorded ? `, ${notRecorded} of them not recorded at that step` : ''),
     );
+  }
+
+  /** Writes "not recorded" upwards from the baseline in the slot centred on `x`, in the muted colour. */
+  _notRecorded(ctx, x, baseline) {
+    ctx.save();
+    ctx.translate(x, baseline - 4);
+    ctx.rotate(-Math.PI / 2);
+    ctx.fillStyle = palette().muted;
+    ctx.textAlign = 'left';
+    ctx.textBaseline = 'middle';
+    ctx.fillText('not recorded', 0, 0);
+    ctx.restore();
   }
 
   _drawGrid(ctx, logY, yRange) {
