@@ -232,6 +232,8 @@ export const LAYER_KINDS = ['dense', 'conv', 'normalization', 'embedding', 'atte
 export const RANKED = 5;
 // The share of the steps at the end over which a layer's level is taken for the ranking.
 const LEVEL_END_FRACTION = 0.1;
+// A kind with fewer layers than this has no median of its own worth comparing with: its layers are compared with all layers.
+const KIND_PEERS_MIN = 3;
 
 /**
  * Returns the path of a layer name: its prefixes from the outermost group to the whole name.
@@ -368,32 +370,50 @@ export function layerFilter(text) {
 }
 
 /**
- * Returns the layers of a run worth a look, ranked: {smallest, growth, nonfinite}, at most RANKED each.
- *
- * `smallest`: the lowest level (median over the last tenth of the steps) relative to the median
- * level of the layers of the same kind (all layers when kinds are unknown), as [{j, ratio}];
- * `growth`: the largest rise from the first to the last tenth, as [{j, factor}]; `nonfinite`:
- * the earliest NaN/Inf, as [{j, step}].
+ * Returns each layer's level over the last tenth of the steps of `series`: the median of its
+ * recorded finite values there that are not negative (a layer with no gradient has level 0), or
+ * NaN when it has none (e.g. not recorded at the end).
  */
-export function ranking(series, kinds) {
+export function endLevels(series) {
   const n = series.steps.length;
   const edge = Math.max(1, Math.round(n * LEVEL_END_FRACTION));
   const scratch = new Float64Array(edge);
-  const levels = series.layers.map((name, j) => {
+  return Float64Array.from(series.layers, (name, j) => {
     let count = 0;
     for (let i = n - edge; i < n; i++) {
       const value = series.values[j * n + i];
-      if (Number.isFinite(value) && value > 0) scratch[count++] = value;
+      if (Number.isFinite(value) && value >= 0) scratch[count++] = value;
     }
     return median(scratch, count);
   });
-  const kindOf = (j) => (kinds ? kinds[j] : 'all');
-  const medianOfKind = new Map();
-  for (const each of new Set(series.layers.map((name, j) => kindOf(j)))) {
-    const found = Float64Array.from(levels.filter((level, j) => kindOf(j) === each && Number.isFinite(level)));
-    medianOfKind.set(each, median(found, found.length));
+}
+
+/**
+ * Returns the layers of a run worth a look, ranked: {smallest, growth, nonfinite}, at most RANKED each.
+ *
+ * `smallest`: the lowest level (`endLevels`) relative to the median positive level of the layers
+ * of the same kind, as [{j, ratio}]: convolutions are compared with convolutions, normalisation
+ * layers with normalisation layers, since their gradients differ by kind rather than by health.
+ * A kind of fewer than KIND_PEERS_MIN layers with a positive level, and every layer when kinds are
+ * unknown, is compared with the median of all layers. `growth`: the largest rise from the first
+ * to the last tenth, as [{j, factor}]; `nonfinite`: the earliest NaN/Inf, as [{j, step}].
+ */
+export function ranking(series, kinds) {
+  const levels = endLevels(series);
+  const medianOf = (indices) => {
+    const found = Float64Array.from(indices.filter((j) => levels[j] > 0), (j) => levels[j]);
+    return {count: found.length, median: median(found, found.length)};
+  };
+  const all = medianOf(series.layers.map((name, j) => j));
+  const reference = new Float64Array(series.layers.length).fill(all.median);
+  if (kinds) {
+    for (const kind of new Set(kinds)) {
+      const members = series.layers.map((name, j) => j).filter((j) => kinds[j] === kind);
+      const peers = medianOf(members);
+      if (peers.count >= KIND_PEERS_MIN) for (const j of members) reference[j] = peers.median;
+    }
   }
-  const ratios = Float64Array.from(levels, (level, j) => level / medianOfKind.get(kindOf(j)));
+  const ratios = Float64Array.from(levels, (level, j) => level / reference[j]);
   const smallest = largest(ratios, (ratio) => -ratio, RANKED).map((j) => ({j, ratio: ratios[j]}));
   const growth = movers(series)
     .byGrowth.slice(0, RANKED)

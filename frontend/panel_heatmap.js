@@ -99,10 +99,12 @@ export class HeatmapPanel {
   }
 
   render(state, view) {
-    const legendKey = view.loaded.length ? JSON.stringify([view.colour, view.stat, state.theme]) : null;
+    // Runs whose layer set changed (e.g. a frozen head) have cells that were not recorded: the legend says how they look.
+    const notRecorded = view.loaded.some((series) => series.missing !== null);
+    const legendKey = view.loaded.length ? JSON.stringify([view.colour, view.stat, state.theme, notRecorded]) : null;
     if (legendKey !== this._legendKey) {
       this._legendKey = legendKey;
-      this._panel.extra.replaceChildren(...(legendKey ? [colourLegend(view.colour, view.stat)] : []));
+      this._panel.extra.replaceChildren(...(legendKey ? [colourLegend(view.colour, view.stat, notRecorded)] : []));
     }
     this._renderTools(state, view);
     const cells = this._panel.columns(view.runs, (info) => new HeatmapCell(info.run, this._actions));

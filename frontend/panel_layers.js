@@ -10,7 +10,7 @@ const RANKINGS = [
   {
     key: 'smallest',
     title: (kinds) => (kinds ? 'Smallest, relative to their kind' : 'Smallest, relative to the median layer'),
-    help: 'level over the last tenth of the steps (median) divided by the median level of the layers of the same kind (of all layers when kinds are not recorded)',
+    help: 'level over the last tenth of the steps (median; 0 for a layer without gradient) divided by the median level of the layers of the same kind (of all layers when kinds are not recorded, or for a kind of fewer than 3 layers)',
     value: (entry) => `${formatValue(entry.ratio)}× median`,
   },
   {

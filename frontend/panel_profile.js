@@ -3,7 +3,7 @@
 import {el} from './dom.js';
 import {formatStep, lastIndexAtOrBefore} from './format.js';
 import {ChartCell, Panel} from './panel.js';
-import {LayerProfile} from './view_profile.js';
+import {LayerProfile, writesUpwards} from './view_profile.js';
 
 class ProfileCell extends ChartCell {
   constructor(run) {
@@ -33,6 +33,7 @@ class ProfileCell extends ChartCell {
       yRange: scales.y,
       colour: view.colour,
       theme: state.theme,
+      upwardLabels: view.upwardLabels,
     });
   }
 
@@ -55,7 +56,13 @@ export class ProfilePanel {
     this._title.textContent =
       step === null ? '' : `at step ${formatStep(step)}${view.stepPinned ? '' : ' (latest)'} · click the heatmap or a trend to pick another step`;
     const cells = this._panel.columns(view.runs, (info) => new ProfileCell(info.run));
-    view.runs.forEach((info, i) => cells[i].show(view.content(info), view));
+    // Side by side, every run gets the room of the one whose names are written upwards, so the profiles stay one height.
+    const upwardLabels = view.runs.some((info, i) => {
+      const content = view.content(info);
+      return content.series && writesUpwards(view.rowsOf(content.series).rows.length, cells[i].body.clientWidth);
+    });
+    const shown = {...view, upwardLabels};
+    view.runs.forEach((info, i) => cells[i].show(view.content(info), shown));
   }
 
   destroy() {

@@ -17,6 +17,8 @@ const ROW_MAX_PX = 24;
 const PLOT_MAX_HEIGHT_PX = 420;
 // Below this row height the names would overlap: label every k-th row only.
 const LABEL_MIN_ROW_PX = 12;
+// Half the height of a row's name (style.css: small font, line height 1.2).
+const LABEL_HALF_LINE_PX = 7;
 // Rows at least this tall get a thin gap between them, so neighbours of close colours stay apart.
 const ROW_GAP_MIN_PX = 10;
 const TICK_SPACING_PX = 90;
@@ -400,7 +402,9 @@ export class Heatmap {
     this.labels.style.height = `${plotHeight}px`;
     const items = labelled.map((r) => {
       const row = shownRows[r];
-      const style = {top: `${(r + 0.5) * rowHeight}px`, left: `${brackets}px`};
+      // Centred on its row, but never cut by the top or bottom edge (rows can be thinner than a line of text).
+      const centre = Math.min(Math.max((r + 0.5) * rowHeight, LABEL_HALF_LINE_PX), plotHeight - LABEL_HALF_LINE_PX);
+      const style = {top: `${centre}px`, left: `${brackets}px`};
       if (!row.group) return el('div', {class: 'heatmap-label', text: row.name, title: row.name, style});
       const label = el('button', {
         type: 'button',
@@ -564,8 +568,12 @@ export function legendTicks(colour) {
   return [colour.lo, colour.hi].map((e) => [e, formatValue(10 ** e)]);
 }
 
-/** Returns the colour legend of the shared scale: a viridis bar over decades, and the special colours. */
-export function colourLegend(colour, stat) {
+/**
+ * Returns the colour legend of the shared scale: a viridis bar over decades, and the special colours.
+ *
+ * With `notRecorded`, it also shows what a cell of a layer not recorded at a step looks like: empty.
+ */
+export function colourLegend(colour, stat, notRecorded = false) {
   const canvas = el('canvas', {class: 'legend-bar', attrs: {role: 'img', 'aria-label': `colour scale of ${stat}, log10, from ${formatValue(10 ** colour.lo)} to ${formatValue(10 ** colour.hi)}`}});
   const height = LEGEND_BAR_PX + 16;
   const ctx = setupCanvas(canvas, LEGEND_WIDTH_PX, height);
@@ -592,5 +600,6 @@ export function colourLegend(colour, stat) {
     canvas,
     swatch(NONFINITE_CSS, 'NaN / Inf'),
     swatch(ZERO_CSS, 'exactly 0'),
+    notRecorded ? swatch(palette().plotBg, 'not recorded') : null,
   ]);
 }

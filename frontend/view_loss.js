@@ -4,6 +4,7 @@ import {NONFINITE_CSS} from './colormap.js';
 import {el, setupCanvas} from './dom.js';
 import {formatStep, formatValue, lastIndexAtOrBefore} from './format.js';
 import {palette} from './theme.js';
+import {decadeSplits} from './view_trend.js';
 import uPlot from './vendor/uplot/uPlot.esm.js';
 
 const HEIGHT_PX = 96;
@@ -82,7 +83,16 @@ export class LossChart {
       scales: {x: {time: false}, y: log ? {distr: 3, log: 10} : {}},
       axes: [
         {stroke: colours.muted, grid: {stroke: colours.grid}, ticks: {stroke: colours.tick, size: 3}, values: (u, splits) => splits.map((v) => (Number.isInteger(v) ? formatStep(v) : '')), space: 70, size: 24},
-        {stroke: colours.muted, grid: {stroke: colours.grid}, ticks: {stroke: colours.tick, size: 3}, values: (u, splits) => splits.map(formatValue), size: AXIS_PX, space: 24},
+        {
+          stroke: colours.muted,
+          grid: {stroke: colours.grid},
+          ticks: {stroke: colours.tick, size: 3},
+          values: (u, splits) => splits.map(formatValue),
+          size: AXIS_PX,
+          space: 24,
+          // Decades only (uPlot's log axis would also grid every 2..9 of each decade, too dense in this height).
+          ...(log ? {splits: decadeSplits, filter: (u, splits) => splits} : {}),
+        },
       ],
       series: [{label: 'Step'}, {label: 'loss', stroke: colours.text, width: 1.4, spanGaps: false, points: {show: series.steps.length <= 60, size: 3}}],
       hooks: {

@@ -1,4 +1,4 @@
-// What the routes skipped, per run: the run list's warning marker and the notices list, all as plain text.
+// What the routes reported about each run's data (skipped tags and files, wrong values): the run list's warning marker and the notices list, as plain text.
 
 import {el} from './dom.js';
 
@@ -22,23 +22,23 @@ export function mergeProblems(...lists) {
   return merged;
 }
 
-/** Returns what a problem skipped: a broken event file's name or the tag that could not be read. */
-function skipped(problem) {
+/** Returns what a problem is about: a broken event file's name or a tag. */
+function subject(problem) {
   return problem.file || problem.tag;
 }
 
-/** Returns one problem as a line of text: what was skipped and why. */
+/** Returns one problem as a line of text: what it is about and what is wrong (the server's message says what was skipped). */
 export function problemText(problem) {
-  return skipped(problem) ? `${skipped(problem)}: ${problem.message}` : problem.message;
+  return subject(problem) ? `${subject(problem)}: ${problem.message}` : problem.message;
 }
 
-/** Returns the run list's marker of a run with skipped data (its title lists what and why), or null. */
+/** Returns the run list's marker of a run with problems in its data (its title lists them), or null. */
 export function problemMarker(problems) {
   if (!problems || problems.length === 0) return null;
   const count = problems.length;
   return el('span', {
     class: 'run-problems',
-    text: `⚠ ${count} problem${count === 1 ? '' : 's'}: data skipped`,
+    text: `⚠ ${count} problem${count === 1 ? '' : 's'} in its data`,
     title: problems.map(problemText).join('\n'),
     data: {problems: String(count)},
   });
@@ -48,15 +48,15 @@ function noticeItem(run, problem) {
   const data = problem.file ? {run, file: problem.file} : {run, tag: problem.tag};
   return el('li', {class: 'notice', data}, [
     el('span', {class: 'notice-run', text: run}),
-    ': skipped ',
-    el('code', {class: 'notice-tag', text: skipped(problem) || '(unnamed)'}),
+    ': ',
+    el('code', {class: 'notice-tag', text: subject(problem) || '(unnamed)'}),
     ': ',
     el('span', {class: 'notice-message', text: problem.message}),
   ]);
 }
 
 /**
- * Fills the notices area with every run's skipped data; hides it when there is none.
+ * Fills the notices area with every run's problems; hides it when there is none.
  *
  * @param {HTMLElement} container the notices area
  * @param {Map<string, Array<{tag: string, file: string, message: string}>>} problemsByRun run -> its problems, in run list order
@@ -77,7 +77,7 @@ export function renderNotices(container, problemsByRun) {
   container.replaceChildren(
     el('span', {class: 'notice-icon', text: '⚠', attrs: {'aria-hidden': 'true'}}),
     el('div', {class: 'notice-body'}, [
-      el('div', {class: 'notice-title', text: `Data skipped in ${runs} run${runs === 1 ? '' : 's'} (the rest of each run is shown):`}),
+      el('div', {class: 'notice-title', text: `Problems in the data of ${runs} run${runs === 1 ? '' : 's'} (everything readable is shown):`}),
       el('ul', {class: 'notice-list'}, items.slice(0, NOTICES_SHOWN)),
       rest.length
         ? el('details', {class: 'notice-more'}, [el('summary', {text: `${rest.length} more`}), el('ul', {class: 'notice-list'}, rest)])

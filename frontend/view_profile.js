@@ -12,6 +12,8 @@ const AXIS_LEFT_PX = 58;
 const RIGHT_PX = 12;
 const TOP_PX = 18;
 const LABELS_PX = 64;
+// Names written upwards (narrow bars) get this much room instead: long enough for names such as `block_16_depthwise_BN`.
+const UPWARD_LABELS_PX = 124;
 const BAR_MAX_PX = 46;
 const BAR_FILL = 0.72;
 const LABEL_MAX_PX = 90;
@@ -32,6 +34,12 @@ function bars(rows, slots) {
     merged.push({layers: covered.flatMap((row) => row.layers), rows: covered});
   }
   return merged;
+}
+
+/** Returns whether a profile of `rowCount` rows in a box `width` CSS pixels wide writes its names upwards (its bars are narrow). */
+export function writesUpwards(rowCount, width) {
+  const plotWidth = Math.max(240, Math.floor(width)) - AXIS_LEFT_PX - RIGHT_PX;
+  return plotWidth / Math.min(rowCount, Math.max(1, Math.floor(plotWidth))) < TILTED_LABEL_MIN_SLOT_PX;
 }
 
 /**
@@ -59,7 +67,10 @@ export class LayerProfile {
     this._resize.observe(this.container);
   }
 
-  /** Draws with `options` {series, rows, focusLayer (index or -1), index (step index), logY, yRange: [min, max], colour: {lo, hi}, theme}, unless they are those drawn. */
+  /**
+   * Draws with `options` {series, rows, focusLayer (index or -1), index (step index), logY, yRange: [min, max],
+   * colour: {lo, hi}, theme, upwardLabels (room for names written upwards: see `writesUpwards`)}, unless they are those drawn.
+   */
   update(options) {
     if (this.options && Object.keys(options).every((key) => options[key] === this.options[key])) return;
     this.options = options;
@@ -84,15 +95,17 @@ export class LayerProfile {
     const rows = this.options.rows ?? series.layers.map((name, j) => ({layers: [j], name}));
     const width = Math.max(240, Math.floor(this.container.clientWidth));
     this._lastWidth = this.container.clientWidth;
-    const ctx = setupCanvas(this.canvas, width, HEIGHT_PX);
+    const labels = this.options.upwardLabels ? UPWARD_LABELS_PX : LABELS_PX;
+    const height = HEIGHT_PX - LABELS_PX + labels;
+    const ctx = setupCanvas(this.canvas, width, height);
     ctx.font = smallFont();
     const colours = palette();
     const plotWidth = width - AXIS_LEFT_PX - RIGHT_PX;
     const plotHeight = HEIGHT_PX - TOP_PX - LABELS_PX;
     const shown = bars(rows, Math.max(1, Math.floor(plotWidth)));
     const slot = plotWidth / shown.length;
-    this.layout = {left: AXIS_LEFT_PX, top: TOP_PX, plotWidth, plotHeight, slot, bars: shown};
-    ctx.clearRect(0, 0, width, HEIGHT_PX);
+    this.layout = {left: AXIS_LEFT_PX, top: TOP_PX, plotWidth, plotHeight, slot, bars: shown, labels};
+    ctx.clearRect(0, 0, width, height);
 
     this._drawGrid(ctx, logY, yRange);
 
@@ -102,11 +115,18 @@ export class LayerProfile {
     const texts = slot >= VALUE_TEXT_MIN_SLOT_PX;
     ctx.textAlign = 'center';
     ctx.textBaseline = 'bottom';
+    let notRecorded = 0;
     shown.forEach((bar, b) => {
       const j = index < 0 ? -1 : strongestAt(series, bar.layers, index);
-      if (j < 0) return;
-      const value = series.values[j * series.steps.length + index];
       const x = AXIS_LEFT_PX + slot * (b + 0.5);
+      if (j < 0) {
+        // No layer of the bar was recorded at this step (e.g. frozen): no bar, and where it fits, words that say so.
+        if (index < 0) return;
+        notRecorded++;
+        if (texts) this._notRecorded(ctx, x, baseline);
+        return;
+      }
+      const value = series.values[j * series.steps.length + index];
       const x0 = Math.round(x - barWidth / 2);
       if (!Number.isFinite(value)) {
         ctx.fillStyle = NONFINITE_CSS;
@@ -129,8 +149,21 @@ export class LayerProfile {
     this.canvas.setAttribute(
       'aria-label',
       `Layer profile of ${series.stat} for run ${series.run.slice(0, 80)}: ${rows.length} rows` +
-        (index >= 0 ? ` at step ${formatStep(series.steps[index])}` : ', no step shown'),
+        (index >= 0 ? ` at step ${formatStep(series.steps[index])}` : ', no step shown') +
+        (notRecorded ? `, ${notRecorded} of them not recorded at that step` : ''),
     );
+  }
+
+  /** Writes "not recorded" upwards from the baseline in the slot centred on `x`, in the muted colour. */
+  _notRecorded(ctx, x, baseline) {
+    ctx.save();
+    ctx.translate(x, baseline - 4);
+    ctx.rotate(-Math.PI / 2);
+    ctx.fillStyle = palette().muted;
+    ctx.textAlign = 'left';
+    ctx.textBaseline = 'middle';
+    ctx.fillText('not recorded', 0, 0);
+    ctx.restore();
   }
 
   _drawGrid(ctx, logY, yRange) {
@@ -204,7 +237,7 @@ export class LayerProfile {
       ctx.rotate(angle);
       ctx.textAlign = 'right';
       ctx.textBaseline = 'middle';
-      ctx.fillText(fitText(ctx, name, angle === -Math.PI / 2 ? LABELS_PX - 8 : LABEL_MAX_PX * 0.75), 0, 0);
+      ctx.fillText(fitText(ctx, name, angle === -Math.PI / 2 ? this.layout.labels - 8 : LABEL_MAX_PX * 0.75), 0, 0);
       ctx.restore();
     });
   }

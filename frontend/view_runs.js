@@ -108,6 +108,12 @@ export function diagnosisCard(entry, loss = null) {
   }
   const findings = entry.findings || [];
   const notes = notesBlock(entry.notes);
+  if (entry.verdict === 'unreadable') {
+    return el('div', {class: 'diagnosis'}, [
+      el('p', {class: 'unreadable-note', text: 'Not diagnosed: none of this run’s statistics could be read (its problems are listed above the charts).'}),
+      notes,
+    ]);
+  }
   if (findings.length === 0) {
     return el('div', {class: 'diagnosis'}, [
       el('p', {class: 'healthy-note', text: 'No problem found: gradients stay finite and in a normal range in every recorded step.'}),

@@ -35,8 +35,8 @@ function ticksAsValues(u, splits) {
   });
 }
 
-/** Returns decade splits of a log axis, every k-th decade when they would crowd. */
-function decadeSplits(u, axisIndex, min, max) {
+/** Returns decade splits of a log axis, every k-th decade when they would crowd (uPlot's `splits` of an axis). */
+export function decadeSplits(u, axisIndex, min, max) {
   const lo = Math.ceil(Math.log10(min) - 1e-9);
   const hi = Math.floor(Math.log10(max) + 1e-9);
   const height = u.bbox.height / (window.devicePixelRatio || 1);

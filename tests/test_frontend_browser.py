@@ -11,7 +11,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import numpy as np
 import pytest
-from frontend_support import (  # noqa: F401  (fixtures)
+from support.browser import (  # noqa: F401  (fixtures)
     ENTRY,
     HEATMAP_TOP_PX,
     LOAD_TIMEOUT_MS,

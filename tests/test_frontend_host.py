@@ -7,7 +7,7 @@ import urllib.parse
 
 import numpy as np
 import pytest
-from frontend_support import ENTRY, LOAD_TIMEOUT_MS, Page, browser, tensorboard_process  # noqa: F401  (fixtures)
+from support.browser import ENTRY, LOAD_TIMEOUT_MS, Page, browser, tensorboard_process  # noqa: F401  (fixtures)
 
 from tb_gradhealth.summary import GradientHealthFileWriter
 

@@ -7,7 +7,7 @@ import urllib.parse
 
 import numpy as np
 import pytest
-from frontend_support import ENTRY, NONFINITE_RGB, browser, in_process_tensorboard, page  # noqa: F401  (fixtures)
+from support.browser import ENTRY, NONFINITE_RGB, browser, in_process_tensorboard, page  # noqa: F401  (fixtures)
 
 from tb_gradhealth.summary import GradientHealthFileWriter
 

@@ -8,7 +8,7 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import numpy as np
 import pytest
-from frontend_support import ENTRY, MIN_DRAWN_PIXELS, NONFINITE_RGB, ROUTES, browser, in_process_tensorboard, page  # noqa: F401  (fixtures)
+from support.browser import ENTRY, MIN_DRAWN_PIXELS, NONFINITE_RGB, ROUTES, browser, in_process_tensorboard, page  # noqa: F401  (fixtures)
 from tb_server import strict_json
 
 from tb_gradhealth.summary import GradientHealthFileWriter

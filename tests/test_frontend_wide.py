@@ -10,7 +10,7 @@ import urllib.request
 
 import numpy as np
 import pytest
-from frontend_support import ENTRY, ROUTES, Page, browser, in_process_tensorboard  # noqa: F401  (fixtures)
+from support.browser import ENTRY, ROUTES, Page, browser, in_process_tensorboard  # noqa: F401  (fixtures)
 from tb_server import strict_json
 
 from tb_gradhealth.summary import GradientHealthFileWriter
@@ -253,9 +253,21 @@ def test_long_and_bidi_names_are_cut_isolated_and_whole_in_their_tooltip(tab, se
 
 
 def levels_at_the_end(values: np.ndarray) -> np.ndarray:
-    """Each layer's median positive finite value over the last tenth of the steps (layers.js ranking)."""
+    """Each layer's median finite non-negative value over the last tenth of the rows (layers.js endLevels)."""
     tail = values[-max(1, round(len(values) * 0.1)) :]
-    return np.array([np.median(column[np.isfinite(column) & (column > 0)]) for column in tail.T])
+    return np.array([np.median(column[np.isfinite(column) & (column >= 0)]) for column in tail.T])
+
+
+def smallest_relative_to_kind(values: np.ndarray, kinds: list[str], count: int = 5) -> list[int]:
+    """The layers of the lowest level relative to the median positive level of their kind (of all layers for a kind of fewer than 3)."""
+    levels = levels_at_the_end(values)
+    kinds = np.array(kinds)
+    reference = np.full(len(levels), np.median(levels[levels > 0]))
+    for kind in set(kinds):
+        peers = levels[(kinds == kind) & (levels > 0)]
+        if len(peers) >= 3:
+            reference[kinds == kind] = np.median(peers)
+    return list(np.argsort(levels / reference, kind="stable")[:count])
 
 
 def test_a_filter_narrows_the_lines_to_the_layers_it_matches(tab, server):
@@ -306,18 +318,34 @@ def test_grouping_by_name_path_collapses_rows_and_a_group_opens_again(tab, serve
 def test_the_ranked_layers_are_those_numpy_finds_and_a_click_selects_one_everywhere(tab, server):
     open_with(tab, server, [WIDE_RUN])
     names, kinds = wide_layers()
-    values = wide_values().astype(np.float64)
     ranked = tab.cell(".layers-cell", WIDE_RUN).evaluate(
         """(cell) => Object.fromEntries([...cell.querySelectorAll('.ranking')].map((list) => [
             list.dataset.ranking, [...list.querySelectorAll('.rank-item')].map((item) => item.dataset.layer)]))"""
     )
-    # Smallest: each layer's level at the end relative to the median level of its kind
-    # (of all layers, from a server that does not serve the kinds).
-    levels = levels_at_the_end(values)
-    served = any(entry.get("kinds") for entry in get_json(server, "/runs")["runs"])
-    kind_of = np.array(kinds if served else ["all"] * len(names))
-    relative = levels / np.array([np.median(levels[kind_of == kind]) for kind in kind_of])
-    assert ranked["smallest"] == [names[j] for j in np.argsort(relative, kind="stable")[:5]]
+    # The rows the tab has: 1,000 layers x 2,000 steps are more values than a response holds, so the
+    # server sent fewer steps (and says so).
+    body = series_body(server, WIDE_RUN)
+    assert body["kinds"] == kinds and len(body["steps"]) < WIDE_STEPS and body["notices"]
+    for section in (".trend-cell", ".heatmap-cell"):
+        assert tab.cell(section, WIDE_RUN).locator(".series-notice").all_text_contents() == body["notices"]
+    smallest = [names[j] for j in smallest_relative_to_kind(body["array"], body["kinds"])]
+    assert ranked["smallest"] == smallest
+    # What a user expects: the layers nearest the input of both kinds, although every normalisation
+    # layer's gradient is 10x its convolution's; ranked against all layers they would all be convolutions.
+    assert {kinds[names.index(name)] for name in smallest} == {"conv", "normalization"}
+    assert all(int(name.split("/")[0].removeprefix("block_")) < 5 for name in smallest)
+    assert {kinds[j] for j in smallest_relative_to_kind(body["array"], ["all"] * len(names))} == {"conv"}
+    # A layer without gradient is the smallest of all, and a kind of one layer (a dense head) is
+    # compared with every layer, not with itself.
+    dead_and_head = tab.page.evaluate(
+        """async () => {
+            const layers = await import('./layers.js');
+            const values = Float64Array.from([1, 1, 2, 2, 4, 4, 0, 0, 0.01, 0.01]);  // [layer][step]
+            const series = {layers: ['c1', 'c2', 'c3', 'dead', 'head'], steps: Float64Array.from([0, 1]), values, missing: null};
+            return layers.ranking(series, ['conv', 'conv', 'conv', 'conv', 'dense']).smallest.map(({j, ratio}) => [j, ratio]);
+        }"""
+    )
+    assert dead_and_head == [[3, 0], [4, pytest.approx(0.01 / 1.5)], [0, 0.5], [1, 1], [2, 2]]
     assert ranked["growth"][0] == GROWING_LAYER
     assert ranked["nonfinite"] == [INF_LAYER]
     assert "step 1,500" in tab.cell(".layers-cell", WIDE_RUN).locator(".rank-item").last.text_content()
