@@ -11,9 +11,9 @@ import sys
 import time
 import types
 
-import live_support
 import numpy as np
 import pytest
+from support import live as live_support
 from tb_server import PLUGIN_ROUTE, json_float
 
 RUN = "live"
