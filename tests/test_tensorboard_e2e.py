@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 from support import raw_events
-from tb_server import HOST, PLUGIN_ROUTE, json_float, running_tensorboard, strict_json, wsgi_client
+from tb_server import HOST, PLUGIN_ROUTE, expected_series, running_tensorboard, strict_json, wsgi_client
 from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
 
-from tb_gradhealth import metadata, plugin
+from tb_gradhealth import metadata
 from tb_gradhealth.summary import GradientHealthFileWriter
 
 RUN = "train"
@@ -140,34 +140,8 @@ def _expected_problems(logdir):
 
 
 def _expected_series(stat):
-    negative = [
-        (step, layer) for step in range(NUM_STEPS) for layer in range(len(LAYERS)) if VALUES[stat][step, layer] < 0
-    ]
-    problems = []
-    if stat in metadata.NON_NEGATIVE_STATS and negative:
-        # The planted -Inf: a norm is never negative.
-        step, layer = negative[0]
-        message = (
-            "%d value(s) below 0, first at step %d in layer %r: %s is never negative, so the writer is wrong "
-            "(the values are kept and shown)" % (len(negative), step, LAYERS[layer], stat)
-        )
-        problems.append({"tag": metadata.tag_for_stat(stat), "message": message})
-    return {
-        "run": RUN,
-        "stat": stat,
-        "scope": "layer",
-        "layers": list(LAYERS),
-        "kinds": None,
-        "params": None,
-        "steps": list(range(NUM_STEPS)),
-        "wall_times": [WALL_TIME_0 + step for step in range(NUM_STEPS)],
-        "values": [[json_float(float(value)) for value in row] for row in VALUES[stat]],
-        "total_steps": NUM_STEPS,
-        "max_points": plugin.DEFAULT_MAX_POINTS,
-        "partial": False,
-        "notices": [],
-        "problems": problems,
-    }
+    steps = range(NUM_STEPS)
+    return expected_series(RUN, stat, LAYERS, steps, [WALL_TIME_0 + step for step in steps], VALUES[stat])
 
 
 def _raw_get(port: int, raw_path: str):
