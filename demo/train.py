@@ -23,7 +23,7 @@ from tb_gradhealth import GradientHealthCallback
 
 DEFAULT_LOGDIR = "logs"
 # Each model-epoch costs ~20 CPU seconds on a 2-core machine, so the four
-# default runs take about three minutes (measured, see README "The demo");
+# default runs take about three minutes (measured, see demo/README.md);
 # `--epochs 25` reproduces the notebook.
 DEFAULT_EPOCHS = 2
 DEFAULT_MODELS = demo_models.MODEL_NAMES

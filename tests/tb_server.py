@@ -15,6 +15,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 
 from tensorboard import program
 from tensorboard.backend import application
@@ -23,6 +24,7 @@ from tensorboard.plugins import base_plugin
 from tensorboard.plugins.core import core_plugin
 from werkzeug import test as werkzeug_test
 
+from tb_gradhealth import metadata, plugin
 from tb_gradhealth.loader import GradientHealthLoader
 
 TENSORBOARD_BIN = pathlib.Path(sys.executable).parent / "tensorboard"
@@ -51,6 +53,50 @@ def json_float(value: float):
     if math.isinf(value):
         return "Infinity" if value > 0 else "-Infinity"
     return value
+
+
+def negative_value_problems(stat: str, values, layers: Sequence[str]) -> list[dict]:
+    """The problem /series reports for a statistic that cannot be negative and has negative values ([steps, layers])."""
+    negative = [(step, layer) for step, row in enumerate(values) for layer, value in enumerate(row) if value < 0]
+    if stat not in metadata.NON_NEGATIVE_STATS or not negative:
+        return []
+    step, layer = negative[0]
+    message = (
+        "%d value(s) below 0, first at step %d in layer %r: %s is never negative, so the writer is wrong "
+        "(the values are kept and shown)" % (len(negative), step, layers[layer], stat)
+    )
+    return [{"tag": metadata.tag_for_stat(stat), "message": message}]
+
+
+def expected_series(
+    run: str,
+    stat: str,
+    layers: Sequence[str],
+    steps: Sequence[int],
+    wall_times: Sequence[float],
+    values,
+    *,
+    total_steps: int | None = None,
+    max_points: int = plugin.DEFAULT_MAX_POINTS,
+    problems: list | None = None,
+) -> dict:
+    """The /series body of a run of unannotated layers (no kinds, no params) whose values `[steps, layers]` are served."""
+    return {
+        "run": run,
+        "stat": stat,
+        "scope": "layer",
+        "layers": list(layers),
+        "kinds": None,
+        "params": None,
+        "steps": [int(step) for step in steps],
+        "wall_times": list(wall_times),
+        "values": [[json_float(float(value)) for value in row] for row in values],
+        "total_steps": len(steps) if total_steps is None else total_steps,
+        "max_points": max_points,
+        "partial": False,
+        "notices": [],
+        "problems": negative_value_problems(stat, values, layers) if problems is None else problems,
+    }
 
 
 def configured_flags(logdir: str, *argv: str):

@@ -177,7 +177,7 @@ def test_only_the_deep_sigmoid_run_has_vanishing_gradients(demo_logdir):
         rms = grad_norm / np.sqrt(counts)
         ratios[result.model] = float(np.median(rms[:, -1] / rms[:, 0]))
     assert ratios[models.VANISHING_SIGMOID] > VANISHED_RATIO, ratios
-    # The notebook's tanh model does not vanish (README "The demo").
+    # The notebook's tanh model does not vanish (demo/README.md).
     assert ratios[models.VANISHING] < NOT_VANISHED_RATIO, ratios
     assert ratios[models.BASELINE] < NOT_VANISHED_RATIO, ratios
 

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import raw_events
 from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 from tensorboard.compat.proto import summary_pb2
-from test_plugin_reader import RawWriter, _vector_tensor
 
 from tb_gradhealth import metadata, reader
 from tb_gradhealth.summary import GradientHealthFileWriter
@@ -22,7 +22,7 @@ GOOD_LAYERS = ("dense", "dense_1")
 GOOD_STEPS = 5
 WALL_TIME_0 = 1_700_000_000.0  # seconds since the epoch
 # The 4 KB file of the report: valid JSON nested 2,000 levels deep.
-DEEP_CONTENT = ('{"version":1,"stat":"grad_norm","layers":["a"],"pad":%s1%s}' % ("[" * 2_000, "]" * 2_000)).encode()
+DEEP_CONTENT = raw_events.DEEP_CONTENT
 EXAMPLES = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -46,10 +46,10 @@ ONE_VALUE = (np.float32([1.0]),)
 
 
 def _write_bad_run(root, content: bytes, tensors=ONE_VALUE, tag="gradient_health/grad_norm", steps=None):
-    raw = RawWriter(str(root / BAD_RUN))
+    raw = raw_events.RawWriter(str(root / BAD_RUN))
     for index, tensor in enumerate(tensors):
         step = index if steps is None else steps[index]
-        raw.write(step, tag, _vector_tensor(tensor), _metadata(content))
+        raw.write(step, tag, raw_events.vector_tensor(tensor), _metadata(content))
     raw.close()
 
 

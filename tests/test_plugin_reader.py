@@ -6,60 +6,28 @@ import json
 
 import numpy as np
 import pytest
+from support import raw_events
 from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 from tensorboard import errors
-from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.data import provider as tb_provider
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from tb_gradhealth import cli, metadata, reader
 from tb_gradhealth.summary import GradientHealthFileWriter
 
-LAYERS = ("in", "hidden", "out")
+LAYERS = raw_events.LAYERS
 # More than the multiplexer's default of 500 tensors per tag.
 LONG_RUN_STEPS = 1_500
 GOOD_RUN = "good"
 BAD_RUN = "bad"
 BROKEN_ONLY_RUN = "broken_only"
-WALL_TIME_0 = 1_600_000_000.0  # seconds since the epoch
-
-
-def _vector_tensor(values, dtype=types_pb2.DT_FLOAT, content=None):
-    values = np.asarray(values, dtype=np.float32)
-    return tensor_pb2.TensorProto(
-        dtype=dtype,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in values.shape]
-        ),
-        tensor_content=values.tobytes() if content is None else content,
-    )
+WALL_TIME_0 = raw_events.WALL_TIME_0
 
 
 def _metadata_with_content(content: bytes) -> summary_pb2.SummaryMetadata:
     result = metadata.create_summary_metadata("x", LAYERS)
     result.plugin_data.content = content
     return result
-
-
-class RawWriter:
-    """Writes hand-made Gradient Health events, including malformed ones."""
-
-    def __init__(self, run_dir: str):
-        self._writer = EventFileWriter(run_dir, filename_suffix=".raw")
-        self._tags_with_metadata = set()
-
-    def write(self, step, tag, tensor, summary_metadata=None):
-        value = summary_pb2.Summary.Value(tag=tag, tensor=tensor)
-        if tag not in self._tags_with_metadata:
-            self._tags_with_metadata.add(tag)
-            value.metadata.CopyFrom(
-                summary_metadata or metadata.create_summary_metadata(metadata.stat_for_tag(tag), LAYERS)
-            )
-        event = event_pb2.Event(step=step, wall_time=WALL_TIME_0 + step, summary=summary_pb2.Summary(value=[value]))
-        self._writer.add_event(event)
-
-    def close(self):
-        self._writer.close()
 
 
 def _good_values(num_steps):
@@ -80,20 +48,24 @@ def corrupt_logdir(tmp_path_factory):
         stream.write(b"\x00garbage that is no record")
     (root / GOOD_RUN / "events.out.tfevents.0.empty").write_bytes(b"")
 
-    raw = RawWriter(str(root / BAD_RUN))
+    raw = raw_events.RawWriter(str(root / BAD_RUN))
     for step in range(4):
-        raw.write(step, "gradient_health/grad_norm", _vector_tensor(good[step]))
+        raw.write(step, "gradient_health/grad_norm", raw_events.vector_tensor(good[step]))
         # Steps 1 and 3 have the wrong number of layers.
-        raw.write(step, "gradient_health/weight_norm", _vector_tensor(good[step][: 2 if step % 2 else 3]))
+        raw.write(step, "gradient_health/weight_norm", raw_events.vector_tensor(good[step][: 2 if step % 2 else 3]))
         # Step 2 cannot be decoded at all (5 bytes for 3 floats).
         raw.write(
-            step, "gradient_health/update_ratio", _vector_tensor(good[step], content=b"12345" if step == 2 else None)
+            step,
+            "gradient_health/update_ratio",
+            raw_events.vector_tensor(good[step], content=b"12345" if step == 2 else None),
         )
-        raw.write(step, "gradient_health/bad_json", _vector_tensor(good[step]), _metadata_with_content(b"{not json"))
+        raw.write(
+            step, "gradient_health/bad_json", raw_events.vector_tensor(good[step]), _metadata_with_content(b"{not json")
+        )
         raw.write(
             step,
             "gradient_health/future",
-            _vector_tensor(good[step]),
+            raw_events.vector_tensor(good[step]),
             _metadata_with_content(json.dumps({"version": 99, "stat": "future", "layers": list(LAYERS)}).encode()),
         )
         raw.write(
@@ -107,8 +79,8 @@ def corrupt_logdir(tmp_path_factory):
         )
     raw.close()
 
-    only = RawWriter(str(root / BROKEN_ONLY_RUN))
-    only.write(0, "gradient_health/grad_norm", _vector_tensor([1.0]), _metadata_with_content(b"[]"))
+    only = raw_events.RawWriter(str(root / BROKEN_ONLY_RUN))
+    only.write(0, "gradient_health/grad_norm", raw_events.vector_tensor([1.0]), _metadata_with_content(b"[]"))
     only.close()
     return root
 

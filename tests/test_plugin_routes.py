@@ -9,7 +9,8 @@ import pathlib
 
 import numpy as np
 import pytest
-from tb_server import PLUGIN_ROUTE, json_float, strict_json, wsgi_client
+import tb_server
+from tb_server import PLUGIN_ROUTE, json_float, negative_value_problems, strict_json, wsgi_client
 from tensorboard.backend import json_util
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2
@@ -90,34 +91,22 @@ def get_json(client, path, expected_status=200):
 
 def expected_problems(stat):
     """A statistic that cannot be negative, with a negative value (here the planted -Inf), is reported."""
-    negative = [
-        (step, layer) for step in range(NUM_STEPS) for layer in range(len(LAYERS)) if VALUES[stat][step, layer] < 0
-    ]
-    if stat not in metadata.NON_NEGATIVE_STATS or not negative:
-        return []
-    step, layer = negative[0]
-    message = "%d value(s) below 0, first at step %d in layer %r: %s is never negative, so the writer is wrong (the values are kept and shown)"
-    return [{"tag": metadata.tag_for_stat(stat), "message": message % (len(negative), step, LAYERS[layer], stat)}]
+    return negative_value_problems(stat, VALUES[stat], LAYERS)
 
 
 def expected_series(stat, rows=None, max_points=plugin.DEFAULT_MAX_POINTS):
-    rows = np.arange(NUM_STEPS) if rows is None else np.asarray(rows)
-    return {
-        "run": RUN,
-        "stat": stat,
-        "scope": "layer",
-        "layers": list(LAYERS),
-        "kinds": None,
-        "params": None,
-        "steps": rows.tolist(),
-        "wall_times": [_wall_time(int(step)) for step in rows],
-        "values": [[json_float(float(v)) for v in VALUES[stat][row]] for row in rows],
-        "total_steps": NUM_STEPS,
-        "max_points": max_points,
-        "partial": False,
-        "notices": [],
-        "problems": expected_problems(stat),
-    }
+    rows = np.arange(NUM_STEPS) if rows is None else np.asarray(rows, dtype=int)
+    return tb_server.expected_series(
+        RUN,
+        stat,
+        LAYERS,
+        rows,
+        [_wall_time(int(step)) for step in rows],
+        VALUES[stat][rows],
+        total_steps=NUM_STEPS,
+        max_points=max_points,
+        problems=expected_problems(stat),
+    )
 
 
 def test_runs_lists_our_run_with_every_stat_and_excludes_foreign_data(client):

@@ -10,9 +10,9 @@ import pathlib
 import sys
 import time
 
-import live_support
 import numpy as np
 import pytest
+from support import live as live_support
 from support import sgd as support
 from tb_server import PLUGIN_ROUTE
 

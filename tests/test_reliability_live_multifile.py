@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import time
 
-import live_support
 import numpy as np
 import pytest
+from support import live as live_support
 from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 from tensorboard import program
 from tensorboard.compat.proto import event_pb2, summary_pb2

@@ -8,13 +8,11 @@ import math
 
 import numpy as np
 import pytest
-from tb_server import HOST, PLUGIN_ROUTE, json_float, running_tensorboard, strict_json, wsgi_client
+from support import raw_events
+from tb_server import HOST, PLUGIN_ROUTE, expected_series, running_tensorboard, strict_json, wsgi_client
 from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
-from test_plugin_bounds import DEEP_CONTENT
-from test_plugin_reader import RawWriter
-from test_reliability_corrupt import GARBAGE, age, write_run
 
-from tb_gradhealth import metadata, plugin
+from tb_gradhealth import metadata
 from tb_gradhealth.summary import GradientHealthFileWriter
 
 RUN = "train"
@@ -22,6 +20,7 @@ LAYER_SETS_RUN = "transfer"
 HOSTILE_RUN = "hostile"
 CORRUPT_RUN = "corrupt"
 GARBAGE_RUN = "garbage"
+GARBAGE_RUN_STEPS = 6
 BAD_TENSORS_RUN = "bad_tensors"
 BAD_LAYERS = ("in", "hidden", "out")
 LAYERS = ("conv", "dense", "dense_1", "logits")
@@ -63,10 +62,10 @@ def logdir(tmp_path_factory):
     (event_file,) = (root / CORRUPT_RUN).iterdir()
     data = event_file.read_bytes()
     event_file.write_bytes(data + data[: len(data) // 2])
-    age(event_file)
-    garbage_file, _ = write_run(root / GARBAGE_RUN)
+    raw_events.age(event_file)
+    garbage_file, _ = raw_events.write_run(root / GARBAGE_RUN, GARBAGE_RUN_STEPS)
     with open(garbage_file, "ab") as stream:
-        stream.write(GARBAGE)
+        stream.write(raw_events.GARBAGE)
     _write_bad_tensors(root / BAD_TENSORS_RUN)
     _write_hostile_metadata(root / HOSTILE_RUN)
     with GradientHealthFileWriter(str(root / LAYER_SETS_RUN)) as writer:
@@ -93,8 +92,8 @@ def _write_hostile_metadata(run_dir):
 
     duplicates = {"version": 1, "stat": "weight_norm", "layers": ["a", "a"]}
     boolean = {"version": True, "stat": "update_ratio", "layers": ["a"]}
-    raw = RawWriter(str(run_dir))
-    raw.write(0, "gradient_health/grad_norm", _float_tensor([1.0]), with_content(DEEP_CONTENT))
+    raw = raw_events.RawWriter(str(run_dir))
+    raw.write(0, "gradient_health/grad_norm", _float_tensor([1.0]), with_content(raw_events.DEEP_CONTENT))
     raw.write(0, "gradient_health/weight_norm", _float_tensor([1, 2]), with_content(json.dumps(duplicates).encode()))
     raw.write(0, "gradient_health/update_ratio", _float_tensor([1]), with_content(json.dumps(boolean).encode()))
     raw.close()
@@ -117,7 +116,7 @@ def _write_bad_tensors(run_dir):
         result.plugin_data.content = content
         return result
 
-    raw = RawWriter(str(run_dir))
+    raw = raw_events.RawWriter(str(run_dir))
     for step in range(3):
         raw.write(step, "gradient_health/grad_norm", _float_tensor([step, 1, 2]))
         raw.write(step, "gradient_health/weight_norm", _float_tensor([1, 2] if step == 1 else [1, 2, 3]))
@@ -141,34 +140,8 @@ def _expected_problems(logdir):
 
 
 def _expected_series(stat):
-    negative = [
-        (step, layer) for step in range(NUM_STEPS) for layer in range(len(LAYERS)) if VALUES[stat][step, layer] < 0
-    ]
-    problems = []
-    if stat in metadata.NON_NEGATIVE_STATS and negative:
-        # The planted -Inf: a norm is never negative.
-        step, layer = negative[0]
-        message = (
-            "%d value(s) below 0, first at step %d in layer %r: %s is never negative, so the writer is wrong "
-            "(the values are kept and shown)" % (len(negative), step, LAYERS[layer], stat)
-        )
-        problems.append({"tag": metadata.tag_for_stat(stat), "message": message})
-    return {
-        "run": RUN,
-        "stat": stat,
-        "scope": "layer",
-        "layers": list(LAYERS),
-        "kinds": None,
-        "params": None,
-        "steps": list(range(NUM_STEPS)),
-        "wall_times": [WALL_TIME_0 + step for step in range(NUM_STEPS)],
-        "values": [[json_float(float(value)) for value in row] for row in VALUES[stat]],
-        "total_steps": NUM_STEPS,
-        "max_points": plugin.DEFAULT_MAX_POINTS,
-        "partial": False,
-        "notices": [],
-        "problems": problems,
-    }
+    steps = range(NUM_STEPS)
+    return expected_series(RUN, stat, LAYERS, steps, [WALL_TIME_0 + step for step in steps], VALUES[stat])
 
 
 def _raw_get(port: int, raw_path: str):

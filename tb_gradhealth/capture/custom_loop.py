@@ -107,14 +107,7 @@ class GradientHealthRecorder:
         if not self.stop_on_nonfinite:
             raise RuntimeError("%s keeps the first non-finite step with stop_on_nonfinite=True" % type(self).__name__)
         if self._nonfinite is None and self._recorder is not None:
-            found = self._recorder.buffer.first_nonfinite()
-            if found is not None:
-                step, rows = found
-                self._nonfinite = NonFiniteStep(
-                    step=step,
-                    layers=tuple(self._recorder.layer_names[row] for row in rows),
-                    applied=self._recorder.applies_nonfinite,
-                )
+            self._nonfinite = self._recorder.first_nonfinite()
         return self._nonfinite
 
     def _recorder_for(self, optimizer, variables: Sequence) -> LayerSetRecorder:

@@ -185,14 +185,8 @@ class GradientHealthCallback(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if not self.stop_on_nonfinite or self._recorder is None or self.nonfinite is not None:
             return
-        found = self._recorder.buffer.first_nonfinite()
-        if found is not None:
-            step, rows = found
-            self.nonfinite = NonFiniteStep(
-                step=step,
-                layers=tuple(self._recorder.layer_names[row] for row in rows),
-                applied=self._recorder.applies_nonfinite,
-            )
+        self.nonfinite = self._recorder.first_nonfinite()
+        if self.nonfinite is not None:
             io_utils.print_msg("GradientHealthCallback: %s; stopping training." % self.nonfinite)
             self.model.stop_training = True
 

@@ -216,6 +216,16 @@ class LayerSetRecorder:
     def layer_names(self) -> tuple[str, ...]:
         return self.buffer.layer_names
 
+    def first_nonfinite(self) -> NonFiniteStep | None:
+        """The first recorded step with a non-finite gradient (one device read), or None."""
+        found = self.buffer.first_nonfinite()
+        if found is None:
+            return None
+        step, rows = found
+        return NonFiniteStep(
+            step=step, layers=tuple(self.layer_names[row] for row in rows), applied=self.applies_nonfinite
+        )
+
     def _accumulated(self, optimizer, grads, scale, loss):
         """Under gradient accumulation: the gradient the optimizer applies at this micro-batch, and whether it does.
 
