@@ -22,9 +22,8 @@ from demo import models as demo_models
 from tb_gradhealth import GradientHealthCallback
 
 DEFAULT_LOGDIR = "logs"
-# Each model-epoch costs ~20 CPU seconds on a 2-core machine, so the four
-# default runs take about three minutes (measured, see demo/README.md);
-# `--epochs 25` reproduces the notebook.
+# Two epochs keep the four default runs to a few minutes on a 2-core machine
+# (measured in demo/README.md); `--epochs 25` reproduces the notebook.
 DEFAULT_EPOCHS = 2
 DEFAULT_MODELS = demo_models.MODEL_NAMES
 SEED = 0
