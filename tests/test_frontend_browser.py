@@ -32,6 +32,10 @@ pytestmark = pytest.mark.slow
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "gradient_health_tab.png"
 SCREENSHOT_IN_TENSORBOARD = REPO / "docs" / "gradient_health_in_tensorboard.png"
+SCREENSHOT_DARK = REPO / "docs" / "gradient_health_dark.png"
+# TensorBoard's theme menu and its dark choice.
+THEME_MENU = 'button[aria-label="Menu for changing light or dark theme"]'
+DARK = 'button[title="Force dark TensorBoard theme."]'
 # The README's screenshots are rewritten only on request (`make screenshots`),
 # so a test run leaves the checkout clean; otherwise they go to a temp folder.
 UPDATE_SCREENSHOTS = os.environ.get("UPDATE_SCREENSHOTS") == "1"
@@ -291,6 +295,15 @@ def test_inside_tensorboard_under_a_path_prefix_and_its_reload_button_refreshes_
     assert len(runs_requests) > seen
     target = screenshot_target(SCREENSHOT_IN_TENSORBOARD, tmp_path)
     target.parent.mkdir(exist_ok=True)
+    page.page.screenshot(path=str(target))
+    assert target.stat().st_size > 50_000
+    # TensorBoard's dark theme: the tab follows it and draws its canvases again in its colours.
+    page.page.click(THEME_MENU)
+    page.page.click(DARK)
+    frame.wait_for_function("() => document.documentElement.dataset.theme === 'dark'")
+    frame.wait_for_selector("body[data-state=ready]", timeout=LOAD_TIMEOUT_MS)
+    frame.evaluate("new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
+    target = screenshot_target(SCREENSHOT_DARK, tmp_path)
     page.page.screenshot(path=str(target))
     assert target.stat().st_size > 50_000
     assert page.tab_errors() == []
