@@ -13,7 +13,9 @@ it grew:
 * `whole`: the same *Refresh* with `after_step` dropped from the tab's
   requests by the browser, so the server sends each series whole and the tab
   decodes and draws it afresh (what a refresh cost before `after_step`);
-* `reopen`: the grown run opened in a new page (navigation, every route).
+* `reopen`: the grown run opened in a new page (navigation, every route);
+* `unchanged`: the tab's *Refresh* of a run that did not grow: what a
+  refresh costs the tab whatever it brings.
 
 Measured, from the click (or the navigation) until two animation frames after
 the tab says its charts are drawn (`body[data-charts=drawn]`): `/series`
@@ -47,7 +49,9 @@ ROUTES = "/data/plugin/gradient_health"
 VIEWPORT = frontend_draw.VIEWPORT
 TIMEOUT_MS = 300_000
 MAX_POINTS = 2048
-WAYS = ("after_step", "whole", "reopen")
+WAYS = ("after_step", "whole", "reopen", "unchanged")
+# The ways that show a growth (`unchanged` refreshes a run that did not grow).
+GROWING_WAYS = WAYS[:3]
 
 # Records when the charts are next drawn after they were loading: two frames after, so the frame was painted.
 _WATCH_SCRIPT = """
@@ -130,7 +134,7 @@ def _measure(page, cdp, start, from_ms: float) -> dict:
 
 
 def measure_once(browser, server, url: str, way: str, grow) -> dict:
-    """Opens the tab on the run, grows it by calling `grow()` (returns the new last step), and measures `way` of showing it."""
+    """Opens the tab on the run, grows it by calling `grow()` (returns the new last step) unless `way` is `unchanged`, and measures `way` of showing it."""
     context = browser.new_context(viewport=VIEWPORT)
     try:
         if way == "whole":
@@ -147,7 +151,7 @@ def measure_once(browser, server, url: str, way: str, grow) -> dict:
             page.goto(url)
             page.wait_for_selector("body[data-charts=drawn]", timeout=TIMEOUT_MS)
             page.wait_for_selector("body[data-state=ready]", timeout=TIMEOUT_MS)
-            last = grow()
+            last = _max_step(server) if way == "unchanged" else grow()
             server.wait_until(lambda: _max_step(server) == last, TIMEOUT_MS / 1000, "the new steps to load")
             from_ms = page.evaluate(_WATCH_SCRIPT)
             result = _measure(page, cdp, lambda: page.click(".refresh-button"), from_ms)
@@ -181,7 +185,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--load-fast", default="true", choices=["true", "false"])
     parser.add_argument("--out-dir", default=str(common.OUT_DIR))
     args = parser.parse_args(argv)
-    if args.steps + (args.reps * len(WAYS) + 1) * args.new_steps >= MAX_POINTS:
+    if args.steps + (args.reps * len(GROWING_WAYS) + 1) * args.new_steps >= MAX_POINTS:
         parser.error("the run would outgrow max_points (%d) and be downsampled" % MAX_POINTS)
     from playwright import sync_api
 
@@ -234,7 +238,7 @@ def main(argv=None) -> dict:
     summary = {}
     for way in WAYS:
         summary[way] = {key: common.median([t[key] for t in results["times"][way]]) for key in keys}
-    for way in ("whole", "reopen"):
+    for way in WAYS[1:]:
         for key in ("series_kib", "task_ms", "script_ms", "browser_ms", "total_ms"):
             paired = [
                 b[key] / a[key] for a, b in zip(results["times"]["after_step"], results["times"][way]) if a[key] > 0
