@@ -65,4 +65,4 @@ clean:
 
 # Rewrites the README's screenshots in docs/ from the browser tests.
 screenshots: $(INSTALLED) chromium
-	UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/test_frontend_browser.py -k "screenshot or path_prefix" -q
+	UPDATE_SCREENSHOTS=1 $(PY) -m pytest tests/test_frontend_browser.py tests/test_frontend_zoo.py -k "screenshot or path_prefix" -q

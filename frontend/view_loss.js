@@ -4,7 +4,7 @@ import {NONFINITE_CSS} from './colormap.js';
 import {el, setupCanvas} from './dom.js';
 import {formatStep, formatValue, lastIndexAtOrBefore} from './format.js';
 import {palette} from './theme.js';
-import {decadeSplits} from './view_trend.js';
+import {decadeSplits, ticksAsValues} from './view_trend.js';
 import uPlot from './vendor/uplot/uPlot.esm.js';
 
 const HEIGHT_PX = 96;
@@ -87,7 +87,7 @@ export class LossChart {
           stroke: colours.muted,
           grid: {stroke: colours.grid},
           ticks: {stroke: colours.tick, size: 3},
-          values: (u, splits) => splits.map(formatValue),
+          values: ticksAsValues,
           size: AXIS_PX,
           space: 24,
           // Decades only (uPlot's log axis would also grid every 2..9 of each decade, too dense in this height).

@@ -27,7 +27,8 @@ function ticksAsSteps(u, splits) {
   return splits.map((v) => (v === null ? null : Number.isInteger(v) ? formatStep(v) : ''));
 }
 
-function ticksAsValues(u, splits) {
+/** Labels of a value axis (uPlot's `values`): a power of ten as 1e-3, any other value as the read-outs write it. */
+export function ticksAsValues(u, splits) {
   return splits.map((v) => {
     if (v === null) return null;
     const exponent = Math.log10(v);

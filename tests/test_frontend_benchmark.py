@@ -51,3 +51,30 @@ def test_frontend_interact_smoke(tmp_path):
     assert 0 < visit["lines_drawn"] < LAYERS
     assert results["summary"][size]["hover_ratio"] > 0
     assert results["machine"]["command"].startswith("python -m benchmarks.frontend_interact --sizes")
+
+
+def test_frontend_refresh_smoke(tmp_path):
+    pytest.importorskip("playwright.sync_api")
+    from benchmarks import frontend_refresh
+
+    if not pathlib.Path(frontend_refresh.frontend_draw.CHROMIUM).exists():
+        pytest.skip("no Chromium at %s (make chromium)" % frontend_refresh.frontend_draw.CHROMIUM)
+    argv = ["--layers", str(LAYERS), "--steps", str(STEPS), "--new-steps", "5", "--reps", "1"]
+    subprocess.run(
+        [sys.executable, "-m", "benchmarks.frontend_refresh", *argv, "--out-dir", str(tmp_path)],
+        cwd=REPO,
+        check=True,
+        capture_output=True,
+        timeout=TIMEOUT_S,
+    )
+    (path,) = tmp_path.glob("frontend_refresh-*.json")
+    results = json.loads(path.read_text())
+    times = {way: visits[0] for way, visits in results["times"].items()}
+    assert set(times) == set(frontend_refresh.WAYS)
+    # Each way showed the (grown) run with no error: the grad_norm and the loss, each one /series request.
+    assert all(t["errors"] == 0 and t["series_requests"] == 2 and t["task_ms"] > 0 for t in times.values())
+    grown = sorted(times[way]["last_step"] for way in frontend_refresh.GROWING_WAYS)
+    assert grown == [STEPS + 5 * k - 1 for k in (2, 3, 4)] and times["unchanged"]["last_step"] in grown
+    # The refresh by new steps sends fewer bytes than the whole series, which a reopened page fetches too.
+    assert times["after_step"]["series_decoded_kib"] < times["whole"]["series_decoded_kib"] / 2
+    assert results["summary"]["whole"]["series_x"] > 1

@@ -21,6 +21,7 @@ from support.browser import (  # noqa: F401  (fixtures)
     browser,
     in_process_tensorboard,
     page,
+    save_screenshot,
     tensorboard_process,
 )
 from tb_server import strict_json
@@ -32,6 +33,10 @@ pytestmark = pytest.mark.slow
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "gradient_health_tab.png"
 SCREENSHOT_IN_TENSORBOARD = REPO / "docs" / "gradient_health_in_tensorboard.png"
+SCREENSHOT_DARK = REPO / "docs" / "gradient_health_dark.png"
+# TensorBoard's theme menu and its dark choice.
+THEME_MENU = 'button[aria-label="Menu for changing light or dark theme"]'
+DARK = 'button[title="Force dark TensorBoard theme."]'
 # The README's screenshots are rewritten only on request (`make screenshots`),
 # so a test run leaves the checkout clean; otherwise they go to a temp folder.
 UPDATE_SCREENSHOTS = os.environ.get("UPDATE_SCREENSHOTS") == "1"
@@ -102,6 +107,15 @@ def demo_server(demo_logdir):
     """TensorBoard over the demo's runs only: what the README's screenshots show."""
     with tensorboard_process(demo_logdir, PATH_PREFIX) as running:
         yield running
+
+
+def settle_tensorboard(page) -> None:
+    """Waits until TensorBoard's page has no animation running (its tab bar's underline moves after a reload) and no button has the pointer or focus."""
+    page.page.mouse.move(0, page.page.viewport_size["height"] - 1)
+    page.page.evaluate("document.activeElement && document.activeElement.blur()")
+    page.page.wait_for_function("() => document.getAnimations().every((a) => a.playState !== 'running')")
+    for frame in page.page.frames:
+        frame.evaluate("new Promise((done) => requestAnimationFrame(() => requestAnimationFrame(done)))")
 
 
 def verdicts(server):
@@ -289,9 +303,24 @@ def test_inside_tensorboard_under_a_path_prefix_and_its_reload_button_refreshes_
     with page.page.expect_request(lambda request: request.url.endswith(ROUTES + "/runs"), timeout=LOAD_TIMEOUT_MS):
         page.page.click("button.reload-button")
     assert len(runs_requests) > seen
+    frame.wait_for_selector("body[data-state=ready]", timeout=LOAD_TIMEOUT_MS)
+    settle_tensorboard(page)
     target = screenshot_target(SCREENSHOT_IN_TENSORBOARD, tmp_path)
     target.parent.mkdir(exist_ok=True)
-    page.page.screenshot(path=str(target))
+    save_screenshot(page.page, target)
+    assert target.stat().st_size > 50_000
+    # TensorBoard's dark theme: the tab follows it and draws its canvases again in its colours (shown at its charts).
+    page.page.click(THEME_MENU)
+    page.page.click(DARK)
+    frame.wait_for_function("() => document.documentElement.dataset.theme === 'dark'")
+    frame.wait_for_selector("body[data-state=ready]", timeout=LOAD_TIMEOUT_MS)
+    frame.evaluate(
+        "window.scrollTo(0, document.querySelector('.panel-trends').getBoundingClientRect().top + window.scrollY"
+        " - document.querySelector('.toolbar').offsetHeight - 12)"
+    )
+    settle_tensorboard(page)
+    target = screenshot_target(SCREENSHOT_DARK, tmp_path)
+    save_screenshot(page.page, target)
     assert target.stat().st_size > 50_000
     assert page.tab_errors() == []
 
@@ -304,7 +333,7 @@ def test_screenshot_of_the_tab_over_the_demo_runs(demo_server, page, tmp_path):
     page.page.evaluate("document.fonts.ready")
     target = screenshot_target(SCREENSHOT, tmp_path)
     target.parent.mkdir(exist_ok=True)
-    page.page.screenshot(path=str(target), full_page=True)
+    save_screenshot(page.page, target, full_page=True)
     assert target.stat().st_size > 50_000
     assert page.errors == []
 

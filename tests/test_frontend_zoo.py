@@ -12,7 +12,15 @@ import urllib.request
 
 import numpy as np
 import pytest
-from support.browser import ENTRY, HEATMAP_TOP_PX, ROUTES, Page, browser, in_process_tensorboard  # noqa: F401  (fixtures)
+from support.browser import (  # noqa: F401  (fixtures)
+    ENTRY,
+    HEATMAP_TOP_PX,
+    ROUTES,
+    Page,
+    browser,
+    in_process_tensorboard,
+    save_screenshot,
+)
 from tb_server import strict_json
 
 pytestmark = pytest.mark.slow
@@ -185,6 +193,6 @@ def test_one_kind_at_a_time_takes_the_zebra_of_convolutions_and_normalisation_ou
 def test_screenshot_of_a_deep_model(tab, tmp_path):
     tab.page.evaluate("document.fonts.ready")
     target = SCREENSHOT if UPDATE_SCREENSHOTS else tmp_path / SCREENSHOT.name
-    tab.page.screenshot(path=str(target), full_page=True)
+    save_screenshot(tab.page, target, full_page=True)
     assert target.stat().st_size > 50_000
     assert tab.errors == []
