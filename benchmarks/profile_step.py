@@ -40,7 +40,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-from benchmarks import common, overhead
+from benchmarks import common, workloads
 from tb_gradhealth import GradientHealthCallback
 from tb_gradhealth.capture.recorder import GRAPH_SCOPE
 
@@ -51,7 +51,7 @@ LOGGED = "logged"
 FUNCTIONS = (PLAIN, PLAIN_AGAIN, UNLOGGED, LOGGED)
 # Any update_freq > 1 gives the callback its two train functions.
 UPDATE_FREQ = 100
-DATA_STEPS = 400  # distinct batches the pipeline repeats
+DATA_STEPS = 100  # distinct batches the pipeline repeats
 WARMUP_CALLS = 20
 BOOTSTRAP_SAMPLES = 2000
 TOP_OPS = 8
@@ -62,11 +62,11 @@ _PS_PER_US = 1e6
 
 def train_functions(model_name: str, log_dir: str):
     """Returns (iterator, {function name: train function}) of one compiled model."""
-    build, _ = overhead.MODELS[model_name]
-    x, y = overhead.random_data(DATA_STEPS)
-    iterator = iter(tf.data.Dataset.from_tensor_slices((x, y)).batch(overhead.BATCH_SIZE).repeat().prefetch(4))
-    model = overhead._compiled(build, "auto")
-    model.fit(x[: 2 * overhead.BATCH_SIZE], y[: 2 * overhead.BATCH_SIZE], batch_size=overhead.BATCH_SIZE, verbose=0)
+    batch_size = workloads.WORKLOADS[model_name].batch_size
+    x, y = workloads.data(model_name, DATA_STEPS)
+    iterator = iter(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).repeat().prefetch(4))
+    model = workloads.compiled(model_name)
+    model.fit(x[: 2 * batch_size], y[: 2 * batch_size], batch_size=batch_size, verbose=0)
     functions = {PLAIN: model.train_function}
     model.make_train_function(force=True)
     functions[PLAIN_AGAIN] = model.train_function
@@ -164,7 +164,7 @@ def profile_ops(iterator, function, steps: int) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="baseline_mlp", choices=list(overhead.MODELS))
+    parser.add_argument("--model", default="baseline_mlp", choices=list(workloads.WORKLOADS))
     parser.add_argument("--rounds", type=int, default=40, help="rounds of alternating blocks")
     parser.add_argument("--block", type=int, default=25, help="steps per function per round")
     parser.add_argument("--profile-steps", type=int, default=40, help="profiled steps per function")
