@@ -7,8 +7,15 @@ INSTALLED := $(VENV)/.installed
 PORT ?= 6006
 LOGDIR ?= logs
 EPOCHS ?=
+# `keras`, `torch` or both (`make demo FRAMEWORK="keras torch"`): which runs the demo trains.
+FRAMEWORK ?= keras
 CHROMIUM := /usr/bin/chromium
 FASHION_MNIST_DEB := dataset-fashion-mnist
+# The torch the tests run on, pinned so every machine tests the same build.
+# pip picks the CPU build (2.13.0+cpu) where a wheel folder or index offering
+# it is configured; PyPI alone offers the CUDA build of the same version
+# (several GB more).
+TORCH_PIN ?= torch==2.13.0
 # apt-get needs root; elsewhere go through sudo.
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
@@ -18,8 +25,8 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(INSTALLED): $(PY) setup.py
-	$(PY) -m pip install --quiet -e '.[test]'
+$(INSTALLED): $(PY) setup.py Makefile
+	$(PY) -m pip install --quiet -e '.[test,torch]' '$(TORCH_PIN)'
 	touch $@
 
 install: $(INSTALLED)
@@ -49,7 +56,7 @@ demo-data: $(INSTALLED)
 
 # demo-data already tried the download, so the demo does not wait for it again.
 demo: $(INSTALLED) demo-data
-	$(PY) -m demo --no-download --logdir $(LOGDIR) --port $(PORT) $(if $(EPOCHS),--epochs $(EPOCHS))
+	$(PY) -m demo --no-download --logdir $(LOGDIR) --port $(PORT) $(if $(EPOCHS),--epochs $(EPOCHS)) --framework $(FRAMEWORK)
 	@echo "Gradient Health tab: http://127.0.0.1:$(PORT)/#gradient_health  (Ctrl+C stops TensorBoard)"
 	$(VENV)/bin/tensorboard --logdir $(LOGDIR) --host 127.0.0.1 --port $(PORT)
 

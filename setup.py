@@ -38,6 +38,10 @@ setuptools.setup(
             "build>=1.0",
             "ruff>=0.6",
         ],
+        # tb_gradhealth.torch, the PyTorch monitor.
+        "torch": ["torch>=2.4"],
+        # benchmarks/torch_overhead.py compares the monitor with wandb.watch.
+        "benchmark": ["wandb>=0.17"],
     },
     entry_points={
         "tensorboard_plugins": [

@@ -23,6 +23,7 @@ OUT_DIR = REPO / "benchmarks" / "out"
 # tests/tb_server.py starts and stops a real `tensorboard` on a free port;
 # the benchmarks use the very same code as the end-to-end tests.
 sys.path.insert(0, str(REPO / "tests"))
+import tb_server  # noqa: F401 - the scripts use it as common.tb_server
 
 _CLOCK_TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 _KIB = 1024

@@ -31,6 +31,9 @@ SEED = 0
 BATCH_SIZE = 32  # Keras' default, as in the notebook
 VALIDATION_SPLIT = 0.1
 DEFAULT_PORT = 6006
+KERAS = "keras"
+TORCH = "torch"
+FRAMEWORKS = (KERAS, TORCH)
 
 # What the demo writes into a run folder; a folder holding anything else is
 # not ours and is never deleted.
@@ -180,6 +183,7 @@ def run_all(
     download: bool = True,
     verbose: int | str = "auto",
     log: Callable[[str], None] = print,
+    frameworks: Sequence[str] = (KERAS,),
 ) -> list[RunResult]:
     """Trains each demo model into `<logdir>/<run>` and returns what was written.
 
@@ -195,9 +199,11 @@ def run_all(
       download: whether MNIST may be downloaded when it is not cached.
       verbose: Keras' `fit` verbosity; "auto" picks a progress bar in a terminal.
       log: receives the progress announcements.
+      frameworks: `keras` (runs `<model>`) and/or `torch` (runs
+        `<model>-torch`, see `demo.train_torch`), trained on the same data.
 
     Raises:
-      ValueError: an unknown model name.
+      ValueError: an unknown model name or framework.
       demo.data.DataUnavailableError: no data of the requested kind.
     """
     models = list(DEFAULT_MODELS if models is None else models)
@@ -206,13 +212,21 @@ def run_all(
         raise ValueError("unknown model(s) %s; choose from %s" % (unknown, ", ".join(demo_models.MODEL_NAMES)))
     if epochs < 1:
         raise ValueError("epochs must be at least 1, got %d" % epochs)
+    if not frameworks or set(frameworks) - set(FRAMEWORKS):
+        raise ValueError("frameworks must be some of %s, got %s" % (", ".join(FRAMEWORKS), list(frameworks)))
     loaded = demo_data.load(dataset, data=data, download=download, log=log)
     results = []
-    for index, name in enumerate(models, start=1):
-        spec = demo_models.SPECS[name]
-        log("[%d/%d] %s: %s (%s, %d epochs)" % (index, len(models), name, spec.summary, loaded.title, epochs))
-        results.append(train_one(spec, loaded, logdir, epochs, seed=seed, verbose=verbose, log=log))
-        log("[%d/%d] %s done in %.1f s" % (index, len(models), name, results[-1].seconds))
+    if KERAS in frameworks:
+        for index, name in enumerate(models, start=1):
+            spec = demo_models.SPECS[name]
+            log("[%d/%d] %s: %s (%s, %d epochs)" % (index, len(models), name, spec.summary, loaded.title, epochs))
+            results.append(train_one(spec, loaded, logdir, epochs, seed=seed, verbose=verbose, log=log))
+            log("[%d/%d] %s done in %.1f s" % (index, len(models), name, results[-1].seconds))
+    if TORCH in frameworks:
+        # Imported here: torch is an optional dependency (the `torch` extra).
+        from demo import train_torch
+
+        results += train_torch.run_all(logdir, epochs, models, loaded, seed=seed, log=log)
     return results
 
 
@@ -270,6 +284,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-download", action="store_true", help="never try to download MNIST")
     parser.add_argument("--seed", type=int, default=SEED, help="random seed (default: %(default)s)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="port shown in the tensorboard command")
+    parser.add_argument(
+        "--framework",
+        nargs="+",
+        choices=FRAMEWORKS,
+        default=[KERAS],
+        help="train in Keras (runs <model>), PyTorch (runs <model>-torch) or both (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
     started = time.time()
     try:
@@ -281,6 +302,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             data=args.data,
             seed=args.seed,
             download=not args.no_download,
+            frameworks=args.framework,
         )
     except (demo_data.DataUnavailableError, FileExistsError, ValueError) as error:
         print("error: %s" % error, file=sys.stderr)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from tb_gradhealth import metadata
-from tb_gradhealth.diagnosis import findings
+from tb_gradhealth.diagnosis import findings, loss
 from tb_gradhealth.diagnosis.tables import RunStats
 
 # "Most steps": a layer without any gradient on at least half of the logged
-# steps learns on a minority of them. Live calibration layers never had an
-# exactly-zero gradient; layers behind a dead ReLU layer have one on 100%.
-DEAD_FRACTION = 0.5  # of finite logged steps
+# steps learns on a minority of them. No layer of a healthy calibration run
+# ever had an exactly-zero gradient; layers behind a dead ReLU layer have one
+# on 100%.
+DEAD_FRACTION = 0.5  # of the finite logged steps the layer was recorded at
 
 # Fewest finite logged steps of a layer for "most steps" to mean something.
 MIN_STEPS = 3  # logged steps
@@ -41,7 +42,7 @@ def check(stats: RunStats) -> tuple[findings.Finding | None, list[str]]:
     columns = np.flatnonzero(flagged)
     layers = tuple(stats.layers[j] for j in columns)
     first_step = int(min(table.steps[np.argmax(zero[:, j])] for j in columns))
-    message = "The gradient (%s) of %s is exactly zero on %s of the logged steps, from step %d." % (
+    message = "The gradient (%s) of %s is exactly zero on %s of its logged steps, from step %d." % (
         stat,
         findings.format_layers(layers),
         _percent_range(fraction[columns]),
@@ -50,13 +51,22 @@ def check(stats: RunStats) -> tuple[findings.Finding | None, list[str]]:
     if columns[0] == 0 and np.array_equal(columns, np.arange(len(columns))) and len(columns) < len(stats.layers):
         # A block from the input up: no gradient gets past its last layer.
         message += " No gradient passes %s, so the layers before it get none either." % layers[-1]
+    evidence = {
+        "zero_fraction": fraction[columns],
+        "fraction_threshold": DEAD_FRACTION,
+        "steps_judged": n_finite[columns].astype(float),
+    }
+    trend = loss.trend(stats.loss)
+    if trend is not None:
+        evidence.update(trend.evidence())
+        message += " " + trend.sentence()
     return (
         findings.Finding(
             kind=findings.DEAD,
             layers=layers,
             first_step=first_step,
             severity=findings.CRITICAL if flagged.all() else findings.WARNING,
-            evidence={"zero_fraction": fraction[columns], "fraction_threshold": DEAD_FRACTION},
+            evidence=evidence,
             message=message,
             advice=ADVICE,
         ),

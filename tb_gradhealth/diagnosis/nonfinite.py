@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from tb_gradhealth import metadata
-from tb_gradhealth.diagnosis import findings
+from tb_gradhealth.diagnosis import findings, loss
 from tb_gradhealth.diagnosis.tables import RunStats
 
 ADVICE = (
@@ -22,21 +22,22 @@ def _bad_entries(stats: RunStats) -> list[tuple[np.ndarray, np.ndarray]]:
     only if an element is, but it is +Inf as soon as the sum of squares
     overflows float32 (elements above ~1e19), which is exploding rather
     than non-finite; an infinite norm counts only when neither element-level
-    statistic was recorded.
+    statistic was recorded. A layer not recorded at a step (NaN there) is
+    never non-finite.
     """
     entries = []
     count = stats.tables.get(metadata.NONFINITE)
     if count is not None:
-        entries.append((count.steps, (count.values > 0) | np.isnan(count.values)))
+        entries.append((count.steps, ((count.values > 0) | np.isnan(count.values)) & count.recorded))
     max_abs = stats.tables.get(metadata.GRAD_MAX_ABS)
     if max_abs is not None:
-        entries.append((max_abs.steps, ~np.isfinite(max_abs.values)))
+        entries.append((max_abs.steps, ~np.isfinite(max_abs.values) & max_abs.recorded))
     element_level = bool(entries)
     for stat in (metadata.GRAD_NORM, metadata.GRAD_NORM_MAX):
         table = stats.tables.get(stat)
         if table is not None:
             bad = np.isnan(table.values) if element_level else ~np.isfinite(table.values)
-            entries.append((table.steps, bad))
+            entries.append((table.steps, bad & table.recorded))
     return entries
 
 
@@ -56,7 +57,7 @@ def check(stats: RunStats) -> tuple[findings.Finding | None, list[str]]:
     first_step = int(steps[first])
     layers = tuple(stats.layers[j] for j in np.flatnonzero(bad[first]))
     weights = stats.tables.get(metadata.WEIGHT_NORM)
-    weights_nonfinite = weights is not None and not np.isfinite(weights.values).all()
+    weights_nonfinite = weights is not None and bool((~np.isfinite(weights.values) & weights.recorded).any())
     # Training is broken when the weights became NaN/Inf or the last logged
     # step is still non-finite; isolated steps that training got past (e.g.
     # skipped by a loss-scale optimizer) are a warning.
@@ -71,6 +72,12 @@ def check(stats: RunStats) -> tuple[findings.Finding | None, list[str]]:
     if count is not None and first_step in count.steps:
         row = count.values[int(np.searchsorted(count.steps, first_step))]
         evidence["elements_at_first_step"] = [row[stats.layers.index(name)] for name in layers]
+    loss_at_first = loss.at_step(stats.loss, first_step)
+    if loss_at_first is not None:
+        evidence["loss_at_first_step"] = loss_at_first
+    loss_before = _last_finite_loss_before(stats, first_step)
+    if loss_before is not None:
+        evidence["loss_before"] = loss_before[1]
     if broken:
         outcome = "training did not recover (%s)." % (
             "the weights became non-finite" if weights_nonfinite else "the last logged step is non-finite"
@@ -86,6 +93,12 @@ def check(stats: RunStats) -> tuple[findings.Finding | None, list[str]]:
         len(steps),
         outcome,
     )
+    if loss_before is not None:
+        message += " The loss was %s at step %d%s." % (
+            findings.format_number(loss_before[1]),
+            loss_before[0],
+            "" if loss_at_first is None else " and %s at step %d" % (findings.format_number(loss_at_first), first_step),
+        )
     return (
         findings.Finding(
             kind=findings.NONFINITE,
@@ -98,3 +111,19 @@ def check(stats: RunStats) -> tuple[findings.Finding | None, list[str]]:
         ),
         [],
     )
+
+
+def is_broken(finding: findings.Finding | None) -> bool:
+    """Whether a `nonfinite` finding says training did not recover (its severity is critical)."""
+    return finding is not None and finding.severity == findings.CRITICAL
+
+
+def _last_finite_loss_before(stats: RunStats, step: int) -> tuple[int, float] | None:
+    """(step, loss) of the last finite loss before `step`, or None."""
+    if stats.loss is None:
+        return None
+    before = (stats.loss.steps < step) & np.isfinite(stats.loss.values)
+    if not before.any():
+        return None
+    row = int(np.flatnonzero(before)[-1])
+    return int(stats.loss.steps[row]), float(stats.loss.values[row])

@@ -1,4 +1,4 @@
-"""Rule `vanishing`: gradients orders of magnitude smaller towards the input, or updates too small to move stalled layers."""
+"""Rule `vanishing`: gradients shrinking layer by layer towards the input, or updates too small while nothing learns."""
 
 from __future__ import annotations
 
@@ -7,36 +7,55 @@ import dataclasses
 import numpy as np
 
 from tb_gradhealth import metadata
-from tb_gradhealth.diagnosis import findings
+from tb_gradhealth.diagnosis import findings, loss
 from tb_gradhealth.diagnosis.findings import format_number
-from tb_gradhealth.diagnosis.tables import RunStats, at_common_steps
+from tb_gradhealth.diagnosis.tables import RunStats, at_common_steps, column_medians
 
-# A layer vanishes across depth when its gradient, measured size-fairly, is
-# two orders of magnitude below the output layer's (median over logged
-# steps). Healthy calibration layers never went below 0.16 (relative
-# gradient) and 0.046 (largest element) of the output layer; the 10-layer
-# sigmoid MLP's first eight are at 9.4e-3 .. 1.6e-6.
+# A layer is far below the output layer when its gradient, measured
+# size-fairly, is two orders of magnitude below the output layer's (median
+# over logged steps). The deep sigmoid MLP's first eight layers are at
+# 9.4e-3 .. 1.6e-6; the layers of healthy calibration runs stay above 0.041,
+# except attention's query/key projections (down to 8e-4), which the two
+# rules below leave alone.
 DEPTH_RATIO = 1e-2  # x the output layer's
+
+# Vanishing is a property of depth: the gradient shrinks layer after layer on
+# its way back to the input. So the layers far below the output must be a
+# block of at least two consecutive layers from the input on; one small layer,
+# or small layers with a normal one nearer the input, is that layer's own
+# business (a query/key projection behind a near-uniform softmax, an
+# embedding, a normalisation layer), and the gradient demonstrably reaches
+# the layers nearer the input.
+MIN_BLOCK_LAYERS = 2  # layers
+
+# ... and the block must lead smoothly into the layers above it: the first
+# layer above the block is at most this factor above the block's last layer.
+# In vanishing calibration runs the gradient grows at most 9x per layer; a block
+# that gets all its two orders of magnitude at one layer boundary (a query
+# and a key projection before their value projection: 8,600x) is the
+# property of those layers, not of depth.
+MAX_STEP_OUT_OF_BLOCK = 1 / DEPTH_RATIO  # x the block's last layer
 
 # Updates too small to move the weights: two orders of magnitude below the
 # usual rule of thumb of ~1e-3 per step. Healthy calibration runs stayed
-# above 2.4e-4 (Adam) and 2.9e-5 (SGD with momentum, converging); SGD at a
+# above 2.9e-5 (SGD with momentum, converging) and 2.2e-4 (Adam); SGD at a
 # learning rate of 1e-5 gives 1.6e-6.
 UPDATE_RATIO_TINY = 1e-5  # ||update|| / ||weights|| per step
 
-# The loss is not in the data, so "the loss is not improving" is judged by
-# the layer's own gradient norm: a model that learns (converges) sees it
-# fall; a stalled one keeps it flat. Stalled: the median of the last quarter
-# of logged steps is at least half that of the first quarter. Converging
-# calibration runs fell to 0.01-0.025; stalled layers (deep sigmoid, too
-# low a learning rate) stayed at 0.72-1.1.
+# Without the loss, "the model is not learning" is judged by the layer's own
+# gradient norm: a model that learns (converges) sees it fall; a stalled one
+# keeps it flat. Stalled: the median of the last quarter of logged steps is
+# at least half that of the first quarter. Converging calibration runs fell
+# to 0.01-0.025; stalled layers (deep sigmoid, too low a learning rate)
+# stayed at 0.72-1.1.
 STALLED_NORM_CHANGE = 0.5  # last quarter / first quarter
 
 # Fewest logged steps for the stall test (a first and a last quarter).
 MIN_TREND_STEPS = 4  # logged steps
 
 # A layer two further orders of magnitude below a threshold effectively does
-# not train: the finding is critical.
+# not train: the finding is critical (unless the loss shows the model
+# learning all the same, see `loss.LEARNING_FALL`).
 CRITICAL_FACTOR = 1e-2
 
 ADVICE_DEPTH = (
@@ -96,64 +115,108 @@ def _ratios_to_output(measure: _Measure, output: int) -> np.ndarray:
         return np.where(reference > 0, values / reference, np.nan)
 
 
-def _nanmedian(values: np.ndarray) -> np.ndarray:
-    """Column medians ignoring NaN; NaN for a column with no value."""
-    out = np.full(values.shape[1], np.nan)
-    for j in range(values.shape[1]):
-        column = values[:, j]
-        column = column[~np.isnan(column)]
-        if len(column):
-            out[j] = np.median(column)
-    return out
+@dataclasses.dataclass(frozen=True)
+class _Depth:
+    """What the across-depth test found."""
+
+    flagged: np.ndarray  # bool per layer
+    medians: list[np.ndarray]  # per measure, each layer's median ratio to the output layer
+    first_step: int | None = None
+    description: str | None = None
 
 
-def _depth(stats: RunStats, alive: np.ndarray):
-    """Returns (flagged mask, primary median ratios, first step, description, notes)."""
+def _block_from_input(small: np.ndarray, alive: np.ndarray) -> np.ndarray:
+    """The leading layers that are small (dead layers, reported as dead, are passed over), as a mask."""
+    block = np.zeros(len(small), bool)
+    for j in range(len(small)):
+        if not alive[j]:
+            continue
+        if not small[j]:
+            break
+        block[j] = True
+    return block
+
+
+def _depth(stats: RunStats, alive: np.ndarray) -> tuple[_Depth, list[str]]:
+    """The block of layers from the input far below the output layer, leading smoothly into the layers above."""
     n_layers = len(stats.layers)
+    none = np.zeros(n_layers, bool)
     measures, notes = _depth_measures(stats)
     if n_layers < 2 or not measures or not alive.any():
-        return np.zeros(n_layers, bool), None, None, None, notes
+        return _Depth(none, []), notes
     # The gradient enters the network at the output layer; the layer nearest
     # the output that has a gradient at all is the reference.
     output = int(np.flatnonzero(alive)[-1])
-    flagged = alive.copy()
-    flagged[output] = False
-    medians = []
+    small = alive.copy()
+    small[output] = False
+    ratios, medians = [], []
     for measure in measures:
-        ratios = _ratios_to_output(measure, output)
-        median = _nanmedian(ratios)
-        flagged &= median <= DEPTH_RATIO  # NaN compares False
-        medians.append((ratios, median))
-    if not flagged.any():
-        return flagged, medians[0][1], None, None, notes
-    primary_ratios, primary_median = medians[0]
+        measure_ratios = _ratios_to_output(measure, output)
+        median = column_medians(measure_ratios)
+        small &= median <= DEPTH_RATIO  # NaN compares False
+        ratios.append(measure_ratios)
+        medians.append(median)
+    block = _block_from_input(small, alive)
+    columns = np.flatnonzero(block)
+    if len(columns) < MIN_BLOCK_LAYERS:
+        return _Depth(none, medians), notes
+    above = next((j for j in range(columns[-1] + 1, n_layers) if alive[j]), None)
+    if above is not None and any(
+        not median[above] <= MAX_STEP_OUT_OF_BLOCK * median[columns[-1]] for median in medians
+    ):
+        return _Depth(none, medians), notes
     # A median at or below the threshold means some step is too.
-    below = (primary_ratios[:, flagged] <= DEPTH_RATIO).any(axis=1)
+    below = (ratios[0][:, block] <= DEPTH_RATIO).any(axis=1)
     first_step = int(measures[0].steps[np.argmax(below)])
-    return flagged, primary_median, first_step, measures[0].description, notes
+    return _Depth(block, medians, first_step, measures[0].description), notes
 
 
-def _stalled_small_updates(stats: RunStats, alive: np.ndarray):
-    """Returns (flagged mask, median update ratios, norm changes, first step, notes)."""
-    n_layers = len(stats.layers)
-    none = np.zeros(n_layers, bool)
+@dataclasses.dataclass(frozen=True)
+class _SmallUpdates:
+    """What the too-small-updates test found."""
+
+    flagged: np.ndarray
+    update_medians: np.ndarray | None = None
+    norm_change: np.ndarray | None = None  # per layer, when judged without the loss
+    first_step: int | None = None
+
+
+def _small_updates(stats: RunStats, alive: np.ndarray, trend: loss.LossTrend | None) -> tuple[_SmallUpdates, list[str]]:
+    """Layers whose updates are too small while the model does not learn.
+
+    "Does not learn" is the loss not falling when the run has the loss, else
+    the layer's gradient norm not falling.
+    """
+    none = _SmallUpdates(np.zeros(len(stats.layers), bool))
     updates = stats.tables.get(metadata.UPDATE_RATIO)
-    _, norms = stats.first_of(metadata.GRAD_NORM, metadata.GRAD_NORM_MAX, metadata.GRAD_MAX_ABS)
-    if updates is None or norms is None:
-        return none, None, None, None, ["no update_ratio or gradient norm: too-small updates not checked"]
-    if len(updates.steps) < MIN_TREND_STEPS or len(norms.steps) < MIN_TREND_STEPS:
-        return none, None, None, None, ["fewer than %d logged steps: too-small updates not checked" % MIN_TREND_STEPS]
-    update_median = _nanmedian(np.where(np.isfinite(updates.values), updates.values, np.nan))
-    values = np.where(np.isfinite(norms.values), norms.values, np.nan)
-    quarter = max(1, len(values) // 4)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        change = _nanmedian(values[-quarter:]) / _nanmedian(values[:quarter])
-    flagged = alive & (update_median <= UPDATE_RATIO_TINY) & (change >= STALLED_NORM_CHANGE)
+    if updates is None:
+        return none, ["no update_ratio recorded: too-small updates not checked"]
+    if len(updates.steps) < MIN_TREND_STEPS:
+        return none, ["fewer than %d logged steps: too-small updates not checked" % MIN_TREND_STEPS]
+    update_median = column_medians(np.where(np.isfinite(updates.values), updates.values, np.nan))
+    tiny = alive & (update_median <= UPDATE_RATIO_TINY)
+    change, notes = None, []
+    if trend is not None:
+        not_learning = np.full(len(stats.layers), trend.stalled)
+    else:
+        if stats.loss is not None:
+            notes.append(
+                "fewer than %d finite loss values: 'not learning' judged from the gradient norms" % loss.MIN_STEPS
+            )
+        _, norms = stats.first_of(metadata.GRAD_NORM, metadata.GRAD_NORM_MAX, metadata.GRAD_MAX_ABS)
+        if norms is None or len(norms.steps) < MIN_TREND_STEPS:
+            notes.append("no gradient norm over %d logged steps: too-small updates not checked" % MIN_TREND_STEPS)
+            return _SmallUpdates(none.flagged, update_median), notes
+        values = np.where(np.isfinite(norms.values), norms.values, np.nan)
+        quarter = max(1, len(values) // 4)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            change = column_medians(values[-quarter:]) / column_medians(values[:quarter])
+        not_learning = change >= STALLED_NORM_CHANGE  # NaN compares False
+    flagged = tiny & not_learning
     if not flagged.any():
-        return flagged, update_median, change, None, []
+        return _SmallUpdates(flagged, update_median, change), notes
     below = (updates.values[:, flagged] <= UPDATE_RATIO_TINY).any(axis=1)
-    first_step = int(updates.steps[np.argmax(below)])
-    return flagged, update_median, change, first_step, []
+    return _SmallUpdates(flagged, update_median, change, int(updates.steps[np.argmax(below)])), notes
 
 
 def check(stats: RunStats, dead_layers: set[str]) -> tuple[findings.Finding | None, list[str]]:
@@ -164,54 +227,75 @@ def check(stats: RunStats, dead_layers: set[str]) -> tuple[findings.Finding | No
         gradient at all is dead, not vanishing, and is left out here.
     """
     alive = np.array([name not in dead_layers for name in stats.layers], dtype=bool)
-    deep, depth_median, depth_step, depth_description, notes = _depth(stats, alive)
-    small, update_median, change, small_step, small_notes = _stalled_small_updates(stats, alive)
+    trend = loss.trend(stats.loss)
+    depth, notes = _depth(stats, alive)
+    small, small_notes = _small_updates(stats, alive, trend)
     notes += small_notes
-    flagged = deep | small
+    deep = depth.flagged
+    flagged = deep | small.flagged
     if not flagged.any():
         return None, notes
     columns = np.flatnonzero(flagged)
     layers = tuple(stats.layers[j] for j in columns)
-    first_step = min(step for step in (depth_step, small_step) if step is not None)
+    first_step = min(step for step in (depth.first_step, small.first_step) if step is not None)
     evidence: dict = {}
     parts = []
     critical = False
     if deep.any():
-        evidence["ratio_to_output"] = depth_median[columns]
+        primary = depth.medians[0]
+        evidence["ratio_to_output"] = primary[columns]
+        if len(depth.medians) > 1:
+            evidence["max_abs_ratio_to_output"] = depth.medians[1][columns]
         evidence["ratio_threshold"] = DEPTH_RATIO
-        worst = float(np.nanmin(depth_median[deep]))
+        worst = float(np.nanmin(primary[deep]))
         critical |= worst <= DEPTH_RATIO * CRITICAL_FACTOR
         parts.append(
-            "The %s of %s is %s to %s of the output layer's (median over logged steps, threshold %g), "
-            "from step %d: the layers nearest the input barely learn."
+            "The %s shrinks layer by layer towards the input: in %s, the %d layers nearest the input, it is "
+            "%s to %s of the output layer's (median over logged steps, threshold %g%s), from step %d."
             % (
-                depth_description,
+                depth.description,
                 findings.format_layers([stats.layers[j] for j in np.flatnonzero(deep)]),
+                int(deep.sum()),
                 format_number(worst),
-                format_number(float(np.nanmax(depth_median[deep]))),
+                format_number(float(np.nanmax(primary[deep]))),
                 DEPTH_RATIO,
-                depth_step,
+                "; every size-fair measure agrees" if len(depth.medians) > 1 else "",
+                depth.first_step,
             )
         )
-    if update_median is not None:
-        evidence["update_ratio"] = update_median[columns]
-    if small.any():
+    if small.update_medians is not None:
+        evidence["update_ratio"] = small.update_medians[columns]
+    if small.flagged.any():
         evidence["update_ratio_threshold"] = UPDATE_RATIO_TINY
-        evidence["norm_change"] = change[columns]
-        worst = float(np.nanmin(update_median[small]))
+        worst = float(np.nanmin(small.update_medians[small.flagged]))
         critical |= worst <= UPDATE_RATIO_TINY * CRITICAL_FACTOR
+        if small.norm_change is not None:
+            evidence["norm_change"] = small.norm_change[columns]
+            why = "their gradient norm stays flat (last / first quarter of the run: %s to %s)" % (
+                format_number(float(np.nanmin(small.norm_change[small.flagged]))),
+                format_number(float(np.nanmax(small.norm_change[small.flagged]))),
+            )
+        else:
+            why = "the loss does not fall"
         parts.append(
-            "Updates of %s move the weights by a median %s of their norm per step (threshold %g) "
-            "while their gradient norm stays flat (last / first quarter of the run: %s to %s), from step %d."
+            "Updates of %s move the weights by a median %s of their norm per step (threshold %g) while %s, "
+            "from step %d."
             % (
-                findings.format_layers([stats.layers[j] for j in np.flatnonzero(small)]),
+                findings.format_layers([stats.layers[j] for j in np.flatnonzero(small.flagged)]),
                 format_number(worst),
                 UPDATE_RATIO_TINY,
-                format_number(float(np.nanmin(change[small]))),
-                format_number(float(np.nanmax(change[small]))),
-                small_step,
+                why,
+                small.first_step,
             )
         )
+    if trend is not None:
+        evidence.update(trend.evidence())
+        parts.append(trend.sentence())
+        if trend.learning and not small.flagged.any():
+            # The layers above the block learn the task: the block holds the
+            # model back, but training is not broken.
+            critical = False
+            parts.append("The layers nearer the output still learn.")
     return (
         findings.Finding(
             kind=findings.VANISHING,
