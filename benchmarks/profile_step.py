@@ -42,6 +42,7 @@ import tensorflow as tf
 
 from benchmarks import common, workloads
 from tb_gradhealth import GradientHealthCallback
+from tb_gradhealth.capture.keras_hooks import ModelHooks
 from tb_gradhealth.capture.recorder import GRAPH_SCOPE
 
 PLAIN = "plain"
@@ -73,11 +74,11 @@ def train_functions(model_name: str, log_dir: str):
     callback = GradientHealthCallback(log_dir, update_freq=UPDATE_FREQ)
     callback.set_model(model)
     callback.on_train_begin()
-    # The callback's own per-step choice (on_train_batch_begin), made by hand;
-    # each function is traced by its first call, with the recorder in its mode.
+    # The two functions the callback picks from per step (on_train_batch_begin);
+    # each is traced by its first call.
+    hooks = ModelHooks.of(model)
     for name, logged in ((UNLOGGED, False), (LOGGED, True)):
-        callback._select_train_function(logged)
-        functions[name] = model.train_function
+        functions[name] = hooks.recording_function(logged)
         functions[name](iterator)
     callback.on_train_end()
     for function in functions.values():

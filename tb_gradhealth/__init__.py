@@ -10,7 +10,8 @@ __version__ = "0.1.0"
 # the numpy-only summary API and TensorBoard's plugin loader stay light.
 _LAZY_EXPORTS = {
     "GradientHealthCallback": "tb_gradhealth.capture.keras_callback",
-    "GradientHealthWriter": "tb_gradhealth.capture.custom_loop",
+    "GradientHealthRecorder": "tb_gradhealth.capture.custom_loop",
+    "GradientHealthWriter": "tb_gradhealth.capture.custom_loop",  # GradientHealthRecorder's first name
     "GradientHealthFileWriter": "tb_gradhealth.summary",
     "write_layer_stats": "tb_gradhealth.summary",
 }

@@ -1,4 +1,4 @@
-"""Test-wide settings and shared fixtures: quiet TensorFlow, and the demo's runs trained once per session."""
+"""Test-wide settings and shared fixtures: quiet TensorFlow, the demo's runs and the architecture zoo, trained once per session."""
 
 import dataclasses
 import os
@@ -33,3 +33,16 @@ def demo_runs(tmp_path_factory) -> DemoRuns:
     messages = []
     results = train.run_all(logdir, DEMO_EPOCHS, dataset=data.SYNTHETIC, verbose=0, log=messages.append)
     return DemoRuns(logdir=logdir, results=results, messages=messages)
+
+
+@pytest.fixture(scope="session")
+def zoo_runs(tmp_path_factory):
+    """{case: support.zoo.ZooRun} of real architectures trained a few steps with the callback, each on first use.
+
+    `zoo_runs["mobilenet_v2"].log_dir` is the case's log directory (its
+    `run_dir` the `train` run in it), `.model` the trained model. Tests must
+    not write into them.
+    """
+    from support import zoo
+
+    return zoo.TrainedZoo(tmp_path_factory.mktemp("zoo"))

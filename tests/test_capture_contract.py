@@ -8,8 +8,8 @@ import os
 import keras
 import numpy as np
 import pytest
-import test_capture_support as support
-from tensorboard.backend.event_processing import event_file_loader, plugin_event_accumulator, plugin_event_multiplexer
+from support import events, sgd
+from tensorboard.backend.event_processing import plugin_event_accumulator, plugin_event_multiplexer
 from tensorboard.compat.proto import summary_pb2, types_pb2
 
 from tb_gradhealth import GradientHealthCallback, metadata
@@ -21,48 +21,53 @@ N_STEPS = 6
 def callback_run(tmp_path_factory):
     """A log_dir written by the callback: 6 steps of the support MLP, every step logged."""
     logdir = str(tmp_path_factory.mktemp("callback"))
-    model = support.make_mlp()
-    model.compile(optimizer=keras.optimizers.SGD(support.LEARNING_RATE), loss="mse")
-    x, y = support.make_data(N_STEPS * support.BATCH)
+    model = sgd.make_mlp()
+    model.compile(optimizer=keras.optimizers.SGD(sgd.LEARNING_RATE), loss="mse")
+    x, y = sgd.make_data(N_STEPS * sgd.BATCH)
     model.fit(
-        x, y, batch_size=support.BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[GradientHealthCallback(logdir)]
+        x, y, batch_size=sgd.BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[GradientHealthCallback(logdir)]
     )
     return logdir
 
 
-def _values_by_tag(run_dir):
-    """{tag: [Summary.Value, ...]} in file order, read with TensorBoard's own loader."""
-    by_tag = {}
-    for path in support.event_files(run_dir):
-        for event in event_file_loader.EventFileLoader(path).Load():
-            for value in event.summary.value:
-                by_tag.setdefault(value.tag, []).append((event.step, value))
-    return by_tag
+STATS = metadata.BUILTIN_STATS + (metadata.LOSS,)
 
 
-def test_one_tag_per_builtin_statistic(callback_run):
-    by_tag = _values_by_tag(os.path.join(callback_run, "train"))
-    assert sorted(by_tag) == sorted(metadata.tag_for_stat(stat) for stat in metadata.BUILTIN_STATS)
+def test_one_tag_per_builtin_statistic_and_the_loss(callback_run):
+    by_tag = events.values_by_tag(os.path.join(callback_run, "train"))
+    assert sorted(by_tag) == sorted(metadata.tag_for_stat(stat) for stat in STATS)
 
 
 def test_metadata_on_the_first_value_of_each_tag_only(callback_run):
-    by_tag = _values_by_tag(os.path.join(callback_run, "train"))
+    by_tag = events.values_by_tag(os.path.join(callback_run, "train"))
     for tag, values in by_tag.items():
         first = values[0][1].metadata
         assert first.plugin_data.plugin_name == "gradient_health"
         assert first.data_class == summary_pb2.DATA_CLASS_TENSOR
         content = json.loads(first.plugin_data.content.decode("utf-8"))
-        assert content == {"version": 1, "stat": metadata.stat_for_tag(tag), "layers": list(support.EXPECTED_LAYERS)}
+        stat = metadata.stat_for_tag(tag)
+        if stat == metadata.LOSS:
+            assert content == {"version": 1, "stat": "loss", "layers": ["loss"], "scope": "run"}
+        else:
+            assert content == {
+                "version": 1,
+                "stat": stat,
+                "layers": list(sgd.EXPECTED_LAYERS),
+                "kinds": ["dense", "dense", "dense"],
+                # Dense(8) on 6 inputs, Dense(5) on 8, Dense(3) on 5: kernel and bias.
+                "params": [6 * 8 + 8, 8 * 5 + 5, 5 * 3 + 3],
+            }
         assert all(not value.metadata.plugin_data.plugin_name for _, value in values[1:])
 
 
 def test_each_step_is_one_float32_vector_per_statistic(callback_run):
-    by_tag = _values_by_tag(os.path.join(callback_run, "train"))
-    for values in by_tag.values():
+    by_tag = events.values_by_tag(os.path.join(callback_run, "train"))
+    for tag, values in by_tag.items():
         assert [step for step, _ in values] == list(range(N_STEPS))
+        width = 1 if tag == metadata.tag_for_stat(metadata.LOSS) else len(sgd.EXPECTED_LAYERS)
         for _, value in values:
             assert value.tensor.dtype == types_pb2.DT_FLOAT
-            assert [d.size for d in value.tensor.tensor_shape.dim] == [len(support.EXPECTED_LAYERS)]
+            assert [d.size for d in value.tensor.tensor_shape.dim] == [width]
 
 
 def test_python_multiplexer_lists_and_reads_the_plugin_data(callback_run):
@@ -71,11 +76,31 @@ def test_python_multiplexer_lists_and_reads_the_plugin_data(callback_run):
     mux.Reload()
     content = mux.PluginRunToTagToContent("gradient_health")
     assert set(content) == {"train"}
-    assert set(content["train"]) == {metadata.tag_for_stat(stat) for stat in metadata.BUILTIN_STATS}
+    assert set(content["train"]) == {metadata.tag_for_stat(stat) for stat in STATS}
     for tag, raw in content["train"].items():
         parsed = metadata.parse_plugin_metadata(raw)
-        assert parsed.layers == support.EXPECTED_LAYERS and parsed.stat == metadata.stat_for_tag(tag)
+        layers = ("loss",) if parsed.stat == metadata.LOSS else sgd.EXPECTED_LAYERS
+        assert parsed.layers == layers and parsed.stat == metadata.stat_for_tag(tag)
         assert mux.SummaryMetadata("train", tag).data_class == summary_pb2.DATA_CLASS_TENSOR
-    events = mux.Tensors("train", metadata.tag_for_stat(metadata.GRAD_NORM))
-    assert [e.step for e in events] == list(range(N_STEPS))
-    assert all(np.isfinite(support.read_run(os.path.join(callback_run, "train")).values[metadata.GRAD_NORM]).ravel())
+    tensors = mux.Tensors("train", metadata.tag_for_stat(metadata.GRAD_NORM))
+    assert [e.step for e in tensors] == list(range(N_STEPS))
+    assert all(np.isfinite(events.read_run(os.path.join(callback_run, "train")).values[metadata.GRAD_NORM]).ravel())
+
+
+@pytest.mark.slow
+def test_the_plugins_reader_reads_what_the_multiplexer_reads(callback_run):
+    from tb_gradhealth import reader
+
+    run = events.read_run(os.path.join(callback_run, "train"))
+    provider, ctx, experiment_id = reader.provider_for_logdir(callback_run)
+    (run_info,) = reader.list_runs(provider, ctx, experiment_id)
+    # Only the per-layer statistics are compared: where a reader puts the
+    # run-level loss is its own business.
+    assert tuple(stat for stat in run_info.stats if stat != metadata.LOSS) == metadata.BUILTIN_STATS
+    assert tuple(name for name in run_info.layers if name != metadata.LOSS) == sgd.EXPECTED_LAYERS
+    assert run_info.run == "train" and run_info.problems == () and run_info.max_step == N_STEPS - 1
+    series = reader.read_run(provider, ctx, experiment_id, "train")
+    for stat in metadata.BUILTIN_STATS:
+        assert series[stat].layers == sgd.EXPECTED_LAYERS
+        np.testing.assert_array_equal(series[stat].steps, run.steps[stat])
+        np.testing.assert_array_equal(series[stat].values, run.values[stat])

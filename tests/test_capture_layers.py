@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import re
+
 import keras
+import numpy as np
 import pytest
 
 from tb_gradhealth.capture.layers import group_by_layer, groups_from_pairs, variable_key
@@ -82,11 +85,57 @@ def test_subclassed_model_own_weights_sublayers_and_duplicate_names():
     assert _names(model) == ["net", "block", "block/dense", "block/dense_2", "out"]
 
 
-def test_model_without_trainable_variables_is_refused():
-    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
-    model.trainable = False
-    with pytest.raises(ValueError, match="no trainable variables"):
-        group_by_layer(model)
+def test_kinds_and_parameter_counts_of_the_layers_people_use():
+    tokens = keras.Input((6,), dtype="int32")
+    x = keras.layers.Embedding(20, 8, name="embedding")(tokens)
+    x = keras.layers.MultiHeadAttention(2, 4, name="attention")(x, x)
+    x = keras.layers.LayerNormalization(name="layer_norm")(x)
+    x = keras.layers.Bidirectional(keras.layers.LSTM(3, return_sequences=True), name="bidirectional")(x)
+    x = keras.layers.GRU(3, return_sequences=True, name="gru")(x)
+    x = keras.layers.Reshape((6, 3, 2))(keras.layers.Dense(6, name="dense")(x))
+    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(x)
+    x = keras.layers.DepthwiseConv2D(3, padding="same", name="depthwise")(x)
+    x = keras.layers.SeparableConv2D(4, 3, padding="same", name="separable")(x)
+    x = keras.layers.BatchNormalization(name="batch_norm")(x)
+    outputs = keras.layers.Dense(2, name="head")(keras.layers.Flatten()(x))
+    model = keras.Model(tokens, outputs)
+    groups = group_by_layer(model)
+    kinds = {group.name: group.kind for group in groups}
+    assert kinds == {
+        "embedding": "embedding",
+        "attention/query": "attention",
+        "attention/key": "attention",
+        "attention/value": "attention",
+        "attention/attention_output": "attention",
+        "layer_norm": "normalization",
+        "bidirectional/forward_lstm/lstm_cell": "recurrent",
+        "bidirectional/backward_lstm/lstm_cell": "recurrent",
+        "gru/gru_cell": "recurrent",
+        "dense": "dense",
+        "conv": "conv",
+        "depthwise": "conv",
+        "separable": "conv",
+        "batch_norm": "normalization",
+        "head": "dense",
+    }
+    for group in groups:
+        assert group.params == sum(int(np.prod(v.shape)) for v in group.variables) > 0
+    assert sum(group.params for group in groups) == sum(int(np.prod(v.shape)) for v in model.trainable_variables)
+    # BatchNormalization's moving statistics are not trainable: gamma and beta only.
+    assert groups[-2].params == 2 * 4
+
+
+def test_a_model_with_nothing_to_record_is_refused_with_the_reason():
+    frozen = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    frozen.trainable = False
+    weightless = keras.Sequential([keras.Input((3, 2)), keras.layers.Flatten()])
+    for model in (frozen, weightless):
+        with pytest.raises(
+            ValueError, match=re.escape("has no trainable weights (its layers are frozen or have no weights)")
+        ):
+            group_by_layer(model)
+    with pytest.raises(ValueError, match="is not built yet"):
+        group_by_layer(keras.Sequential([keras.layers.Dense(2)]))
 
 
 def test_explicit_pairs_keep_order_and_need_variables():

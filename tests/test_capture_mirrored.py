@@ -1,67 +1,57 @@
-"""GradientHealthCallback under MirroredStrategy on two logical CPUs: the recorded gradient is the cross-replica sum."""
+"""The callback and the custom-loop recorder under MirroredStrategy on two logical CPUs: the recorded gradient is the cross-replica sum."""
 
 from __future__ import annotations
 
+import json
 import os
+import pathlib
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
-import test_capture_support as support
+from support import events, sgd, two_cpus
 
 from tb_gradhealth import metadata
 
-# Logical devices must be configured before TensorFlow initialises, which
-# the test process has long done: the training runs in a fresh interpreter.
-_TRAIN_SCRIPT = textwrap.dedent(
-    """
-    import os, sys
-    import numpy as np
-    import tensorflow as tf
-    cpu = tf.config.list_physical_devices("CPU")[0]
-    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    import keras
-    import test_capture_support as support
-    from tb_gradhealth import GradientHealthCallback
-
-    logdir, out = sys.argv[1], sys.argv[2]
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-    assert strategy.num_replicas_in_sync == 2
-    x, y = support.make_data(48)
-    recorder = support.weight_recorder()
-    # fit inside the scope too: the callback's own variables must still be plain.
-    with strategy.scope():
-        model = support.make_mlp()
-        model.compile(optimizer=keras.optimizers.SGD(support.LEARNING_RATE), loss="mse")
-        model.fit(x, y, batch_size=support.BATCH, epochs=2, shuffle=False, verbose=0,
-                  callbacks=[GradientHealthCallback(logdir), recorder])
-    snapshots = recorder.snapshots
-    np.savez(out, sizes=np.array(support.group_sizes(model)),
-             **{"w%d_%d" % (i, j): w for i, ws in enumerate(snapshots) for j, w in enumerate(ws)},
-             n_steps=len(snapshots), n_vars=len(snapshots[0]))
-    """
-)
+TESTS_DIR = pathlib.Path(__file__).resolve().parent
+# TensorFlow's import plus two traced trainings, on a busy 2-core machine.
+SUBPROCESS_TIMEOUT_S = 300
 
 
-@pytest.mark.slow
-def test_mirrored_strategy_records_the_summed_gradient(tmp_path):
-    tests_dir = os.path.dirname(os.path.abspath(__file__))
-    out = str(tmp_path / "weights.npz")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([tests_dir, os.environ.get("PYTHONPATH", "")]))
+@pytest.fixture(scope="module")
+def mirrored_runs(tmp_path_factory) -> dict:
+    """Runs support.two_cpus in a fresh interpreter (logical devices need one): {case: result}."""
+    out = tmp_path_factory.mktemp("mirrored")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
     completed = subprocess.run(
-        [sys.executable, "-c", _TRAIN_SCRIPT, str(tmp_path), out],
+        [sys.executable, "-m", "support.two_cpus", str(out)],
+        cwd=str(TESTS_DIR),
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=SUBPROCESS_TIMEOUT_S,
     )
     assert completed.returncode == 0, completed.stderr[-4000:]
-    saved = np.load(out)
-    snapshots = [[saved["w%d_%d" % (i, j)] for j in range(int(saved["n_vars"]))] for i in range(int(saved["n_steps"]))]
-    run = support.read_run(os.path.join(str(tmp_path), "train"))
-    assert run.layers == support.EXPECTED_LAYERS
-    reference = support.reference_stats(snapshots, list(saved["sizes"]))
-    support.assert_matches_reference(run, reference)
-    np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(12))
+    return json.loads(completed.stdout)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(two_cpus.CASES))
+def test_the_summed_gradient_and_loss_of_both_replicas_are_recorded(mirrored_runs, case):
+    result = mirrored_runs[case]
+    assert "error" not in result, result.get("error")
+    assert result["replicas"] == two_cpus.LOGICAL_CPUS
+    snapshots, sizes = two_cpus.load_snapshots(result["weights"])
+    run = events.read_run(result["run_dir"])
+    assert run.layers == sgd.EXPECTED_LAYERS
+    # Each replica sees half the batch: only the sum of both replicas'
+    # gradients is what SGD applied, so a per-replica value fails here.
+    sgd.assert_matches_reference(run, sgd.reference_stats(snapshots, sizes))
+    n_steps = len(snapshots) - 1
+    np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(n_steps))
+    # Likewise the loss: each replica's is its share of the batch's.
+    x, y = sgd.make_data(two_cpus.N_SAMPLES)
+    repeats = n_steps * sgd.BATCH // len(x)
+    expected_loss = sgd.mlp_losses(snapshots, np.concatenate([x] * repeats), np.concatenate([y] * repeats))
+    np.testing.assert_allclose(run.values[metadata.LOSS][:, 0], expected_loss, rtol=sgd.REL_TOL)

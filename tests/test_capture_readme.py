@@ -7,7 +7,7 @@ import pathlib
 import re
 
 import pytest
-import test_capture_support as support
+from support import events
 
 from tb_gradhealth import metadata
 
@@ -31,7 +31,7 @@ def _run(section, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_keras_fit_example(tmp_path, monkeypatch):
     _run("Keras `fit`", tmp_path, monkeypatch)
-    run = support.read_run(str(tmp_path / "logs" / "mlp" / "train"))
+    run = events.read_run(str(tmp_path / "logs" / "mlp" / "train"))
     assert len(run.layers) == 2  # Keras numbers layer names per process: dense_N
     assert list(run.steps[metadata.GRAD_NORM]) == list(range(64))
     assert any("gradient_health" not in name for name in os.listdir(tmp_path / "logs" / "mlp" / "train"))
@@ -40,14 +40,14 @@ def test_keras_fit_example(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_custom_loop_example(tmp_path, monkeypatch):
     _run("Custom training loops", tmp_path, monkeypatch)
-    run = support.read_run(str(tmp_path / "logs" / "custom"))
+    run = events.read_run(str(tmp_path / "logs" / "custom"))
     assert len(run.layers) == 2
     assert list(run.steps[metadata.GRAD_NORM]) == list(range(16))
 
 
 def test_numpy_example(tmp_path, monkeypatch):
     _run("Any framework (numpy only)", tmp_path, monkeypatch)
-    run = support.read_run(str(tmp_path / "logs" / "numpy_run"))
+    run = events.read_run(str(tmp_path / "logs" / "numpy_run"))
     assert run.layers == ("fc1", "fc2", "head")
     assert set(run.values) == {"grad_norm", "grad_norm_max", "my_statistic"}
     assert list(run.steps["my_statistic"]) == list(range(100))

@@ -8,7 +8,7 @@ import pathlib
 import numpy as np
 import pytest
 from conftest import DEMO_EPOCHS
-from test_demo_events import read_gradient_health, read_other_tags
+from support.events import read_gradient_health, read_other_tags
 
 from demo import data, models, train
 from tb_gradhealth import metadata

@@ -13,7 +13,7 @@ import time
 import live_support
 import numpy as np
 import pytest
-import test_capture_support as support
+from support import sgd as support
 from tb_server import PLUGIN_ROUTE
 
 from tb_gradhealth import metadata, summary

@@ -168,7 +168,7 @@ def test_works_without_tensorflow(tmp_path):
 @pytest.mark.slow
 def test_same_contract_as_the_keras_callback(tmp_path):
     keras = pytest.importorskip("keras")
-    import test_capture_support as support
+    from support import sgd as support
 
     from tb_gradhealth import GradientHealthCallback
 
@@ -188,7 +188,14 @@ def test_same_contract_as_the_keras_callback(tmp_path):
     numpy_dir = str(tmp_path / "numpy")
     with GradientHealthFileWriter(numpy_dir) as writer:
         for step in (0, 1):
-            writer.write(step, {stat: np.ones(3) for stat in metadata.BUILTIN_STATS}, support.EXPECTED_LAYERS)
+            writer.write(
+                step,
+                {stat: np.ones(3) for stat in metadata.BUILTIN_STATS},
+                support.EXPECTED_LAYERS,
+                loss=1.0,
+                kinds=["dense"] * 3,
+                params=[6 * 8 + 8, 8 * 5 + 5, 5 * 3 + 3],  # support.make_mlp's Dense layers
+            )
     numpy_values = _values(numpy_dir)
 
     def contract(values):

@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import functools
 import os
-import warnings
+import threading
 
 import keras
 import tensorflow as tf
+from keras.src.utils import io_utils  # how Keras's own callbacks print (TerminateOnNaN)
 
-from tb_gradhealth.capture.layers import group_by_layer
-from tb_gradhealth.capture.recorder import StepRecorder
-from tb_gradhealth.capture.writer import open_summary_writer
+from tb_gradhealth.capture import run_dirs
+from tb_gradhealth.capture.event_file import open_event_file
+from tb_gradhealth.capture.keras_hooks import ModelHooks
+from tb_gradhealth.capture.layers import group_by_layer, in_forward_order, variable_key
+from tb_gradhealth.capture.recorder import LayerSetRecorder, NonFiniteStep, StepNumbers, read_iterations
+from tb_gradhealth.capture.step_buffer import DEFAULT_BUFFER_STEPS, DroppedSteps, check_steps
+from tb_gradhealth.layer_sets import LayerSetTags
 
-# Logged steps kept in the graph between two writes by the host. At
-# update_freq=1 the host writes every this many steps; 128 rows of 100 layers
-# take 300 KiB.
-DEFAULT_BUFFER_STEPS = 128
 # Same subdirectory as keras.callbacks.TensorBoard, so both share a log_dir.
 TRAIN_SUBDIR = "train"
-# Attribute of our `apply` wrapper: the instance-level `apply` it replaced (or None).
-_WRAPS = "_gradient_health_wraps"
 
 
 def _logged_steps_between(first: int, end: int, update_freq: int) -> int:
@@ -30,19 +28,30 @@ def _logged_steps_between(first: int, end: int, update_freq: int) -> int:
     return (end - 1) // update_freq - (first - 1) // update_freq
 
 
+def _exact_step_count(optimizer) -> bool:
+    """Whether every batch is one step, so the host can number the steps itself without reading the device."""
+    return not isinstance(optimizer, keras.optimizers.LossScaleOptimizer) and not getattr(
+        optimizer, "gradient_accumulation_steps", None
+    )
+
+
 class GradientHealthCallback(keras.callbacks.Callback):
     """Records the gradient health of each layer during `model.fit`.
 
     For every layer that owns trainable variables (input -> output) it
     records `grad_norm`, `grad_norm_max`, `grad_max_abs`, `nonfinite`,
     `weight_norm` and `update_ratio` of the gradient the optimizer applies,
-    into `<log_dir>/train` (next to `keras.callbacks.TensorBoard`'s files).
+    and the step's loss, into `<log_dir>/train` (next to
+    `keras.callbacks.TensorBoard`'s files). A step is one optimizer update,
+    numbered like `optimizer.iterations`.
 
-    It wraps the optimizer's `apply` for the duration of `fit`: each step's
-    statistics are reduced in the graph (XLA-compatible) into a small
-    buffer, and the host writes the buffer every `buffer_steps` logged
+    It hooks into the model for the duration of `fit` (see `ModelHooks`):
+    each step's statistics are reduced in the graph (XLA-compatible) into a
+    small buffer, and the host writes the buffer every `buffer_steps` logged
     steps, at the end of each epoch and at the end of training; the host is
-    not woken per step.
+    not woken per step. The layers recorded are those trainable at each
+    `fit`; a new set of layers (transfer learning) is written under tags of
+    its own. docs/capture.md has the details.
 
     Args:
       log_dir: the run's log directory, as for `keras.callbacks.TensorBoard`.
@@ -51,147 +60,109 @@ class GradientHealthCallback(keras.callbacks.Callback):
         the previous write, and the last step of training is always written
         when later steps were not.
       buffer_steps: logged steps held in the graph between writes.
+      stop_on_nonfinite: stop training after the step (with
+        `steps_per_execution > 1`, the execution) whose gradient has a NaN or
+        Inf element, like `keras.callbacks.TerminateOnNaN`; `nonfinite` then
+        says which step and layers. Reads one number from the device per
+        execution.
     """
 
-    def __init__(self, log_dir: str = "logs", update_freq: int = 1, buffer_steps: int = DEFAULT_BUFFER_STEPS):
+    def __init__(
+        self,
+        log_dir: str = "logs",
+        update_freq: int = 1,
+        buffer_steps: int = DEFAULT_BUFFER_STEPS,
+        stop_on_nonfinite: bool = False,
+    ):
         super().__init__()
-        if isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq < 1:
-            raise ValueError("update_freq must be a positive number of steps, got %r" % (update_freq,))
-        if isinstance(buffer_steps, bool) or not isinstance(buffer_steps, int) or buffer_steps < 1:
-            raise ValueError("buffer_steps must be a positive number of steps, got %r" % (buffer_steps,))
+        self.update_freq = check_steps("update_freq", update_freq)
+        self.buffer_steps = check_steps("buffer_steps", buffer_steps)
         self.log_dir = os.fspath(log_dir)
-        self.update_freq = update_freq
-        self.buffer_steps = buffer_steps
-        self._recorder: StepRecorder | None = None
+        self.stop_on_nonfinite = bool(stop_on_nonfinite)
+        self.nonfinite: NonFiniteStep | None = None
         self._recorded_model = None
+        self._hooks: ModelHooks | None = None
         self._writer = None
-        # Train functions: Keras's own (restored after fit) and ours (reused by
-        # a later fit of the same compiled model, so it is traced once).
-        self._keras_train_function = None
-        # Ours, by the recorder's `logged_mode` they were traced with: with
-        # one step per execution the host knows which steps are logged and
-        # runs a function without the logged-step work on the others (each
-        # graph op costs ~10 us on a 2-core CPU, about as much as the
-        # arithmetic of a small model's step); otherwise one function decides
-        # in the graph (key None).
-        self._instrumented_train_functions: dict = {}
-        self._instrumented_for = None
-        self._wrapped_optimizer = None
-        # Host-side mirror of the step counter, so the host knows when the
-        # buffer fills without reading the device.
+        self._layer_sets = LayerSetTags(self.run_dir)
+        self._numbers = StepNumbers(counting=True)
+        # One per set of trainable variables recorded, by that set.
+        self._recorders: dict = {}
+        self._recorder: LayerSetRecorder | None = None  # the set recorded last
+        self._recorders_lock = threading.Lock()
+        self._dropped = DroppedSteps(type(self).__name__)
+        # Host-side mirror of the step numbers (exact when every batch is a
+        # step), so the host knows when the buffer fills without reading the device.
+        self._exact_steps = True
         self._next_step = 0
         self._epoch_first_step = 0
         self._rows_buffered = 0
-        self._dropped = 0
-        self._dropped_reported = 0
 
     @property
     def run_dir(self) -> str:
         return os.path.join(self.log_dir, TRAIN_SUBDIR)
 
     @property
+    def run_dir_key(self) -> str:
+        return run_dirs.key(self.run_dir)
+
+    @property
     def layer_names(self) -> tuple[str, ...]:
-        """Layer names in row order (available once training started)."""
+        """Layer names in row order of the layers recorded last (known once the first step was traced)."""
         if self._recorder is None:
-            raise RuntimeError("layer names are known once fit has started")
+            raise RuntimeError("layer names are known once fit has run its first step")
         return self._recorder.layer_names
 
+    def set_model(self, model):
+        super().set_model(model)
+        ModelHooks.of(model).join(self)
+
+    def _steps_per_execution(self) -> int:
+        return max(1, int(getattr(self.model, "steps_per_execution", 1) or 1))
+
     def _rows_per_execution(self) -> int:
-        steps = max(1, int(getattr(self.model, "steps_per_execution", 1) or 1))
-        return -(-steps // self.update_freq)
-
-    def _make_recorder(self, model) -> None:
-        optimizer = model.optimizer
-        if optimizer is None:
-            raise ValueError("GradientHealthCallback needs a compiled model (model.compile(optimizer=...))")
-        if not optimizer.built:
-            optimizer.build(model.trainable_variables)
-        capacity = max(self.buffer_steps, self._rows_per_execution())
-        self._recorder = StepRecorder(group_by_layer(model), capacity, self.update_freq)
-        self._recorded_model = model
-
-    def _install(self, model) -> None:
-        optimizer = model.optimizer
-        recorder = self._recorder
-        # An instance-level `apply` left by a fit that raised (Keras then
-        # skips on_train_end) is one of ours: unwrap it, never record twice.
-        previous = vars(optimizer).get("apply")
-        while previous is not None and hasattr(previous, _WRAPS):
-            previous = getattr(previous, _WRAPS)
-        original = previous if previous is not None else type(optimizer).apply.__get__(optimizer)
-
-        @functools.wraps(original)
-        def apply(grads, trainable_variables=None):
-            return recorder.apply(optimizer, original, grads, trainable_variables)
-
-        setattr(apply, _WRAPS, previous)
-        optimizer.apply = apply
-        self._wrapped_optimizer = optimizer
-        # Keras built (but did not trace) its train function before
-        # on_train_begin; ours must be traced with the wrapped apply.
-        if model.train_function not in self._instrumented_train_functions.values():
-            self._keras_train_function = model.train_function
-        modes = (True, False) if self._host_picks_logged_steps() else (None,)
-        key = (id(self._keras_train_function), id(optimizer), modes)
-        if self._instrumented_for != key:
-            functions = {}
-            for mode in modes:
-                # Each traces on its first call, with the recorder's mode set
-                # to `mode` (by on_train_batch_begin, or below).
-                model.make_train_function(force=True)
-                functions[mode] = model.train_function
-            self._instrumented_train_functions = functions
-            self._instrumented_for = key
-        self._select_train_function(modes[0])
+        return -(-self._steps_per_execution() // self.update_freq)
 
     def _host_picks_logged_steps(self) -> bool:
-        return self.update_freq > 1 and int(getattr(self.model, "steps_per_execution", 1) or 1) == 1
+        return self.update_freq > 1 and self._steps_per_execution() == 1 and self._exact_steps
 
-    def _select_train_function(self, mode) -> None:
-        self._recorder.logged_mode = mode
-        self.model.train_function = self._instrumented_train_functions[mode]
-
-    def _uninstall(self, model) -> None:
-        optimizer = self._wrapped_optimizer
-        if optimizer is not None:
-            previous = getattr(vars(optimizer).get("apply"), _WRAPS, None)
-            if previous is not None:
-                optimizer.apply = previous
-            elif "apply" in vars(optimizer):
-                del optimizer.apply
-        self._wrapped_optimizer = None
-        if model.train_function in self._instrumented_train_functions.values():
-            model.train_function = self._keras_train_function
-        if self._recorder is not None:
-            self._recorder.logged_mode = None
+    # ------------------------------------------------------------------ hooks
 
     def on_train_begin(self, logs=None):
         model = self.model
-        if self._recorder is None:
-            self._make_recorder(model)
-        elif model is not self._recorded_model:
+        if model.optimizer is None:
+            raise ValueError("GradientHealthCallback needs a compiled model (model.compile(optimizer=...))")
+        if self._recorded_model is not None and model is not self._recorded_model:
             raise ValueError(
                 "this GradientHealthCallback records model %r; use a new callback for another model"
                 % self._recorded_model.name
             )
-        if self._rows_per_execution() > self._recorder.ring.capacity:
+        if model.built and not model.trainable_weights:
+            group_by_layer(model)  # raises the reason
+        if self._rows_per_execution() > self.buffer_steps:
             raise ValueError(
                 "steps_per_execution=%d logs more steps per execution than buffer_steps=%d holds"
-                % (model.steps_per_execution, self._recorder.ring.capacity)
+                % (self._steps_per_execution(), self.buffer_steps)
             )
         if self._writer is None:
-            # Opened before the optimizer is wrapped, so an unwritable log_dir
+            # Opened before the model is hooked, so an unwritable log_dir
             # fails here, before any step, leaving the model as it was. One
             # file per callback, kept open across fit calls so the traced
             # flush is reused; each fit ends with its data on disk.
-            self._writer = open_summary_writer(self.run_dir, model.distribute_strategy, type(self).__name__)
-            self._recorder.ring.attach_writer(self._writer)
-        self._install(model)
-        self._recorder.ring.start_at(_to_int(model.optimizer.iterations))
-        # Also writes what a fit that raised (no on_train_end) left behind,
-        # and syncs the host's step count with the device's.
-        self._flush()
+            self._writer = open_event_file(self.run_dir, model.distribute_strategy, type(self).__name__)
+        self._recorded_model = model
+        self._hooks = ModelHooks.of(model)
+        self._hooks.begin(self)
+        # What a fit that raised left in a buffer of this run directory is
+        # written first, so its steps come before the new ones.
+        run_dirs.flush_all(self.run_dir)
+        self._exact_steps = _exact_step_count(model.optimizer)
+        self._next_step = self._numbers.start(read_iterations(model.optimizer), run_dirs.next_free_step(self.run_dir))
         self._epoch_first_step = self._next_step
+        self._rows_buffered = 0
+        self.nonfinite = None
+        if self.stop_on_nonfinite:
+            for recorder in self._recorders.values():
+                recorder.buffer.forget_nonfinite()
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_first_step = self._next_step
@@ -199,13 +170,31 @@ class GradientHealthCallback(keras.callbacks.Callback):
     def on_train_batch_begin(self, batch, logs=None):
         # Only integer arithmetic per execution; the device is read when the
         # buffer could overflow during the coming execution.
+        steps = self._steps_per_execution()
         first = self._epoch_first_step + batch
-        rows = _logged_steps_between(first, first + int(self.model.steps_per_execution), self.update_freq)
-        if self._rows_buffered + rows > self._recorder.ring.capacity:
+        if self._exact_steps:
+            rows = _logged_steps_between(first, first + steps, self.update_freq)
+        else:
+            rows = self._rows_per_execution()
+        if self._rows_buffered + rows > self.buffer_steps:
             self._flush()
         self._rows_buffered += rows
-        if len(self._instrumented_train_functions) > 1:
-            self._select_train_function(first % self.update_freq == 0)
+        self._next_step = first + steps
+        self._hooks.authorize(first % self.update_freq == 0 if self._host_picks_logged_steps() else None)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if not self.stop_on_nonfinite or self._recorder is None or self.nonfinite is not None:
+            return
+        found = self._recorder.buffer.first_nonfinite()
+        if found is not None:
+            step, rows = found
+            self.nonfinite = NonFiniteStep(
+                step=step,
+                layers=tuple(self._recorder.layer_names[row] for row in rows),
+                applied=self._recorder.applies_nonfinite,
+            )
+            io_utils.print_msg("GradientHealthCallback: %s; stopping training." % self.nonfinite)
+            self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):
         self._flush()
@@ -214,20 +203,53 @@ class GradientHealthCallback(keras.callbacks.Callback):
         try:
             self._flush(include_pending=True)
             self._writer.flush()
+            run_dirs.note_next_free_step(self.run_dir, self._numbers.next_step(self.model.optimizer))
         finally:
-            self._uninstall(self.model)
-        if self._dropped > self._dropped_reported:
-            warnings.warn(
-                "GradientHealthCallback dropped %d logged steps because its buffer was full"
-                % (self._dropped - self._dropped_reported),
-                stacklevel=2,
-            )
-            self._dropped_reported = self._dropped
+            self._hooks.end(self)
+        self._dropped.warn_if_more()
+
+    def fit_abandoned(self) -> None:
+        """Called by `ModelHooks` when a fit of ours raised: writes what the buffers hold."""
+        self._flush(include_pending=True)
+        self._writer.flush()
+        if self._recorded_model is not None:
+            run_dirs.note_next_free_step(self.run_dir, self._numbers.next_step(self._recorded_model.optimizer))
+        self._dropped.warn_if_more()
+
+    # ------------------------------------------------------------ in the trace
+
+    def record_step(self, optimizer, apply_fn, grads, trainable_variables=None, *, loss=None, mode=None):
+        """Called while a train step is traced, where the optimizer applies `grads`: records that step."""
+        recorder = self._recorder_for_trace()
+        return recorder.apply(optimizer, apply_fn, grads, trainable_variables, loss=loss, logged_mode=mode)
+
+    def _recorder_for_trace(self) -> LayerSetRecorder:
+        """The recorder of the model's trainable layers now (the model is built once its step is traced)."""
+        groups = group_by_layer(self.model)
+        key = frozenset(variable_key(v) for group in groups for v in group.variables)
+        with self._recorders_lock:
+            recorder = self._recorders.get(key)
+            if recorder is None:
+                graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
+                groups = in_forward_order(groups, graph)
+                names = [group.name for group in groups]
+                recorder = LayerSetRecorder(
+                    groups,
+                    max(self.buffer_steps, self._rows_per_execution()),
+                    self.update_freq,
+                    self._numbers,
+                    layer_set=self._layer_sets.layer_set(names),
+                    watch_nonfinite=self.stop_on_nonfinite,
+                )
+                recorder.buffer.attach_writer(self._writer)
+                run_dirs.register(self.run_dir, recorder.buffer)
+                self._recorders[key] = recorder
+            self._recorder = recorder
+        return recorder
+
+    # ------------------------------------------------------------------- host
 
     def _flush(self, include_pending: bool = False) -> None:
-        self._next_step, self._dropped = self._recorder.ring.flush(include_pending)
+        for recorder in list(self._recorders.values()):
+            self._dropped.update(recorder.buffer, recorder.buffer.flush(include_pending))
         self._rows_buffered = 0
-
-
-def _to_int(value) -> int:
-    return int(tf.convert_to_tensor(value).numpy())

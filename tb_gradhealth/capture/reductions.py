@@ -9,7 +9,7 @@ import keras
 import tensorflow as tf
 from tensorflow.python.ops import control_flow_util  # XLA-context test; no public equivalent
 
-from tb_gradhealth.capture.plain_variables import create_plain
+from tb_gradhealth.capture.plain_context import run_plain
 
 
 class GradientSums(NamedTuple):
@@ -60,10 +60,8 @@ def in_xla_context() -> bool:
 def _copy_into(target: tf.Variable, value: tf.Tensor):
     """Makes `target` a copy of `value` (a read of a weight variable) that the weight's update leaves alone.
 
-    `Snapshot` copies into a fresh buffer that `target` then owns, so the
-    optimizer still updates the weights in place. (A copy made in place,
-    zeroing `target` with a proximal gradient step and adding `value`, takes
-    two passes and was no faster: benchmarks/README.md.)
+    `Snapshot` copies into a fresh buffer that `target` then owns, in one
+    pass, so the optimizer still updates the weights in place.
     """
     return target.assign(tf.raw_ops.Snapshot(input=value), read_value=False)
 
@@ -134,8 +132,8 @@ class LayerReducer:
     def before_update(self, grads: Sequence) -> tuple[tf.Tensor, tf.Tensor, list]:
         """Logged steps, before the update: (per-layer max |g|, weight norm, the weights read)."""
         zero = tf.zeros([], tf.float32)
-        # max(max g, -min g) reads the gradient twice but allocates nothing;
-        # on CPU it is faster than reduce_max(abs(g)).
+        # max(max g, -min g) reads the gradient twice but, unlike
+        # reduce_max(abs(g)), allocates no tensor the size of the gradient.
         top = tf.stack([zero if g is None else _as_float32(tf.reduce_max(g)) for g in grads])
         bottom = tf.stack([zero if g is None else _as_float32(tf.reduce_min(g)) for g in grads])
         # Empty segments and tensors give -inf; a magnitude starts at 0.
@@ -161,7 +159,7 @@ class LayerReducer:
         """Copies `before_update`'s reads into the snapshot variables; returns the copy ops."""
         if self._snapshots is None:
             specs = [(tuple(v.shape), tf.as_dtype(v.dtype)) for v in self.variables]
-            self._snapshots = create_plain(
+            self._snapshots = run_plain(
                 lambda: [
                     tf.Variable(tf.zeros(shape, dtype), trainable=False, name="gradient_health_snapshot")
                     for shape, dtype in specs

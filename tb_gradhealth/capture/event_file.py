@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from tb_gradhealth.summary import FILENAME_SUFFIX
+from tb_gradhealth.metadata import FILENAME_SUFFIX
 
 
-def open_summary_writer(logdir: str, strategy: tf.distribute.Strategy | None, owner: str):
+def open_event_file(logdir: str, strategy: tf.distribute.Strategy | None, owner: str):
     """Returns the TensorFlow summary writer a capture writes through.
 
     Under a multi-worker strategy only the worker that should save summaries

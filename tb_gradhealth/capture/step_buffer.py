@@ -1,19 +1,59 @@
-"""Ring buffer of per-step statistics kept in TensorFlow variables, and its flush into TensorBoard event files."""
+"""Buffer of the statistics of logged steps, kept in TensorFlow variables until the host writes them into event files."""
 
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 
 import tensorflow as tf
 
 from tb_gradhealth import metadata
-from tb_gradhealth.capture.plain_variables import create_plain
+from tb_gradhealth.capture.plain_context import run_plain
 from tb_gradhealth.capture.reductions import GradientSums, StepDetails, in_xla_context
 
 STATS = metadata.BUILTIN_STATS
+# Logged steps kept in the graph between two writes by the host. At
+# update_freq=1 the host writes every this many steps; 128 rows of 100 layers
+# take 300 KiB.
+DEFAULT_BUFFER_STEPS = 128
 # Computed at every step; the others only at logged steps.
 PER_STEP_COLUMNS = tuple(STATS.index(stat) for stat in (metadata.GRAD_NORM, metadata.GRAD_NORM_MAX, metadata.NONFINITE))
+# Index of the loss among the tags written (after the per-layer statistics).
+LOSS_OUTPUT = len(STATS)
+
+
+def check_steps(name: str, value) -> int:
+    """Returns `value` if it is a positive number of steps (`update_freq`, `buffer_steps`).
+
+    Raises:
+      ValueError: not a positive integer (a bool is not one).
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError("%s must be a positive number of steps, got %r" % (name, value))
+    return value
+
+
+class DroppedSteps:
+    """Counts the logged steps a writer's buffers dropped because they were full, and warns of new ones."""
+
+    def __init__(self, owner: str):
+        self.owner = owner
+        self._by_buffer: dict[int, int] = {}
+        self._reported = 0
+
+    def update(self, buffer, dropped_so_far: int) -> None:
+        """Notes what `buffer.flush` returned."""
+        self._by_buffer[id(buffer)] = dropped_so_far
+
+    def warn_if_more(self) -> None:
+        total = sum(self._by_buffer.values())
+        if total > self._reported:
+            warnings.warn(
+                "%s dropped %d logged steps: its buffer was full" % (self.owner, total - self._reported),
+                stacklevel=3,
+            )
+            self._reported = total
 
 
 def _max_keeping_nan(running: tf.Tensor, new: tf.Tensor) -> tf.Tensor:
@@ -34,7 +74,7 @@ def _visible_only(sums: GradientSums, visible) -> GradientSums:
     )
 
 
-class StatsRing:
+class StepBuffer:
     """Holds the statistics of logged steps until the host writes them.
 
     Per step (graph code, XLA-compatible: only variable reads and writes)
@@ -49,24 +89,45 @@ class StatsRing:
     custom loops) writes the stored rows through TensorFlow's C++ summary
     writer and empties the buffer.
 
-    Steps are numbered by the ring, one per recorded training step, from the
-    number given to `start_at` (the optimizer's `iterations` when recording
-    begins).
+    The caller numbers the steps (see recorder). With `watch_nonfinite`,
+    the buffer also keeps the number and per-layer non-finite counts of the
+    first recorded step with a non-finite gradient, for the host to read.
     """
 
-    def __init__(self, layer_names: Sequence[str], capacity: int, update_freq: int):
-        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError("buffer_steps must be a positive number of logged steps, got %r" % (capacity,))
-        if isinstance(update_freq, bool) or not isinstance(update_freq, int) or update_freq < 1:
-            raise ValueError("update_freq must be a positive number of steps, got %r" % (update_freq,))
+    def __init__(
+        self,
+        layer_names: Sequence[str],
+        capacity: int,
+        update_freq: int,
+        *,
+        kinds: Sequence[str] | None = None,
+        params: Sequence[int] | None = None,
+        layer_set: str | None = None,
+        watch_nonfinite: bool = False,
+    ):
+        check_steps("buffer_steps", capacity)
+        check_steps("update_freq", update_freq)
         self.layer_names = tuple(layer_names)
         self.capacity = capacity
         self.update_freq = update_freq
         n_layers = len(self.layer_names)
         self._serialized_metadata = [
-            metadata.create_summary_metadata(stat, self.layer_names).SerializeToString() for stat in STATS
+            metadata.create_summary_metadata(
+                stat, self.layer_names, kinds=kinds, params=params, layer_set=layer_set
+            ).SerializeToString()
+            for stat in STATS
         ]
-        self._tags = [metadata.tag_for_stat(stat) for stat in STATS]
+        self._tags = [metadata.tag_for_stat(stat, layer_set) for stat in STATS]
+        self.watch_nonfinite = watch_nonfinite
+        # The run-level loss goes last: column LOSS_OUTPUT of what is written.
+        self._serialized_metadata.append(
+            metadata.create_summary_metadata(
+                metadata.LOSS, [metadata.LOSS], scope=metadata.SCOPE_RUN
+            ).SerializeToString()
+        )
+        self._tags.append(metadata.tag_for_stat(metadata.LOSS))
+        # Whether a traced step handed over its loss (set while tracing).
+        self.has_loss = False
         slots = capacity + 1
 
         def create():
@@ -76,22 +137,26 @@ class StatsRing:
             return {
                 "rows": variable(tf.zeros([slots, n_layers, len(STATS)]), "rows"),
                 "row_steps": variable(tf.fill([slots], tf.constant(-1, tf.int64)), "row_steps"),
+                "row_loss": variable(tf.zeros([slots]), "row_loss"),
                 "count": variable(tf.constant(0, tf.int64), "count"),
-                "step": variable(tf.constant(-1, tf.int64), "step"),
+                "first_nonfinite_step": variable(tf.constant(-1, tf.int64), "first_nonfinite_step"),
+                "first_nonfinite": variable(tf.zeros([n_layers]), "first_nonfinite"),
                 "acc_max": variable(tf.zeros([n_layers]), "grad_norm_max"),
                 "acc_nonfinite": variable(tf.zeros([n_layers]), "nonfinite"),
                 "pending_step": variable(tf.constant(-1, tf.int64), "pending_step"),
                 "pending_norm": variable(tf.zeros([n_layers]), "pending_grad_norm"),
                 "last_written_step": variable(tf.constant(-1, tf.int64), "last_written_step"),
                 "dropped": variable(tf.constant(0, tf.int64), "dropped"),
-                "metadata_written": variable(tf.zeros([len(STATS)], tf.bool), "metadata_written"),
+                "metadata_written": variable(tf.zeros([len(STATS) + 1], tf.bool), "metadata_written"),
             }
 
-        created = create_plain(create)
+        created = run_plain(create)
         self._rows = created["rows"]
         self._row_steps = created["row_steps"]
+        self._row_loss = created["row_loss"]
         self._count = created["count"]
-        self._step = created["step"]
+        self._first_nonfinite_step = created["first_nonfinite_step"]
+        self._first_nonfinite = created["first_nonfinite"]
         self._acc_max = created["acc_max"]
         self._acc_nonfinite = created["acc_nonfinite"]
         self._pending_step = created["pending_step"]
@@ -102,55 +167,73 @@ class StatsRing:
         self._writer = None
         self._flush_fns: dict = {}
 
-    def start_at(self, step: int) -> None:
-        """Sets the first step number if no step was recorded yet (host code)."""
-        if int(self._step.numpy()) < 0:
-            self._step.assign(int(step))
+    def forget_nonfinite(self) -> None:
+        """Host code: the next non-finite step is the first again (a new fit)."""
+        run_plain(lambda: self._first_nonfinite_step.assign(-1))
 
-    def next_step(self) -> int:
-        """The number the next recorded step gets (-1 before `start_at`)."""
-        return int(self._step.numpy())
+    def first_nonfinite(self) -> tuple[int, list[int]] | None:
+        """Host code: (step, rows with non-finite elements) of the first recorded non-finite step, or None.
 
-    def position(self, logged=None):
-        """Graph code: (this step's number, whether it is a logged step).
+        Reads one scalar from the device while there was none.
+        """
+        step = int(self._first_nonfinite_step.numpy())
+        if step < 0:
+            return None
+        counts = self._first_nonfinite.numpy()
+        return step, [row for row, count in enumerate(counts) if count > 0]
+
+    def is_logged(self, step, logged=None):
+        """Graph code: whether step number `step` is a logged step.
 
         Args:
           logged: Python True or False when the caller knows (the host picks
-            a train function per step, or every step is logged); None to
-            decide in the graph from the step number.
+            a train function per step); None to decide from the step number
+            (in the graph unless every step is logged).
         """
-        step = self._step.value()
         if logged is not None:
-            return step, bool(logged)
+            return bool(logged)
         if self.update_freq == 1:
-            return step, True
-        return step, tf.equal(step % self.update_freq, 0)
+            return True
+        return tf.equal(step % self.update_freq, 0)
 
-    def record(self, step, logged, sums: GradientSums, details: StepDetails, visible) -> None:
+    def record(self, step, logged, sums: GradientSums, details: StepDetails, visible, loss=None) -> None:
         """Graph code: folds one training step into the buffer, with no host round trip.
 
-        Each op here runs at every training step, and on a small model each
-        costs about as much as the arithmetic it does, so the cases the
-        caller knows while tracing (`logged` and `visible` as Python bools)
-        get only the ops they need.
+        Each op here runs at every training step and has a fixed cost in
+        TensorFlow's executor, so the cases the caller knows while tracing
+        (`logged` and `visible` as Python bools) get only the ops they need.
 
         Args:
-          step, logged: from `position()`.
+          step: the step's number (int64 scalar).
+          logged: from `is_logged()`.
           sums, details: the step's statistics (`details` are only read on
             logged steps; None when `logged` is False).
           visible: Python True, or a bool scalar that is False for a step
             that applied no gradient and must leave no trace (a loss-scale
             overflow, see recorder).
+          loss: the step's loss (float32 scalar), kept with logged rows; None
+            when the step did not hand one over.
         """
+        if loss is not None:
+            self.has_loss = True
         if logged is False:
             self._record_unlogged(step, sums, visible)
         elif logged is True and visible is True:
-            self._record_logged(step, sums, details)
+            self._record_logged(step, sums, details, loss)
         else:
-            self._record_either(step, logged, sums, details, visible)
-        self._step.assign_add(1)
+            self._record_either(step, logged, sums, details, visible, loss)
+        if self.watch_nonfinite:
+            self._watch(step, sums, visible)
 
-    def _write_row(self, step, grad_norm_max, nonfinite, details: StepDetails, slot, grad_norm=None) -> None:
+    def _watch(self, step, sums: GradientSums, visible) -> None:
+        nonfinite = tf.reduce_any(sums.nonfinite > 0)
+        first = tf.logical_and(nonfinite, self._first_nonfinite_step.value() < 0)
+        if visible is not True:
+            first = tf.logical_and(first, visible)
+        self._first_nonfinite_step.assign(tf.where(first, step, self._first_nonfinite_step.value()))
+        self._first_nonfinite.assign(tf.where(first, sums.nonfinite, self._first_nonfinite.value()))
+
+    def _write_row(self, step, grad_norm_max, nonfinite, details: StepDetails, slot, loss, grad_norm=None) -> None:
         columns = {
             metadata.GRAD_NORM: grad_norm_max if grad_norm is None else grad_norm,
             metadata.GRAD_NORM_MAX: grad_norm_max,
@@ -163,16 +246,18 @@ class StatsRing:
         # The raw ops take a scalar slot, sparing reshapes on every step.
         tf.raw_ops.ResourceScatterUpdate(resource=self._rows.handle, indices=slot, updates=row)
         tf.raw_ops.ResourceScatterUpdate(resource=self._row_steps.handle, indices=slot, updates=step)
+        if loss is not None:
+            tf.raw_ops.ResourceScatterUpdate(resource=self._row_loss.handle, indices=slot, updates=loss)
 
-    def _record_logged(self, step, sums: GradientSums, details: StepDetails) -> None:
+    def _record_logged(self, step, sums: GradientSums, details: StepDetails, loss) -> None:
         slot = tf.minimum(self._count.value(), self.capacity)
         if self.update_freq == 1:
             # Every step is logged: nothing accumulates between them.
-            self._write_row(step, sums.grad_norm, sums.nonfinite, details, slot)
+            self._write_row(step, sums.grad_norm, sums.nonfinite, details, slot, loss)
         else:
             grad_norm_max = _max_keeping_nan(self._acc_max.value(), sums.grad_norm)
             nonfinite = self._acc_nonfinite.value() + sums.nonfinite
-            self._write_row(step, grad_norm_max, nonfinite, details, slot, grad_norm=sums.grad_norm)
+            self._write_row(step, grad_norm_max, nonfinite, details, slot, loss, grad_norm=sums.grad_norm)
             self._acc_max.assign(tf.zeros_like(grad_norm_max))
             self._acc_nonfinite.assign(tf.zeros_like(nonfinite))
         self._count.assign_add(1)
@@ -189,14 +274,14 @@ class StatsRing:
         self._pending_step.assign(step)
         self._pending_norm.assign(pending_norm)
 
-    def _record_either(self, step, logged, sums: GradientSums, details: StepDetails, visible) -> None:
+    def _record_either(self, step, logged, sums: GradientSums, details: StepDetails, visible, loss) -> None:
         """Whether the step is logged (and visible) is only known in the graph: no branches, for XLA."""
         keep = logged if visible is True else visible if logged is True else tf.logical_and(logged, visible)
         new = _visible_only(sums, visible)
         grad_norm_max = _max_keeping_nan(self._acc_max.value(), new.grad_norm)
         nonfinite = self._acc_nonfinite.value() + new.nonfinite
         slot = tf.where(keep, tf.minimum(self._count.value(), self.capacity), tf.constant(self.capacity, tf.int64))
-        self._write_row(step, grad_norm_max, nonfinite, details, slot, grad_norm=sums.grad_norm)
+        self._write_row(step, grad_norm_max, nonfinite, details, slot, loss, grad_norm=sums.grad_norm)
         self._count.assign_add(tf.cast(keep, tf.int64))
         self._acc_max.assign(tf.where(keep, tf.zeros_like(grad_norm_max), grad_norm_max))
         self._acc_nonfinite.assign(tf.where(keep, tf.zeros_like(nonfinite), nonfinite))
@@ -205,41 +290,51 @@ class StatsRing:
         self._pending_norm.assign(tf.where(pending, sums.grad_norm, self._pending_norm.value()))
 
     def attach_writer(self, writer) -> None:
-        """Sends later flushes to `writer`; its file gets the metadata again on each tag's first value."""
+        """Sends later flushes to `writer`; its file gets the metadata again on each tag's first value.
+
+        Host code, also callable while a step is traced.
+        """
         self._writer = writer
         self._flush_fns = {}
-        self._metadata_written.assign(tf.zeros([len(STATS)], tf.bool))
+        run_plain(lambda: self._metadata_written.assign(tf.zeros([len(self._tags)], tf.bool)))
 
-    def _write_value(self, row: tf.Tensor, step: tf.Tensor, column: int, source_column: int | None = None) -> None:
+    def _outputs(self, row: tf.Tensor, loss: tf.Tensor, columns) -> list:
+        """(output index, value) of what is written for one step: per-layer `columns` of `row`, then the loss."""
+        outputs = [(column, row[:, source]) for source, column in columns]
+        if self.has_loss:
+            outputs.append((LOSS_OUTPUT, tf.reshape(loss, [1])))
+        return outputs
+
+    def _write_first(self, outputs, step: tf.Tensor) -> None:
         # TensorBoard keeps the first metadata it sees per tag: attach it to
         # the first value of each tag in this file only.
-        tag, serialized = self._tags[column], self._serialized_metadata[column]
-        values = row[:, column if source_column is None else source_column]
+        for index, values in outputs:
+            tag, serialized = self._tags[index], self._serialized_metadata[index]
 
-        def with_metadata():
-            tf.summary.write(tag, values, step=step, metadata=serialized)
-            return tf.constant(True)
+            def with_metadata(tag=tag, values=values, serialized=serialized):
+                tf.summary.write(tag, values, step=step, metadata=serialized)
+                return tf.constant(True)
 
-        def without():
-            tf.summary.write(tag, values, step=step)
-            return tf.constant(True)
+            def without(tag=tag, values=values):
+                tf.summary.write(tag, values, step=step)
+                return tf.constant(True)
 
-        tf.cond(self._metadata_written[column], without, with_metadata)
-        self._metadata_written.scatter_update(tf.IndexedSlices(tf.constant([True]), [column]))
+            tf.cond(self._metadata_written[index], without, with_metadata)
+            self._metadata_written.scatter_update(tf.IndexedSlices(tf.constant([True]), [index]))
 
-    def _write_rows(self, rows: tf.Tensor, steps: tf.Tensor) -> None:
+    def _write_rows(self, rows: tf.Tensor, losses: tf.Tensor, steps: tf.Tensor) -> None:
         total = tf.shape(rows)[0]
+        all_columns = [(column, column) for column in range(len(STATS))]
 
         def first_row():
-            for column in range(len(STATS)):
-                self._write_value(rows[0], steps[0], column)
+            self._write_first(self._outputs(rows[0], losses[0], all_columns), steps[0])
             return tf.constant(1)
 
         start = tf.cond(total > 0, first_row, lambda: tf.constant(0))
 
         def body(index):
-            for column, tag in enumerate(self._tags):
-                tf.summary.write(tag, rows[index, :, column], step=steps[index])
+            for output, values in self._outputs(rows[index], losses[index], all_columns):
+                tf.summary.write(self._tags[output], values, step=steps[index])
             return (index + 1,)
 
         tf.while_loop(lambda index: index < total, body, (start,))
@@ -250,7 +345,7 @@ class StatsRing:
             stored = tf.minimum(count, self.capacity)
             rows = self._rows[:stored]
             steps = self._row_steps[:stored]
-            self._write_rows(rows, steps)
+            self._write_rows(rows, self._row_loss[:stored], steps)
             written_through = tf.maximum(
                 self._last_written_step.read_value(), tf.reduce_max(tf.concat([steps, [-1]], 0))
             )
@@ -260,7 +355,8 @@ class StatsRing:
                 # training ends: a logged row dropped because the buffer was
                 # full (the last one is in slot `capacity`) is written whole;
                 # an unlogged step with what every step computes (the
-                # per-step statistics; the others are not known there).
+                # per-step statistics; the others, and the loss, are not
+                # kept there).
                 pending_step = self._pending_step.read_value()
                 dropped_step = tf.where(
                     count > self.capacity, self._row_steps[self.capacity], tf.constant(-1, tf.int64)
@@ -275,13 +371,14 @@ class StatsRing:
                 )
 
                 def write_dropped():
-                    for column in range(len(STATS)):
-                        self._write_value(self._rows[self.capacity], dropped_step, column)
+                    all_columns = [(column, column) for column in range(len(STATS))]
+                    outputs = self._outputs(self._rows[self.capacity], self._row_loss[self.capacity], all_columns)
+                    self._write_first(outputs, dropped_step)
                     return dropped_step
 
                 def write_pending():
-                    for index, column in enumerate(PER_STEP_COLUMNS):
-                        self._write_value(pending_row, pending_step, column, source_column=index)
+                    columns = list(enumerate(PER_STEP_COLUMNS))
+                    self._write_first([(column, pending_row[:, source]) for source, column in columns], pending_step)
                     return pending_step
 
                 last_step = tf.maximum(pending_step, dropped_step)
@@ -295,35 +392,41 @@ class StatsRing:
             self._last_written_step.assign(written_through)
             self._dropped.assign_add(count - stored)
             self._count.assign(0)
-        return self._step.read_value(), self._dropped.read_value()
+        return self._dropped.read_value()
 
-    def flush(self, include_pending: bool = False) -> tuple[int, int]:
+    def flush(self, include_pending: bool = False) -> int:
         """Writes the stored rows (and, with `include_pending`, the last unlogged step). Host code.
 
         Returns:
-          (the next step number; logged steps dropped so far because the
-          buffer was full).
+          The number of logged steps dropped so far because the buffer was full.
         """
-        step, dropped = self.flush_in_graph(include_pending)
-        return int(step), int(dropped)
+        return int(self.flush_in_graph(include_pending))
+
+    def write_out(self) -> int:
+        """Host code: writes everything held, the last step included, and pushes it to disk; returns `flush`'s count."""
+        dropped = self.flush(include_pending=True)
+        self._writer.flush()
+        return dropped
 
     def flush_in_graph(self, include_pending: bool = False):
-        """Like `flush`, also usable inside a traced (not XLA) function; returns tensors."""
+        """Like `flush`, also usable inside a traced (not XLA) function; returns a tensor."""
         if self._writer is None:
-            raise RuntimeError("StatsRing.flush needs a writer: call attach_writer first")
-        fn = self._flush_fns.get(include_pending)
+            raise RuntimeError("StepBuffer.flush needs a writer: call attach_writer first")
+        # Traced again once a step hands over its loss.
+        key = (include_pending, self.has_loss)
+        fn = self._flush_fns.get(key)
         if fn is None:
             # A partial, not a lambda: TensorFlow warns of "retracing" when
-            # functions share one code object, as every ring's flush would
+            # functions share one code object, as every buffer's flush would
             # (a sweep creating a callback per trial).
             fn = tf.function(functools.partial(self._flush, include_pending), autograph=False)
-            self._flush_fns[include_pending] = fn
+            self._flush_fns[key] = fn
         return fn()
 
     def flush_if_full_in_graph(self) -> None:
         """Graph code: flushes when the buffer is full (not inside XLA)."""
         tf.cond(
             self._count.read_value() >= self.capacity,
-            lambda: self.flush_in_graph(False)[0],
-            lambda: tf.constant(0, tf.int64),
+            lambda: self.flush_in_graph(False),
+            lambda: self._dropped.read_value(),
         )
