@@ -24,9 +24,11 @@ Embedding+LSTM. Configurations:
 In a process, each configuration has its own model (same architecture and
 initial weights) traced by a warm-up `fit`; then the configurations are
 timed in turn, repetition after repetition, in an order rotated per
-repetition. A configuration's ratio is the median over repetitions of its
-training time divided by the baseline's in the same repetition, with the
-smallest and largest such ratio as its interval. Bytes per step: what the
+repetition, with a fit of the baseline before the first and after each
+one. A configuration's ratio is the median over repetitions of its
+training time divided by the mean of the two baseline fits around it (a
+load that drifts cancels), with the smallest and largest such ratio as its
+interval. Bytes per step: what the
 configuration wrote into its log directory, over every step it trained.
 
 `--memory` measures instead the peak resident memory (VmHWM) of one `fit`
@@ -85,6 +87,7 @@ DEBUGGER_MODES = {DEBUGGER_CURT_HEALTH: "CURT_HEALTH", DEBUGGER_NO_TENSOR: "NO_T
 CONFIGS = IN_PROCESS_CONFIGS + tuple(DEBUGGER_MODES)
 GH_FREQS = {GH_FREQ_1: 1, GH_FREQ_10: 10, GH_FREQ_100: 100}
 MEMORY_CONFIGS = (NONE, GH_FREQ_1, GH_DEFAULT)
+KINDS = ("wall_s", "cpu_s", "train_s")  # what is timed per fit (see _fit)
 
 # Targets on training time against no callback (CNN and transformer at
 # update_freq 1 and 100; the notebook MLP with the defaults).
@@ -207,8 +210,9 @@ def time_configs(
         paused while the other configurations train.
 
     Returns:
-      {config: {"wall_s": [...], "cpu_s": [...], "train_s": [...], "bytes": int, "steps": int}} and
-      the model's parameter count.
+      {config: {"wall_s": [...], "cpu_s": [...], "train_s": [...], "baseline_wall_s": [...], ...,
+      "bytes": int, "steps": int}} (per fit, its times and the mean of the baseline fits around it;
+      the baseline's own fits are their own baseline) and the model's parameter count.
     """
     workload = workloads.WORKLOADS[name]
     x, y = workloads.data(name, steps)
@@ -223,26 +227,44 @@ def time_configs(
         callbacks = make_callbacks(config, log_dir, x, y, workload.batch_size)
         _fit(model, x[:warm], y[:warm], workload.batch_size, callbacks)
         setups[config] = (model, callbacks, log_dir)
-    times = {config: {"wall_s": [], "cpu_s": [], "train_s": []} for config in configs}
+    times = {config: {kind: [] for kind in KINDS + tuple("baseline_" + k for k in KINDS)} for config in configs}
+    others = [config for config in configs if config != NONE]
     for rep in range(reps):
-        shift = rep % len(configs)
-        for config in list(configs[shift:]) + list(configs[:shift]):
-            model, callbacks, _ = setups[config]
-            with _debugger_paused() if debugger is not None and config != debugger else contextlib.nullcontext():
-                wall, cpu, train = _fit(model, x, y, workload.batch_size, callbacks)
-            times[config]["wall_s"].append(wall)
-            times[config]["cpu_s"].append(cpu)
-            times[config]["train_s"].append(train)
+        # Each configuration trains between two fits of the baseline and is
+        # compared with their mean, which cancels a load that drifts.
+        shift = rep % max(1, len(others))
+        previous = _timed_fit(setups, NONE, x, y, workload.batch_size, debugger)
+        _append(times[NONE], previous, previous)
+        for config in others[shift:] + others[:shift]:
+            measured = _timed_fit(setups, config, x, y, workload.batch_size, debugger)
+            following = _timed_fit(setups, NONE, x, y, workload.batch_size, debugger)
+            _append(times[config], measured, {kind: (previous[kind] + following[kind]) / 2 for kind in KINDS})
+            _append(times[NONE], following, following)
+            previous = following
         print(
-            "  %s rep %d: %s" % (name, rep, ", ".join("%s %.2fs" % (c, times[c]["train_s"][-1]) for c in configs)),
+            "  %s rep %d: %s"
+            % (name, rep, ", ".join("%s %.2fs" % (c, times[c]["train_s"][-1]) for c in configs if times[c]["train_s"])),
             flush=True,
         )
     if debugger is not None:
         tf.debugging.experimental.disable_dump_debug_info()
     for config in configs:
         times[config]["bytes"] = _directory_bytes(setups[config][2])
-        times[config]["steps"] = warmup + reps * steps
+        times[config]["steps"] = warmup + len(times[config]["train_s"]) * steps
     return times, int(setups[configs[0]][0].count_params())
+
+
+def _timed_fit(setups: dict, config: str, x, y, batch_size: int, debugger: str | None) -> dict:
+    model, callbacks, _ = setups[config]
+    with _debugger_paused() if debugger is not None and config != debugger else contextlib.nullcontext():
+        wall, cpu, train = _fit(model, x, y, batch_size, callbacks)
+    return {"wall_s": wall, "cpu_s": cpu, "train_s": train}
+
+
+def _append(measured: dict, fit_times: dict, baseline: dict) -> None:
+    for kind in KINDS:
+        measured[kind].append(fit_times[kind])
+        measured["baseline_" + kind].append(baseline[kind])
 
 
 def _debugger_in_subprocess(name: str, config: str, steps: int, reps: int, jit_compile: str, warmup: int) -> dict:
@@ -272,8 +294,8 @@ def _debugger_in_subprocess(name: str, config: str, steps: int, reps: int, jit_c
         return json.loads(pathlib.Path(result_path).read_text())
 
 
-def summarize(times: dict, baseline: str = NONE) -> dict:
-    """Per configuration: medians, and ratios to `baseline` paired per repetition (median and min-max)."""
+def summarize(times: dict) -> dict:
+    """Per configuration: medians, and ratios to the baseline fits around each fit (median and min-max)."""
     summary = {}
     for config, measured in times.items():
         entry = {
@@ -281,8 +303,8 @@ def summarize(times: dict, baseline: str = NONE) -> dict:
             "cpu_s_median": common.median(measured["cpu_s"]),
             "bytes_per_step": measured["bytes"] / max(1, measured["steps"]),
         }
-        for kind in ("wall_s", "cpu_s", "train_s"):
-            paired = np.asarray(measured[kind]) / np.asarray(times[baseline][kind])
+        for kind in KINDS:
+            paired = np.asarray(measured[kind]) / np.asarray(measured["baseline_" + kind])
             entry["%s_ratio" % kind.split("_")[0]] = common.median(paired)
             entry["%s_ratio_min_max" % kind.split("_")[0]] = [float(paired.min()), float(paired.max())]
         summary[config] = entry

@@ -168,11 +168,18 @@ def test_overhead_smoke(tmp_path):
     (measured,) = results["models"]
     assert measured["model"] == "baseline_mlp" and measured["steps_per_fit"] == 2
     assert set(measured["summary"]) == set(configs)
+    others = len(overhead.IN_PROCESS_CONFIGS) - 1
     for config in overhead.IN_PROCESS_CONFIGS:
         times = measured["times"][config]
-        assert len(times["wall_s"]) == len(times["cpu_s"]) == 2
+        # Per repetition the baseline trains before the first configuration and after each.
+        fits = 2 * (others + 1) if config == overhead.NONE else 2
+        assert len(times["wall_s"]) == len(times["cpu_s"]) == len(times["baseline_train_s"]) == fits
         # Training ends (every on_train_end done) before fit returns.
         assert all(0 < t <= w for t, w in zip(times["train_s"], times["wall_s"]))
+    # Each configuration is compared with the mean of the baseline fits just before and after it.
+    none = measured["times"][overhead.NONE]["train_s"]
+    first = measured["times"][overhead.IN_PROCESS_CONFIGS[1]]["baseline_train_s"][0]
+    assert first == pytest.approx((none[0] + none[1]) / 2)
     for entry in measured["summary"].values():
         assert entry["train_ratio"] > 0 and entry["cpu_ratio"] > 0
         low, high = entry["train_ratio_min_max"]
@@ -226,6 +233,13 @@ def test_profile_step_smoke(tmp_path):
     assert all(len(entry) == 2 and entry[1] >= 0 for entry in profile[ps.UNLOGGED]["top_capture_ops"])
     assert ps._is_capture_op("StatefulPartitionedCall/gradient_health/L2Loss:L2Loss")
     assert not ps._is_capture_op("StatefulPartitionedCall/sgd/Mul:Mul")
+    # The ops the recording adds to one traced step, counted in the graph.
+    graph_ops = results["graph_ops"]
+    assert set(graph_ops) == {ps.UNLOGGED, ps.LOGGED}
+    assert 0 < graph_ops[ps.UNLOGGED]["total"] < graph_ops[ps.LOGGED]["total"]
+    assert sum(graph_ops[ps.LOGGED]["types"].values()) == graph_ops[ps.LOGGED]["total"]
+    # The non-finite count is a branch, counted with its ops.
+    assert any(name.startswith("cond/") for name in graph_ops[ps.UNLOGGED]["types"])
     assert list(tmp_path.glob("profile_step-*.json"))
 
 
