@@ -26,7 +26,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(INSTALLED): $(PY) setup.py Makefile
-	$(PY) -m pip install --quiet -e '.[test,torch]' '$(TORCH_PIN)'
+	$(PY) -m pip install --quiet -e '.[keras,torch,test]' '$(TORCH_PIN)'
 	touch $@
 
 install: $(INSTALLED)

@@ -20,14 +20,16 @@ setuptools.setup(
     package_dir={"tb_gradhealth.frontend": "frontend"},
     package_data={"tb_gradhealth.frontend": ["*.js", "*.css", "*.html", "vendor/**/*", "vendor/*"]},
     include_package_data=False,
+    # The tab, the command line and the numpy writer need no deep learning
+    # framework; each capture needs its own, as an extra.
     install_requires=[
-        "tensorflow>=2.16",
-        "keras>=3.0",
         "tensorboard>=2.16",
         "werkzeug>=1.0",
         "numpy>=1.23",
     ],
     extras_require={
+        # GradientHealthCallback and GradientHealthRecorder (Keras 3, TensorFlow).
+        "keras": ["tensorflow>=2.16", "keras>=3.0"],
         "test": [
             "pytest>=7",
             "playwright>=1.40",

@@ -1,26 +1,32 @@
 """Frontend benchmark: time from navigation until the tab has drawn its heatmap and trend chart, in headless Chromium.
 
-Two real `tensorboard` processes serve one run each: the measured one
-(100 layers x 2,000 logged steps by default) and a tiny baseline (3 layers x
-10 steps), so the ratio shows what drawing the big run costs over the tab's
+Real `tensorboard` processes serve one run each: the measured one (100
+layers x 2,000 logged steps by default) and a tiny baseline (3 layers x 10
+steps), so the ratio shows what drawing the big run costs over the tab's
 fixed cost. Each repetition opens the tab's page
 (`data/plugin_entry.html?name=gradient_health`) in a fresh browser context,
-alternating between the two. An init script in the page records
+alternating between the runs. An init script in the page records
 `performance.now()` (ms since navigation start) two animation frames after
-the tab says `body[data-state=ready]` with a heatmap canvas and a trend
-canvas in place, i.e. once that frame has been painted. Resource timings
-split the total into data (until the last of /runs, /health, /series
-arrived) and drawing (decode, layout, canvases, paint).
+the tab says its charts are drawn (`body[data-charts=drawn]`; a version of
+the tab before it said so draws them in the task that adds their canvases)
+with a heatmap canvas and a trend canvas in place, i.e. once that frame has
+been painted.
+The diagnosis (/health) is not waited for. Resource timings split the time
+from the first /series request to the painted charts into the server's part
+(until the last /series response arrived) and the browser's part (decode,
+layout, canvases, paint: `browser_ms`).
+
+Each version of `--refs` (git commits; `.` is the working tree) is served
+from its own exported copy of the package and frontend, one after the other,
+so a version before a change and after it are measured in one invocation.
 
 The tab asks /series for about as many steps as its plots have device
 pixels across (`max_points`, 2,048 in this 1,600-pixel-wide viewport).
-`--full-series` adds a third visit to each repetition, `measured_full`: the
-measured run with `max_points` dropped from the tab's /series requests, so
-the server sends every step, as the tab did before it asked for its
-resolution (same server, same browser, order rotated each repetition).
+`--full-series` adds a visit `measured_full`: the measured run with
+`max_points` dropped from the tab's /series requests, so the server sends
+every step.
 
-    python -m benchmarks.frontend_draw --layers 100 --steps 2000 --reps 7
-    python -m benchmarks.frontend_draw --steps 10000 --reps 7 --full-series
+    python -m benchmarks.frontend_draw --layers 100 --steps 10000 --reps 5 --refs .,205e960
 """
 
 from __future__ import annotations
@@ -29,9 +35,15 @@ import argparse
 import concurrent.futures
 import contextlib
 import pathlib
+import sys
+import tempfile
 import urllib.parse
 
-from benchmarks import common, eventgen
+from benchmarks import common, eventgen, frontend_interact
+
+# tests/tb_server.py starts and stops a real `tensorboard`, as in the end-to-end tests.
+sys.path.insert(0, str(common.REPO / "tests"))
+import tb_server
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -53,7 +65,9 @@ DRAWN_SELECTORS = (".heatmap canvas.heatmap-canvas", ".trend-plot canvas")
 # canvases present, then waits two frames so the drawing has been painted.
 _INIT_SCRIPT = """
 (() => {
-  const drawn = () => document.body && document.body.dataset.state === 'ready' &&
+  // A version of the tab that does not say when its charts are drawn draws them in the task that
+  // adds their canvases.
+  const drawn = () => document.body && document.body.dataset.charts !== 'loading' &&
       %s;
   const observer = new MutationObserver(() => {
     if (window.__ghDrawnAt !== undefined || !drawn()) return;
@@ -61,7 +75,7 @@ _INIT_SCRIPT = """
     observer.disconnect();
     requestAnimationFrame(() => requestAnimationFrame(() => { window.__ghDrawnAt = performance.now(); }));
   });
-  observer.observe(document, {subtree: true, childList: true, attributes: true, attributeFilter: ['data-state']});
+  observer.observe(document, {subtree: true, childList: true, attributes: true, attributeFilter: ['data-state', 'data-charts']});
 })();
 """ % " && ".join("document.querySelector(%r)" % selector for selector in DRAWN_SELECTORS)
 
@@ -69,10 +83,15 @@ _INIT_SCRIPT = """
 _RESULT_SCRIPT = """
 () => {
   const routes = {};
+  let seriesStart = Infinity;
+  let seriesEnd = 0;
   for (const entry of performance.getEntriesByType('resource')) {
     const name = new URL(entry.name).pathname.split('/').pop();
-    if (['runs', 'health', 'series'].includes(name)) {
-      routes[name] = {end: entry.responseEnd, bytes: entry.encodedBodySize, query: new URL(entry.name).search};
+    if (!['runs', 'health', 'series'].includes(name)) continue;
+    routes[name] = {end: entry.responseEnd, bytes: entry.encodedBodySize, query: new URL(entry.name).search};
+    if (name === 'series' && entry.responseEnd <= window.__ghDrawnAt) {
+      seriesStart = Math.min(seriesStart, entry.startTime);
+      seriesEnd = Math.max(seriesEnd, entry.responseEnd);
     }
   }
   const reduced = document.querySelector('.reduced-note');
@@ -80,7 +99,7 @@ _RESULT_SCRIPT = """
   let painted = 0;
   const data = heatmap.getContext('2d').getImageData(0, 0, heatmap.width, heatmap.height).data;
   for (let i = 3; i < data.length; i += 4) if (data[i] > 0) painted += 1;
-  return {drawn_ms: window.__ghDrawnAt, routes, heatmap_pixels: painted,
+  return {drawn_ms: window.__ghDrawnAt, routes, heatmap_pixels: painted, series_start: seriesStart, series_end: seriesEnd,
           trend_canvases: document.querySelectorAll('.trend-plot canvas').length,
           rows_shown: reduced ? Number(reduced.dataset.shown) : null};
 }
@@ -110,14 +129,18 @@ def open_once(browser, url: str, full_series: bool = False) -> dict:
         result = page.evaluate(_RESULT_SCRIPT)
     finally:
         context.close()
-    missing = [route for route in ("runs", "health", "series") if route not in result["routes"]]
+    missing = [route for route in ("runs", "series") if route not in result["routes"]]
     if missing or result["heatmap_pixels"] == 0 or result["trend_canvases"] == 0:
         raise RuntimeError("the tab did not load and draw as expected: %r" % result)
-    data_ms = max(entry["end"] for entry in result["routes"].values())
+    # The charts' data: the run list and the series (the diagnosis is not waited for).
+    data_ms = max(result["routes"]["runs"]["end"], result["series_end"])
     return {
         "total_ms": result["drawn_ms"],
         "data_ms": data_ms,
         "draw_ms": result["drawn_ms"] - data_ms,
+        # From the first /series request to the painted charts, and the browser's part of it.
+        "series_to_painted_ms": result["drawn_ms"] - result["series_start"],
+        "browser_ms": result["drawn_ms"] - result["series_end"],
         "series_kib": result["routes"]["series"]["bytes"] / 1024,
         "series_query": result["routes"]["series"]["query"],  # as the tab asked; see full_series
         "full_series": full_series,
@@ -127,14 +150,14 @@ def open_once(browser, url: str, full_series: bool = False) -> dict:
     }
 
 
-def _start_servers(stack: contextlib.ExitStack, logdirs: dict) -> dict:
-    """Starts one tensorboard per logdir, in parallel (each imports TensorFlow for seconds); `stack` stops them."""
+def _start_servers(stack: contextlib.ExitStack, logdirs: dict, package: str) -> dict:
+    """Starts one tensorboard per logdir serving the plugin of `package`, in parallel; `stack` stops them."""
 
     def start(logdir):
-        manager = common.tb_server.running_tensorboard(str(logdir))
+        manager = tb_server.running_tensorboard(str(logdir))
         return manager, manager.__enter__()
 
-    with concurrent.futures.ThreadPoolExecutor(len(logdirs)) as pool:
+    with frontend_interact.pythonpath(package), concurrent.futures.ThreadPoolExecutor(len(logdirs)) as pool:
         futures = {name: pool.submit(start, logdir) for name, logdir in logdirs.items()}
         concurrent.futures.wait(futures.values())
     servers = {}
@@ -156,8 +179,12 @@ def main(argv=None) -> dict:
     parser.add_argument(
         "--full-series",
         action="store_true",
-        help="also visit the measured run with max_points dropped from the tab's /series requests "
-        "(every step, as before issue 8)",
+        help="also visit the measured run with max_points dropped from the tab's /series requests (every step)",
+    )
+    parser.add_argument(
+        "--refs",
+        default=".",
+        help="git commits whose plugin and frontend are measured, comma-separated (.: the working tree)",
     )
     parser.add_argument("--out-dir", default=str(common.OUT_DIR))
     args = parser.parse_args(argv)
@@ -169,55 +196,75 @@ def main(argv=None) -> dict:
         "baseline": eventgen.LogdirSpec(eventgen.GRADIENT_HEALTH, 1, BASELINE_LAYERS, BASELINE_STEPS),
     }
     logdirs = {name: eventgen.build_logdir(spec, out_dir) for name, spec in specs.items()}
-    # Each visit: (server, whether the tab's /series requests lose their max_points).
-    visits = {"measured": ("measured", False), "baseline": ("baseline", False)}
-    if args.full_series:
-        visits["measured_full"] = ("measured", True)
+    refs = args.refs.split(",")
+    # Each visit: (version, server, whether the tab's /series requests lose their max_points); the
+    # first version's visits are named plainly, the others' get "@<ref>".
+    visits = {}
+    for index, ref in enumerate(refs):
+        suffix = "" if index == 0 else "@" + ref
+        visits["measured" + suffix] = (ref, "measured", False)
+        visits["baseline" + suffix] = (ref, "baseline", False)
+        if args.full_series:
+            visits["measured_full" + suffix] = (ref, "measured", True)
     results = {
         "machine": common.machine("benchmarks.frontend_draw", argv),
         "args": vars(args),
-        "sizes": {name: specs[server].name for name, (server, _) in visits.items()},
+        "sizes": {name: specs[server].name for name, (_, server, _) in visits.items()},
         "times": {name: [] for name in visits},
     }
     with contextlib.ExitStack() as stack:
-        servers = _start_servers(stack, logdirs)
+        servers = {}
+        for ref in refs:
+            package = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gh_ref_")))
+            servers[ref] = _start_servers(stack, logdirs, str(frontend_interact.export_ref(ref, package)))
         playwright = stack.enter_context(sync_api.sync_playwright())
         browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
         stack.callback(browser.close)
         # One untimed visit each: TensorBoard's first requests warm its caches.
-        for server, full in visits.values():
-            open_once(browser, servers[server].url + ENTRY, full)
+        for ref, server, full in visits.values():
+            open_once(browser, servers[ref][server].url + ENTRY, full)
         names = list(visits)
         for rep in range(args.reps):
             # Rotated, so no configuration always comes first (or after the heaviest).
             order = names[rep % len(names) :] + names[: rep % len(names)]
             for name in order:
-                server, full = visits[name]
-                results["times"][name].append(open_once(browser, servers[server].url + ENTRY, full))
+                ref, server, full = visits[name]
+                results["times"][name].append(open_once(browser, servers[ref][server].url + ENTRY, full))
             print(
                 "rep %d: %s" % (rep, ", ".join("%s %.0f ms" % (n, results["times"][n][-1]["total_ms"]) for n in names)),
                 flush=True,
             )
     summary = {}
-    for name, (server, _) in visits.items():
+    keys = ("total_ms", "data_ms", "draw_ms", "series_to_painted_ms", "browser_ms", "series_kib")
+    for name, (_, server, _) in visits.items():
         times = results["times"][name]
-        summary[name] = {
-            key: common.median([t[key] for t in times]) for key in ("total_ms", "data_ms", "draw_ms", "series_kib")
-        }
+        summary[name] = {key: common.median([t[key] for t in times]) for key in keys}
         summary[name]["size"] = specs[server].name
         summary[name]["rows_shown"] = times[-1]["rows_shown"] or "all"
     for name in visits:
-        if name == "baseline":
+        if name.startswith("baseline"):
             continue
-        for key in ("total_ms", "draw_ms"):
-            paired = [m[key] / b[key] for m, b in zip(results["times"][name], results["times"]["baseline"])]
+        baseline = "baseline" + name[name.index("@") :] if "@" in name else "baseline"
+        for key in ("total_ms", "draw_ms", "browser_ms"):
+            paired = [m[key] / b[key] for m, b in zip(results["times"][name], results["times"][baseline])]
             summary[name][key.replace("_ms", "_ratio")] = common.median(paired)
     results["summary"] = summary
     path = common.write_results("frontend_draw", results, out_dir)
     print()
     common.print_table(
         [dict(entry, run=name) for name, entry in summary.items()],
-        ["run", "size", "rows_shown", "total_ms", "data_ms", "draw_ms", "series_kib", "total_ratio", "draw_ratio"],
+        [
+            "run",
+            "size",
+            "rows_shown",
+            "total_ms",
+            "data_ms",
+            "series_to_painted_ms",
+            "browser_ms",
+            "series_kib",
+            "total_ratio",
+            "browser_ratio",
+        ],
     )
     print("\nresults: %s" % path)
     return results

@@ -26,11 +26,16 @@ from __future__ import annotations
 
 import argparse
 import pathlib
+import sys
 import time
 import urllib.parse
 import urllib.request
 
 from benchmarks import common, eventgen
+
+# The tests' helpers start and stop a real `tensorboard`.
+sys.path.insert(0, str(common.REPO / "tests"))
+import tb_server
 
 PLUGIN = "/data/plugin/gradient_health"
 SCALARS = "/data/plugin/scalars"
@@ -47,7 +52,7 @@ def _post_json(server, path: str, form: dict):
     body = urllib.parse.urlencode(form, doseq=True).encode()
     request = urllib.request.Request(server.url + path, data=body)
     with urllib.request.urlopen(request, timeout=common.HTTP_TIMEOUT_S) as response:
-        return common.tb_server.strict_json(response.read())
+        return tb_server.strict_json(response.read())
 
 
 def _runs(spec: eventgen.LogdirSpec) -> list[str]:
@@ -182,7 +187,7 @@ def measure(spec: eventgen.LogdirSpec, logdir, load_fast: bool, args) -> dict:
         extra.append("--samples_per_plugin=scalars=%d" % (args.anchor_samples or spec.steps))
     result = {"layout": spec.layout, "runs": spec.runs, "layers": spec.layers, "load_fast": load_fast, "args": extra}
     start = time.perf_counter()
-    with common.tb_server.running_tensorboard(str(logdir), *extra, timeout_s=args.complete_timeout_s) as server:
+    with tb_server.running_tensorboard(str(logdir), *extra, timeout_s=args.complete_timeout_s) as server:
         result["startup_s"] = time.perf_counter() - start
         peak_sampled = _wait_complete(server, spec, start, args.complete_timeout_s)
         result["complete_s"] = time.perf_counter() - start

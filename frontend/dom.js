@@ -27,18 +27,12 @@ export function el(tag, props = {}, children = []) {
 }
 
 /** Appends nodes and strings (as text) to `parent`, skipping null and false. */
-export function append(parent, children) {
+function append(parent, children) {
   for (const child of children) {
     if (child === null || child === undefined || child === false) continue;
     parent.appendChild(typeof child === 'string' ? document.createTextNode(child) : child);
   }
   return parent;
-}
-
-/** Removes every child of `node`. */
-export function clear(node) {
-  node.replaceChildren();
-  return node;
 }
 
 /** Sizes a canvas for crisp drawing at the device pixel ratio; returns its 2-D context in CSS pixels. */
@@ -53,15 +47,28 @@ export function setupCanvas(canvas, width, height) {
   return context;
 }
 
-/** Returns `text` cut to fit `maxWidth` pixels in the context's font, ending in an ellipsis when cut. */
+// Unicode's first-strong isolate and its end: a name drawn between them keeps its writing direction to itself.
+const ISOLATE = '\u2068';
+const END_ISOLATE = '\u2069';
+// A character is at least this wide (CSS pixels): more characters than fit are cut before measuring.
+const MIN_CHAR_PX = 2;
+
+/**
+ * Returns `text` cut to fit `maxWidth` pixels in the context's font (ending in an ellipsis when cut), isolated.
+ *
+ * The result is wrapped in a Unicode isolate, so right-to-left or direction-override characters
+ * in a name never reorder the text drawn around it.
+ */
 export function fitText(context, text, maxWidth) {
-  if (context.measureText(text).width <= maxWidth) return text;
+  let shown = text.length > maxWidth / MIN_CHAR_PX ? text.slice(0, Math.ceil(maxWidth / MIN_CHAR_PX)) : text;
+  if (shown === text && context.measureText(text).width <= maxWidth) return ISOLATE + text + END_ISOLATE;
   let lo = 0;
-  let hi = text.length;
+  let hi = shown.length;
   while (lo < hi) {
     const mid = (lo + hi + 1) >> 1;
-    if (context.measureText(text.slice(0, mid) + '…').width <= maxWidth) lo = mid;
+    if (context.measureText(shown.slice(0, mid) + '…').width <= maxWidth) lo = mid;
     else hi = mid - 1;
   }
-  return text.slice(0, lo) + '…';
+  shown = shown.slice(0, lo) + '…';
+  return ISOLATE + shown + END_ISOLATE;
 }

@@ -124,3 +124,24 @@ export function reductionNote(shown, total) {
   if (!(shown < total)) return null;
   return `${formatStep(shown)} of ${formatStep(total)} steps shown; each layer's extremes and every NaN/Inf step are kept`;
 }
+
+// PageUp / PageDown move the picked step by this share of the logged steps.
+const PAGE_FRACTION = 0.1;
+
+/**
+ * Returns the step a key picks from `current` among the sorted `steps`, or null for a key that picks none.
+ *
+ * Arrows go to the previous or next logged step, PageUp/PageDown a tenth of them further, Home
+ * and End to the first and the last.
+ */
+export function stepForKey(key, steps, current) {
+  const n = steps.length;
+  if (n === 0) return null;
+  const at = current === null || current === undefined ? n - 1 : Math.max(0, lastIndexAtOrBefore(steps, current));
+  const page = Math.max(1, Math.round(n * PAGE_FRACTION));
+  const moves = {ArrowLeft: -1, ArrowDown: -1, ArrowRight: 1, ArrowUp: 1, PageDown: -page, PageUp: page};
+  if (key === 'Home') return steps[0];
+  if (key === 'End') return steps[n - 1];
+  if (!(key in moves)) return null;
+  return steps[Math.min(n - 1, Math.max(0, at + moves[key]))];
+}

@@ -1,4 +1,4 @@
-// What the routes skipped, per run: the run list's warning marker and the notices list, all as plain text.
+// What the routes reported about each run's data (skipped tags and files, wrong values): the run list's warning marker and the notices list, as plain text.
 
 import {el} from './dom.js';
 
@@ -7,13 +7,13 @@ const NOTICES_SHOWN = 6;
 // What each notices area shows now: redrawing the same list would make screen readers announce it again.
 const shownProblems = new WeakMap();
 
-/** Returns the problems of `lists` ([{tag, message}] each) in order, without repeats: several routes report the same one. */
+/** Returns the problems of `lists` ([{tag, file, message}] each) in order, without repeats: several routes report the same one. */
 export function mergeProblems(...lists) {
   const seen = new Set();
   const merged = [];
   for (const list of lists) {
     for (const problem of list || []) {
-      const key = JSON.stringify([problem.tag, problem.message]);
+      const key = JSON.stringify([problem.tag, problem.file, problem.message]);
       if (seen.has(key)) continue;
       seen.add(key);
       merged.push(problem);
@@ -22,38 +22,44 @@ export function mergeProblems(...lists) {
   return merged;
 }
 
-/** Returns one problem as a line of text: the tag (or, for a broken event file, its name) and why it was skipped. */
-export function problemText(problem) {
-  return problem.tag ? `${problem.tag}: ${problem.message}` : problem.message;
+/** Returns what a problem is about: a broken event file's name or a tag. */
+function subject(problem) {
+  return problem.file || problem.tag;
 }
 
-/** Returns the run list's marker of a run with skipped data (its title lists what and why), or null. */
+/** Returns one problem as a line of text: what it is about and what is wrong (the server's message says what was skipped). */
+export function problemText(problem) {
+  return subject(problem) ? `${subject(problem)}: ${problem.message}` : problem.message;
+}
+
+/** Returns the run list's marker of a run with problems in its data (its title lists them), or null. */
 export function problemMarker(problems) {
   if (!problems || problems.length === 0) return null;
   const count = problems.length;
   return el('span', {
     class: 'run-problems',
-    text: `⚠ ${count} problem${count === 1 ? '' : 's'}: data skipped`,
+    text: `⚠ ${count} problem${count === 1 ? '' : 's'} in its data`,
     title: problems.map(problemText).join('\n'),
     data: {problems: String(count)},
   });
 }
 
 function noticeItem(run, problem) {
-  return el('li', {class: 'notice', data: {run, tag: problem.tag}}, [
+  const data = problem.file ? {run, file: problem.file} : {run, tag: problem.tag};
+  return el('li', {class: 'notice', data}, [
     el('span', {class: 'notice-run', text: run}),
-    ': skipped ',
-    el('code', {class: 'notice-tag', text: problem.tag || '(unnamed)'}),
+    ': ',
+    el('code', {class: 'notice-tag', text: subject(problem) || '(unnamed)'}),
     ': ',
     el('span', {class: 'notice-message', text: problem.message}),
   ]);
 }
 
 /**
- * Fills the notices area with every run's skipped data; hides it when there is none.
+ * Fills the notices area with every run's problems; hides it when there is none.
  *
  * @param {HTMLElement} container the notices area
- * @param {Map<string, Array<{tag: string, message: string}>>} problemsByRun run -> its problems, in run list order
+ * @param {Map<string, Array<{tag: string, file: string, message: string}>>} problemsByRun run -> its problems, in run list order
  */
 export function renderNotices(container, problemsByRun) {
   const key = JSON.stringify([...problemsByRun]);
@@ -71,7 +77,7 @@ export function renderNotices(container, problemsByRun) {
   container.replaceChildren(
     el('span', {class: 'notice-icon', text: '⚠', attrs: {'aria-hidden': 'true'}}),
     el('div', {class: 'notice-body'}, [
-      el('div', {class: 'notice-title', text: `Data skipped in ${runs} run${runs === 1 ? '' : 's'} (the rest of each run is shown):`}),
+      el('div', {class: 'notice-title', text: `Problems in the data of ${runs} run${runs === 1 ? '' : 's'} (everything readable is shown):`}),
       el('ul', {class: 'notice-list'}, items.slice(0, NOTICES_SHOWN)),
       rest.length
         ? el('details', {class: 'notice-more'}, [el('summary', {text: `${rest.length} more`}), el('ul', {class: 'notice-list'}, rest)])

@@ -2,10 +2,13 @@
 
 import {el} from './dom.js';
 import {formatStep, verdictLabel} from './format.js';
+import {evidenceBlock} from './view_evidence.js';
+import {shortName} from './view_heatmap.js';
 import {problemMarker} from './view_notices.js';
 
-// Layer lists longer than this are cut in a finding ("and N more").
+// Layer lists longer than this are cut in a finding ("and N more"), and so are the names in them.
 const LAYERS_SHOWN = 4;
+const NAME_CHARS = 60;
 
 /** Returns a verdict (or finding kind) badge; `pending` while the diagnosis loads; no verdict shows a neutral badge. */
 export function badge(verdict, pending = false) {
@@ -16,7 +19,7 @@ export function badge(verdict, pending = false) {
 
 function runMeta(info) {
   const parts = [`${info.layers.length} layer${info.layers.length === 1 ? '' : 's'}`];
-  if (info.max_step !== null && info.max_step !== undefined) parts.push(`step ${formatStep(info.max_step)}`);
+  if (info.maxStep !== null) parts.push(`step ${formatStep(info.maxStep)}`);
   return parts.join(' · ');
 }
 
@@ -24,10 +27,10 @@ function runMeta(info) {
  * Fills `list` with one selectable row per run.
  *
  * @param {HTMLElement} list the container
- * @param {Array<object>} runs the /runs entries
+ * @param {Array<object>} runs the decoded /runs entries (model.decodeRun)
  * @param {Map<string, object>|null} health run -> /health entry; null while it loads
- * @param {Set<string>} selected selected run names
- * @param {Map<string, Array<object>>} problems run -> what was skipped reading it ({tag, message})
+ * @param {Array<string>} selected selected run names
+ * @param {Map<string, Array<object>>} problems run -> what was skipped reading it ({tag, file, message})
  * @param {function(string, boolean)} onToggle called with a run and its new checked state
  */
 export function renderRunList(list, runs, health, selected, problems, onToggle) {
@@ -38,9 +41,10 @@ export function renderRunList(list, runs, health, selected, problems, onToggle) 
   list.replaceChildren(
     ...runs.map((info) => {
       const verdict = health?.get(info.run)?.verdict;
-      const checkbox = el('input', {type: 'checkbox', checked: selected.has(info.run)});
+      const isSelected = selected.includes(info.run);
+      const checkbox = el('input', {type: 'checkbox', checked: isSelected});
       checkbox.addEventListener('change', () => onToggle(info.run, checkbox.checked));
-      return el('label', {class: 'run-item' + (selected.has(info.run) ? ' selected' : ''), data: {run: info.run}, title: info.run}, [
+      return el('label', {class: 'run-item' + (isSelected ? ' selected' : ''), data: {run: info.run}, title: info.run}, [
         checkbox,
         el('span', {class: 'run-text'}, [
           el('span', {class: 'run-name', text: info.run}),
@@ -53,34 +57,39 @@ export function renderRunList(list, runs, health, selected, problems, onToggle) 
   );
 }
 
-function formatEvidence(value) {
-  if (typeof value === 'number') return Number.isInteger(value) ? String(value) : value.toPrecision(3);
-  if (typeof value === 'string') return value;
-  return JSON.stringify(value);
-}
+// A finding's message or advice longer than this is cut (names in it can be long); the whole text is its tooltip.
+const TEXT_CHARS = 600;
 
 function layerList(layers) {
   if (!layers || layers.length === 0) return null;
-  const shown = layers.slice(0, LAYERS_SHOWN).join(', ');
+  const shown = layers.slice(0, LAYERS_SHOWN).map((name) => shortName(name, NAME_CHARS)).join(', ');
   const more = layers.length > LAYERS_SHOWN ? ` and ${layers.length - LAYERS_SHOWN} more` : '';
   return `${layers.length === 1 ? 'Layer' : 'Layers'}: ${shown}${more}`;
 }
 
-function findingItem(finding) {
+function longText(className, text) {
+  const whole = String(text ?? '');
+  return el('span', {class: className, text: shortName(whole, TEXT_CHARS), title: whole.length > TEXT_CHARS ? whole : null});
+}
+
+function findingItem(finding, loss) {
   const where = [layerList(finding.layers)];
   if (finding.first_step !== null && finding.first_step !== undefined) where.push(`from step ${formatStep(finding.first_step)}`);
-  if (finding.severity !== null && finding.severity !== undefined) where.push(`severity ${formatEvidence(finding.severity)}`);
-  const evidence = Object.entries(finding.evidence || {});
+  if (finding.severity) where.push(`severity ${finding.severity}`);
   return el('li', {class: 'finding', data: {kind: finding.kind}}, [
-    el('div', {class: 'finding-head'}, [badge(finding.kind), el('span', {class: 'finding-message', text: finding.message || ''})]),
+    el('div', {class: 'finding-head'}, [badge(finding.kind), longText('finding-message', finding.message)]),
     el('div', {class: 'finding-where', text: where.filter(Boolean).join(' · ')}),
-    finding.advice ? el('div', {class: 'finding-advice'}, [el('strong', {text: 'What usually helps: '}), finding.advice]) : null,
-    evidence.length
-      ? el('details', {class: 'finding-evidence'}, [
-          el('summary', {text: 'Evidence'}),
-          el('dl', {}, evidence.flatMap(([key, value]) => [el('dt', {text: key}), el('dd', {text: formatEvidence(value)})])),
-        ])
-      : null,
+    finding.advice ? el('div', {class: 'finding-advice'}, [el('strong', {text: 'What usually helps: '}), longText('', finding.advice)]) : null,
+    evidenceBlock(finding, loss),
+  ]);
+}
+
+/** Returns what the diagnosis could not check for a run (its notes), or null when it checked everything. */
+function notesBlock(notes) {
+  if (!Array.isArray(notes) || notes.length === 0) return null;
+  return el('div', {class: 'diagnosis-notes'}, [
+    el('span', {class: 'diagnosis-notes-title', text: 'Not checked: '}),
+    el('ul', {}, notes.map((note) => el('li', {}, [longText('', note)]))),
   ]);
 }
 
@@ -88,8 +97,9 @@ function findingItem(finding) {
  * Returns the diagnosis card of one run.
  *
  * @param {object|null|undefined} entry the run's /health entry; null while it loads, undefined if unavailable
+ * @param {object|null} loss the run's training loss series, drawn in each finding's evidence; null without one
  */
-export function diagnosisCard(entry) {
+export function diagnosisCard(entry, loss = null) {
   if (entry === null) {
     return el('div', {class: 'diagnosis'}, [el('p', {class: 'muted', text: 'Diagnosing…'})]);
   }
@@ -97,10 +107,18 @@ export function diagnosisCard(entry) {
     return el('div', {class: 'diagnosis'}, [el('p', {class: 'muted', text: 'No diagnosis available for this run.'})]);
   }
   const findings = entry.findings || [];
+  const notes = notesBlock(entry.notes);
+  if (entry.verdict === 'unreadable') {
+    return el('div', {class: 'diagnosis'}, [
+      el('p', {class: 'unreadable-note', text: 'Not diagnosed: none of this run’s statistics could be read (its problems are listed above the charts).'}),
+      notes,
+    ]);
+  }
   if (findings.length === 0) {
     return el('div', {class: 'diagnosis'}, [
       el('p', {class: 'healthy-note', text: 'No problem found: gradients stay finite and in a normal range in every recorded step.'}),
+      notes,
     ]);
   }
-  return el('div', {class: 'diagnosis'}, [el('ul', {class: 'findings'}, findings.map(findingItem))]);
+  return el('div', {class: 'diagnosis'}, [el('ul', {class: 'findings'}, findings.map((finding) => findingItem(finding, loss))), notes]);
 }

@@ -7,7 +7,8 @@ import importlib
 __version__ = "0.1.0"
 
 # TensorFlow is imported only when a TensorFlow-side name is first used, so
-# the numpy-only summary API and TensorBoard's plugin loader stay light.
+# the numpy-only summary API and TensorBoard's plugin loader stay light, and
+# work where TensorFlow is not installed (it is the `keras` extra).
 _LAZY_EXPORTS = {
     "GradientHealthCallback": "tb_gradhealth.capture.keras_callback",
     "GradientHealthRecorder": "tb_gradhealth.capture.custom_loop",
@@ -23,7 +24,16 @@ def __getattr__(name: str):
     module_name = _LAZY_EXPORTS.get(name)
     if module_name is None:
         raise AttributeError("module 'tb_gradhealth' has no attribute %r" % name)
-    value = getattr(importlib.import_module(module_name), name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name not in ("tensorflow", "keras"):
+            raise
+        raise ModuleNotFoundError(
+            "tb_gradhealth.%s needs TensorFlow and Keras 3: pip install 'tb-gradhealth[keras]'" % name,
+            name=error.name,
+        ) from error
+    value = getattr(module, name)
     globals()[name] = value
     return value
 

@@ -1,8 +1,9 @@
-"""A thread-safe cache of computed responses: bounded in bytes, revalidated in the background after an age, and concurrent misses of one key compute once."""
+"""Thread-safe reuse of computed responses: concurrent calls of one key compute once, and a cache bounded in bytes, revalidated in the background after an age."""
 
 from __future__ import annotations
 
 import collections
+import itertools
 import logging
 import queue
 import threading
@@ -44,6 +45,102 @@ class BackgroundWorker:
                 _logger.exception("background job failed")
 
 
+class _Pending:
+    """The outcome of one computation, for the callers waiting on it."""
+
+    def __init__(self):
+        self._done = threading.Event()
+        self._value = None
+        self._error: BaseException | None = None
+
+    def finish(self, value=None, error: BaseException | None = None) -> None:
+        self._value, self._error = value, error
+        self._done.set()
+
+    def wait(self):
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        return self._value
+
+
+class SingleFlight:
+    """Concurrent calls with one key run one computation; every caller gets its value, or its exception.
+
+    Nothing is kept once the computation is done: a call after it computes
+    afresh. A burst of identical requests (several viewers, the tab's
+    parallel fetches, connections released at once) costs one computation
+    and the memory of one, whatever the size of its result.
+    """
+
+    def __init__(self):
+        self._pending: dict[Hashable, _Pending] = {}
+        self._lock = threading.Lock()
+
+    def run(self, key: Hashable, compute: Callable[[], Value]) -> Value:
+        with self._lock:
+            pending = self._pending.get(key)
+            owner = pending is None
+            if owner:
+                pending = self._pending[key] = _Pending()
+        if not owner:
+            return pending.wait()
+        try:
+            value = compute()
+        except BaseException as error:
+            pending.finish(error=error)
+            raise
+        else:
+            pending.finish(value)
+            return value
+        finally:
+            with self._lock:
+                del self._pending[key]
+
+
+class Workers:
+    """Runs jobs on a fixed set of threads, urgent jobs first; the caller waits for its job's value (or exception).
+
+    Heavy work (reading a statistic, encoding a body, diagnosing a run) runs
+    on a few long-lived threads instead of the threads of the requests:
+    that bounds how much runs at once, and the memory such work frees stays
+    with those threads for their next job (the C allocator keeps memory per
+    thread that allocated it; every request thread would grow a pool of
+    its own). The tab waits on a chart (`/series`) while a diagnosis of
+    every run (`/health`) may read statistic after statistic: the chart's
+    job is marked urgent and goes next.
+    """
+
+    def __init__(self, threads: int, name: str):
+        self._threads = threads
+        self._name = name
+        self._jobs: queue.PriorityQueue = queue.PriorityQueue()
+        self._order = itertools.count()
+        self._started = False
+        self._lock = threading.Lock()
+
+    def run(self, job: Callable[[], Value], urgent: bool = False) -> Value:
+        with self._lock:
+            if not self._started:
+                for index in range(self._threads):
+                    name = "tb_gradhealth-%s-%d" % (self._name, index)
+                    threading.Thread(target=self._work, name=name, daemon=True).start()
+                self._started = True
+        pending = _Pending()
+        self._jobs.put((0 if urgent else 1, next(self._order), job, pending))
+        return pending.wait()
+
+    def _work(self) -> None:
+        while True:
+            _, _, job, pending = self._jobs.get()
+            try:
+                value = job()
+            except BaseException as error:
+                pending.finish(error=error)
+            else:
+                pending.finish(value)
+
+
 class ResponseCache:
     """LRU cache of values keyed by what they were computed from.
 
@@ -56,7 +153,8 @@ class ResponseCache:
     does not show, without ever making a request wait for a recomputation
     of unchanged data.
     Values larger than `max_value_bytes` (default: a quarter of
-    `max_bytes`) are computed but not kept.
+    `max_bytes`) are computed but not kept; concurrent requests of one key
+    still share one computation of them.
     """
 
     def __init__(
@@ -85,9 +183,7 @@ class ResponseCache:
         self._entries: collections.OrderedDict[Hashable, tuple[float, int, object]] = collections.OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
-        # One lock per key being computed: a burst of identical requests
-        # (several viewers, the tab's parallel fetches) computes it once.
-        self._computing: dict[Hashable, threading.Lock] = {}
+        self._misses = SingleFlight()
         self._revalidating: set[Hashable] = set()
         self._computations = 0
 
@@ -122,24 +218,22 @@ class ResponseCache:
                     self._revalidating.add(key)
                 else:
                     stale = False
-            else:
-                key_lock = self._computing.setdefault(key, threading.Lock())
         if hit:
             if stale:
                 self._background(lambda: self._revalidate(key, compute, size))
             return value
-        with key_lock:
+
+        def compute_and_keep():
             with self._lock:
+                # Kept by a computation that ended since the lookup above.
                 hit, value, _ = self._lookup(key)
-                if hit:
-                    return value
-            try:
-                value = self._compute(compute)
-                self._keep(key, value, size(value))
-            finally:
-                with self._lock:
-                    self._computing.pop(key, None)
+            if hit:
+                return value
+            value = self._compute(compute)
+            self._keep(key, value, size(value))
             return value
+
+        return self._misses.run(key, compute_and_keep)
 
     def _lookup(self, key: Hashable):
         """Returns (hit, value, stale) under the lock."""

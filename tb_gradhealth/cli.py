@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TextIO
 
 # Exit statuses of `report`, documented in its help.
@@ -49,44 +49,96 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def health_report(logdir: str, run: str | None = None) -> tuple[dict, set[str]]:
-    """Diagnoses `logdir` with the plugin's own `/health` code, reading the event files directly.
+# What the in-process provider of a remote logdir keeps per tag: every step
+# of ours (0 means unbounded), one point of other plugins' tensors, which
+# are never read.
+_OWN_TENSORS_KEEP_ALL = 0
+_OTHER_TENSORS_KEPT = 1
+
+
+def provider_for_logdir(logdir: str):
+    """Builds an in-process data provider over `logdir` that holds every Gradient Health step.
+
+    A local logdir is read straight from its event files
+    (`local_logdir.LocalLogdir`: no TensorFlow, checksums checked in bulk);
+    a remote one (`gs://`, `s3://`) through the multiplexer TensorBoard uses
+    with `--load_fast=false`, which needs TensorFlow's file systems.
 
     Returns:
-      The `/health` body, and the runs in it with no readable statistic at
-      all (their data is corrupt; the body lists them with their problems).
+      (provider, ctx, experiment_id) to pass to the `reader` functions.
+    """
+    from tensorboard import context
+
+    from tb_gradhealth import local_logdir, metadata, tensorflow_free
+
+    if not tensorflow_free.is_remote(logdir):
+        return local_logdir.LocalLogdir(logdir), context.RequestContext(), ""
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer, tag_types
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(
+        size_guidance={tag_types.TENSORS: _OTHER_TENSORS_KEPT},
+        tensor_size_guidance={metadata.PLUGIN_NAME: _OWN_TENSORS_KEEP_ALL},
+    )
+    multiplexer.AddRunsFromDirectory(logdir)
+    multiplexer.Reload()
+    return data_provider.MultiplexerDataProvider(multiplexer, logdir), context.RequestContext(), ""
+
+
+def run_healths(logdir: str, run: str | None = None) -> Iterator[tuple[dict, bool]]:
+    """Diagnoses `logdir`'s runs straight from the event files, one at a time: yields each one's `/health` entry.
+
+    Yields:
+      (entry, unreadable): a run's entry, and whether it has no readable
+      statistic at all (its data is corrupt; the entry lists its problems).
+      Each run is read when it is reached, so a report can print the first
+      one while the others are read.
 
     Raises:
-      UsageError: `logdir` is not a directory, holds no readable Gradient
-        Health data, or has no run `run`.
+      UsageError: `logdir` is not a directory, or has no run `run` (before
+        anything is yielded); or, after the runs, it holds no Gradient
+        Health data or none that can be read (having yielded only
+        unreadable runs).
     """
-    if not os.path.isdir(logdir):
+    from tb_gradhealth import tensorflow_free
+
+    if not tensorflow_free.is_remote(logdir) and not os.path.isdir(logdir):
         raise UsageError("%s is not a directory" % logdir)
-    # Imported here so that `--help` and usage errors answer without
-    # loading TensorBoard.
-    from tensorboard import errors
-    from tensorboard.plugins import base_plugin
+    provider, ctx, experiment_id = provider_for_logdir(logdir)
+    from tb_gradhealth import event_files, health, reader
 
-    from tb_gradhealth import plugin, reader
+    candidates = sorted(info.run_name for info in provider.list_runs(ctx, experiment_id=experiment_id))
 
-    provider, ctx, experiment_id = reader.provider_for_logdir(logdir)
-    infos = reader.list_runs(provider, ctx, experiment_id)
-    runs = [info.run for info in infos]
-    if not runs:
-        raise UsageError("no gradient health data under %s" % logdir)
-    if run is not None and run not in runs:
+    def listing(name: str):
+        return reader.list_run_tags(provider, ctx, experiment_id, name).get(name)
+
+    if run is not None and (run not in candidates or listing(run) is None):
+        runs = [name for name in candidates if listing(name) is not None]
+        if not runs:
+            raise UsageError("no gradient health data under %s" % logdir)
         raise UsageError("no gradient health data for run %r under %s; runs: %s" % (run, logdir, ", ".join(runs)))
-    selected = [run] if run is not None else runs
-    unreadable = {info.run for info in infos if info.run in selected and not info.stats}
-    if unreadable == set(selected):
+    checker = event_files.RunFileChecker(logdir)
+    found, unreadable = [], []
+    for name in [run] if run is not None else candidates:
+        run_tags = listing(name)
+        if run_tags is None:
+            continue
+        found.append(name)
+        if not run_tags.stats:
+            unreadable.append(name)
+        data = reader.load_run(provider, ctx, experiment_id, name, run_tags=run_tags)
+        yield health.run_health(name, health.diagnose(data), checker.problems(name)), not run_tags.stats
+    if not found:
+        raise UsageError("no gradient health data under %s" % logdir)
+    if len(unreadable) == len(found):
         raise UsageError(
-            "no readable gradient health data under %s: every tag of %s is corrupt" % (logdir, ", ".join(selected))
+            "no readable gradient health data under %s: every tag of %s is corrupt" % (logdir, ", ".join(found))
         )
-    health = plugin.GradientHealthPlugin(base_plugin.TBContext(data_provider=provider, logdir=logdir))
-    try:
-        return health.health_impl(ctx, experiment_id, run), unreadable
-    except errors.NotFoundError as error:
-        raise UsageError(str(error)) from None
+
+
+def health_report(logdir: str, run: str | None = None) -> tuple[dict, set[str]]:
+    """Returns the `/health` body of `logdir` (all runs, or `run`) and its unreadable runs; see `run_healths`."""
+    entries = list(run_healths(logdir, run))
+    return {"runs": [entry for entry, _ in entries]}, {entry["run"] for entry, unreadable in entries if unreadable}
 
 
 def exit_status(report: dict) -> int:
@@ -94,19 +146,24 @@ def exit_status(report: dict) -> int:
     return EXIT_FINDINGS if any(run["findings"] for run in report["runs"]) else EXIT_HEALTHY
 
 
-def format_report(report: dict, unreadable: set[str] = frozenset()) -> str:
-    """Renders a `/health` body as one block per run: verdict, a findings table, details and skipped data."""
-    blocks = [_format_run(run, run["run"] in unreadable) for run in report["runs"]]
-    with_findings = sum(1 for run in report["runs"] if run["findings"])
-    healthy = len(report["runs"]) - with_findings - len(unreadable)
-    summary = "%d run(s): %d healthy, %d with findings" % (len(report["runs"]), healthy, with_findings)
+def _summary(runs: Sequence[dict], unreadable: set[str]) -> str:
+    with_findings = sum(1 for run in runs if run["findings"])
+    healthy = len(runs) - with_findings - len(unreadable)
+    summary = "%d run(s): %d healthy, %d with findings" % (len(runs), healthy, with_findings)
     if unreadable:
         summary += ", %d unreadable (skipped)" % len(unreadable)
-    blocks.append(summary)
-    return "\n\n".join(blocks) + "\n"
+    return summary
 
 
-def _format_run(run: dict, unreadable: bool) -> str:
+def _problem_line(problem: dict) -> str:
+    """`skipped <tag>: why`, or `skipped file <name>: why` for a broken event file."""
+    if "file" in problem:
+        return "skipped file %s: %s" % (problem["file"], problem["message"])
+    return "skipped %s: %s" % (problem["tag"], problem["message"])
+
+
+def format_run(run: dict, unreadable: bool = False) -> str:
+    """Renders one run's `/health` entry: verdict, a findings table, details, skipped data, then notes."""
     verdict = "SKIPPED: no readable gradient health data" if unreadable else run["verdict"].upper()
     lines = ["run %s: %s" % (run["run"], verdict)]
     if run["findings"]:
@@ -120,17 +177,46 @@ def _format_run(run: dict, unreadable: bool) -> str:
         for finding in run["findings"]:
             lines.append("%s%s: %s" % (_INDENT, finding["kind"], finding["message"]))
             lines.append("%s%sadvice: %s" % (_INDENT, _INDENT, finding["advice"]))
+    # Skipped data before notes: it is data the verdict did not see, while a
+    # note says what the rules could not check in the data they saw.
     for problem in run.get("problems", []):
-        lines.append("%sskipped %s: %s" % (_INDENT, problem["tag"], problem["message"]))
+        lines.append(_INDENT + _problem_line(problem))
+    for note in run.get("notes", []):
+        lines.append("%snote: %s" % (_INDENT, note))
     return "\n".join(lines)
 
 
+def _warn_problems(run: dict, err: TextIO) -> None:
+    # Skipped data also goes to stderr, where a CI log shows it even when
+    # stdout is parsed.
+    for problem in run.get("problems", []):
+        err.write("%s report: warning: run %s: %s\n" % (_PROG, run["run"], _problem_line(problem)))
+
+
 def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    runs, unreadable = [], set()
+    # Unreadable runs wait until a readable one is found: if none is, the
+    # report is a usage error and prints nothing else.
+    held: list[tuple[str, dict]] = []
     try:
-        report, unreadable = health_report(args.logdir, args.run)
+        for run, is_unreadable in run_healths(args.logdir, args.run):
+            runs.append(run)
+            if is_unreadable:
+                unreadable.add(run["run"])
+            held.append((format_run(run, is_unreadable), run))
+            if is_unreadable and len(unreadable) == len(runs):
+                continue
+            for block, held_run in held:
+                if not args.json:
+                    # Each run as soon as it is diagnosed: a big logdir shows progress.
+                    out.write(block + "\n\n")
+                    out.flush()
+                _warn_problems(held_run, err)
+            held = []
     except UsageError as error:
         err.write("%s report: error: %s\n" % (_PROG, error))
         return EXIT_USAGE
+    report = {"runs": runs}
     if args.json:
         from tensorboard.backend import json_util
 
@@ -138,14 +224,7 @@ def _report(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         # output parses with any strict JSON parser.
         out.write(json.dumps(json_util.Cleanse(report), indent=2) + "\n")
     else:
-        out.write(format_report(report, unreadable))
-    # Skipped data also goes to stderr, where a CI log shows it even when
-    # stdout is parsed.
-    for run in report["runs"]:
-        for problem in run.get("problems", []):
-            err.write(
-                "%s report: warning: run %s: skipped %s: %s\n" % (_PROG, run["run"], problem["tag"], problem["message"])
-            )
+        out.write(_summary(runs, unreadable) + "\n")
     return exit_status(report)
 
 

@@ -16,7 +16,9 @@ class StatSeries:
       layers: layer names in model order, input -> output (the columns).
       steps: int64 `[n_steps]`, strictly increasing.
       wall_times: float64 `[n_steps]`, seconds since the epoch.
-      values: float64 `[n_steps, n_layers]`; NaN and +-Inf are kept as such.
+      values: float `[n_steps, n_layers]`, of the type written (float32 for
+        every writer of ours; the reader makes integers float64), so every
+        value is exact; NaN and +-Inf are kept as such.
       recorded: bool `[n_steps, n_layers]`, False where the layer was not
         in the layer set of that step (its value there is NaN and means
         nothing: not non-finite, not zero); None when every layer was
@@ -48,3 +50,9 @@ class StatSeries:
     @property
     def num_steps(self) -> int:
         return len(self.steps)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of its arrays (the memory it holds)."""
+        arrays = (self.steps, self.wall_times, self.values, self.recorded)
+        return sum(array.nbytes for array in arrays if array is not None)

@@ -2,17 +2,64 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
+from tensorboard.summary.writer import event_file_writer
+from tensorboard.summary.writer.record_writer import RecordWriter
 
-from tb_gradhealth import metadata
+from tb_gradhealth import metadata, tensorflow_free
 from tb_gradhealth.layer_sets import LayerSetTags
 
 FILENAME_SUFFIX = metadata.FILENAME_SUFFIX
+
+
+class LocalEventFileWriter(event_file_writer.EventFileWriter):
+    """TensorBoard's `EventFileWriter` for a local directory, writing with Python's own file I/O.
+
+    TensorBoard's own opens its file through `tensorboard.compat.tf`, which
+    imports TensorFlow when it is installed (see `tensorflow_free`). The
+    file, its name, its first event and the asynchronous writing are those
+    of TensorBoard's writer.
+    """
+
+    def __init__(self, logdir: str, max_queue_size: int = 10, flush_secs: int = 120, filename_suffix: str = ""):
+        # Not super().__init__(): that is the part that opens the file through TensorFlow.
+        logdir = os.fspath(logdir)
+        os.makedirs(logdir, exist_ok=True)
+        self._logdir = logdir
+        self._file_name = (
+            os.path.join(
+                logdir,
+                "events.out.tfevents.%010d.%s.%s.%s"
+                % (time.time(), socket.gethostname(), os.getpid(), event_file_writer._global_uid.get()),
+            )
+            + filename_suffix
+        )
+        self._general_file_writer = open(self._file_name, "wb")
+        self._async_writer = event_file_writer._AsyncWriter(
+            RecordWriter(self._general_file_writer), max_queue_size, flush_secs
+        )
+        self.add_event(
+            event_pb2.Event(
+                wall_time=time.time(),
+                file_version="brain.Event:2",
+                source_metadata=event_pb2.SourceMetadata(writer="tensorboard.summary.writer.event_file_writer"),
+            )
+        )
+        self.flush()
+
+
+def event_file_writer_for(
+    logdir: str, max_queue_size: int = 10, flush_secs: int = 120, filename_suffix: str = ""
+) -> event_file_writer.EventFileWriter:
+    """Returns an event file writer on `logdir`: TensorBoard's own for a remote path, else a `LocalEventFileWriter`."""
+    writer_class = event_file_writer.EventFileWriter if tensorflow_free.is_remote(logdir) else LocalEventFileWriter
+    return writer_class(logdir, max_queue_size=max_queue_size, flush_secs=flush_secs, filename_suffix=filename_suffix)
 
 
 def layer_values_tensor(values: Sequence[float] | np.ndarray) -> tensor_pb2.TensorProto:
@@ -72,7 +119,9 @@ class GradientHealthFileWriter:
     """
 
     def __init__(self, logdir: str, max_queue: int = 1024, flush_secs: int = 30):
-        self._writer = EventFileWriter(
+        # TensorBoard's own writer imports TensorFlow when it is installed:
+        # seconds of start-up for a numpy-only writer.
+        self._writer = event_file_writer_for(
             logdir, max_queue_size=max_queue, flush_secs=flush_secs, filename_suffix=FILENAME_SUFFIX
         )
         self._layer_sets = LayerSetTags(self._writer.get_logdir())

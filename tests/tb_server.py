@@ -152,17 +152,22 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def running_tensorboard(logdir: str, *extra_args: str, timeout_s: float = STARTUP_TIMEOUT_S):
+def running_tensorboard(
+    logdir: str, *extra_args: str, timeout_s: float = STARTUP_TIMEOUT_S, python_path: str | None = None
+):
     """Runs `tensorboard --logdir logdir --host 127.0.0.1 --port <free> extra_args...` until the block ends.
 
     Yields a `TensorBoardServer` once `/data/plugins_listing` answers 200.
     The process runs in its own session so it and its data server are
-    stopped together, by process group id.
+    stopped together, by process group id. `python_path`, when given, is the
+    process's PYTHONPATH (e.g. another version of the plugin).
     """
     port = free_port()
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="tb_server_log_"))
     log_path = log_dir / "tensorboard.log"
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
+    if python_path is not None:
+        env["PYTHONPATH"] = python_path
     command = [str(TENSORBOARD_BIN), "--logdir", str(logdir), "--host", HOST, "--port", str(port), *extra_args]
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(

@@ -14,7 +14,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks import eventgen
-from tb_gradhealth import metadata, reader
+from tb_gradhealth import cli, metadata, reader
 
 pytestmark = pytest.mark.slow
 
@@ -69,12 +69,12 @@ def test_generated_event_files_equal_what_tensorflow_writes(tmp_path):
 def test_generated_logdir_reads_back_exactly_and_is_reused(tmp_path):
     spec = eventgen.LogdirSpec(eventgen.GRADIENT_HEALTH, runs=2, layers=LAYERS, steps=LONG_STEPS)
     logdir = eventgen.build_logdir(spec, tmp_path, log=lambda message: None)
-    provider, ctx, experiment = reader.provider_for_logdir(str(logdir))
-    runs = reader.list_runs(provider, ctx, experiment)
-    assert [info.run for info in runs] == [eventgen.run_name(0), eventgen.run_name(1)]
+    provider, ctx, experiment = cli.provider_for_logdir(str(logdir))
+    runs = [reader.run_info(tags) for tags in reader.list_run_tags(provider, ctx, experiment).values()]
+    assert [info["run"] for info in runs] == [eventgen.run_name(0), eventgen.run_name(1)]
     for index, info in enumerate(runs):
-        assert info.max_step == LONG_STEPS - 1
-        series = reader.read_run(provider, ctx, experiment, info.run)
+        assert info["max_step"] == LONG_STEPS - 1
+        series = reader.read_run(provider, ctx, experiment, info["run"])
         expected = np.concatenate(
             [
                 eventgen.run_values(index, 1_000, LAYERS, 0),

@@ -89,16 +89,15 @@ def test_python_multiplexer_lists_and_reads_the_plugin_data(callback_run):
 
 @pytest.mark.slow
 def test_the_plugins_reader_reads_what_the_multiplexer_reads(callback_run):
-    from tb_gradhealth import reader
+    from tb_gradhealth import cli, reader
 
     run = events.read_run(os.path.join(callback_run, "train"))
-    provider, ctx, experiment_id = reader.provider_for_logdir(callback_run)
-    (run_info,) = reader.list_runs(provider, ctx, experiment_id)
-    # Only the per-layer statistics are compared: where a reader puts the
-    # run-level loss is its own business.
-    assert tuple(stat for stat in run_info.stats if stat != metadata.LOSS) == metadata.BUILTIN_STATS
-    assert tuple(name for name in run_info.layers if name != metadata.LOSS) == sgd.EXPECTED_LAYERS
-    assert run_info.run == "train" and run_info.problems == () and run_info.max_step == N_STEPS - 1
+    provider, ctx, experiment_id = cli.provider_for_logdir(callback_run)
+    (run_tags,) = reader.list_run_tags(provider, ctx, experiment_id).values()
+    run_info = reader.run_info(run_tags)
+    assert tuple(run_info["stats"]) == metadata.BUILTIN_STATS and run_info["scalars"] == [metadata.LOSS]
+    assert tuple(run_info["layers"]) == sgd.EXPECTED_LAYERS
+    assert run_info["run"] == "train" and run_info["problems"] == [] and run_info["max_step"] == N_STEPS - 1
     series = reader.read_run(provider, ctx, experiment_id, "train")
     for stat in metadata.BUILTIN_STATS:
         assert series[stat].layers == sgd.EXPECTED_LAYERS

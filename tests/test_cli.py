@@ -7,15 +7,18 @@ import os
 import pathlib
 import subprocess
 import sys
+import textwrap
 import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from tb_gradhealth import cli, metadata, summary
+from tb_gradhealth import cli, event_files, local_logdir, metadata, summary
 from tb_gradhealth.summary import GradientHealthFileWriter
 
 LAYERS = ("dense", "dense_1", "dense_2")
@@ -134,7 +137,12 @@ def test_table_gives_verdict_first_step_and_layers(logdir, capsys):
     ]
     assert "  nonfinite: NaN/Inf gradients from step %d in dense_1" % NAN_STEP in blocks[0]
     assert "    advice: " in blocks[0]
-    assert blocks[2] == "run healthy: HEALTHY"
+    # These runs were written without the loss: the report says what that leaves unjudged.
+    assert blocks[2].splitlines() == [
+        "run healthy: HEALTHY",
+        "  note: no training loss recorded: findings do not show the loss trend, and 'not learning' is judged "
+        "from the gradient norms",
+    ]
     assert blocks[-1] == "3 run(s): 2 healthy, 1 with findings"
 
 
@@ -161,8 +169,8 @@ def test_damaged_event_file_is_reported_as_skipped(tmp_path, capsys):
     assert status == cli.EXIT_HEALTHY
     lines = out.splitlines()
     assert lines[0] == "run healthy: HEALTHY"
-    assert lines[1].startswith("  skipped %s: " % event_file.name)
-    assert err.startswith("tb-gradhealth report: warning: run healthy: skipped %s: " % event_file.name)
+    assert lines[1].startswith("  skipped file %s: event file corrupt: " % event_file.name)
+    assert err.startswith("tb-gradhealth report: warning: run healthy: skipped file %s: " % event_file.name)
 
 
 def test_run_whose_every_tag_is_corrupt_is_skipped_not_healthy(tmp_path, capsys):
@@ -220,6 +228,30 @@ def test_bad_arguments_exit_2(argv, capsys):
     assert "usage: tb-gradhealth" in capsys.readouterr().err
 
 
+_CLI_MODULES_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    from tb_gradhealth import cli
+    sys.argv = ["tb-gradhealth", "report", sys.argv[1]]
+    status = cli.main()
+    sys.stdout.flush()
+    sys.stderr.write("tensorflow imported: %s\\n" % ("tensorflow" in sys.modules))
+    sys.exit(status)
+    """
+)
+
+
+def test_report_imports_no_tensorflow_and_writes_only_its_own_lines(logdir):
+    """As the console script runs it (argv from the command line): TensorBoard's stub reads the local files."""
+    process = subprocess.run([sys.executable, "-c", _CLI_MODULES_SCRIPT, str(logdir)], capture_output=True, text=True)
+    assert process.returncode == cli.EXIT_FINDINGS, process.stderr
+    assert process.stdout.splitlines()[0] == "run broken: NONFINITE"
+    lines = process.stderr.splitlines()
+    assert lines[-1] == "tensorflow imported: False"
+    # Nothing but the report's own warnings: no TensorFlow start-up lines.
+    assert lines[:-1] and all(line.startswith("tb-gradhealth report: warning: ") for line in lines[:-1])
+
+
 @pytest.mark.slow
 def test_installed_console_script(logdir, capsys):
     """The `tb-gradhealth` entry point, as a CI job runs it (one start-up of TensorBoard, ~10 s)."""
@@ -231,3 +263,76 @@ def test_installed_console_script(logdir, capsys):
     missing = subprocess.run([script, "report", str(logdir / "missing")], capture_output=True, text=True)
     assert (missing.returncode, missing.stdout) == (cli.EXIT_USAGE, "")
     assert missing.stderr == "tb-gradhealth report: error: %s is not a directory\n" % (logdir / "missing")
+
+
+# The command line's own reading of a local logdir (local_logdir.LocalLogdir).
+
+
+@settings(max_examples=50, deadline=None)
+@given(data=st.lists(st.binary(min_size=0, max_size=40), min_size=1, max_size=8))
+def test_bulk_checksums_equal_tensorboards(data):
+    from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
+
+    for length in {len(item) for item in data}:
+        rows = [item for item in data if len(item) == length]
+        matrix = np.frombuffer(b"".join(rows), dtype=np.uint8).reshape(len(rows), length)
+        assert event_files.masked_crc32c(matrix).tolist() == [masked_crc32c(row) for row in rows]
+
+
+def test_records_stop_where_tensorboard_stops(tmp_path):
+    _write_run(str(tmp_path / "run"), _healthy_values(seed=1))
+    (event_file,) = (tmp_path / "run").iterdir()
+    data = event_file.read_bytes()
+    records = local_logdir.read_records(data)
+    assert len(records) == NUM_STEPS + 1  # the file version, then one event per step
+    # A flipped byte in the data of the 11th record: it and what follows are not read.
+    offset = sum(12 + len(record) + 4 for record in records[:10]) + 12 + 5
+    damaged = data[:offset] + bytes([data[offset] ^ 1]) + data[offset + 1 :]
+    assert local_logdir.read_records(damaged) == records[:10]
+    # A cut record: the whole ones before it.
+    assert local_logdir.read_records(data[: len(data) - 3]) == records[:-1]
+
+
+def test_local_reading_equals_tensorboards_multiplexer(logdir):
+    from tensorboard import context
+    from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer, tag_types
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(
+        size_guidance={tag_types.TENSORS: 1}, tensor_size_guidance={metadata.PLUGIN_NAME: 0}
+    )
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    reference = data_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    local = local_logdir.LocalLogdir(str(logdir))
+    ctx = context.RequestContext()
+    for provider in (reference, local):
+        listed = provider.list_tensors(ctx, experiment_id="", plugin_name=metadata.PLUGIN_NAME)
+        read = provider.read_tensors(ctx, experiment_id="", plugin_name=metadata.PLUGIN_NAME, downsample=10**9)
+        if provider is reference:
+            expected = (listed, read)
+    assert listed == expected[0]
+    assert sorted(read) == sorted(expected[1])
+    for run in read:
+        assert sorted(read[run]) == sorted(expected[1][run])
+        for tag, points in read[run].items():
+            wanted = expected[1][run][tag]
+            assert [(p.step, p.wall_time) for p in points] == [(p.step, p.wall_time) for p in wanted]
+            for got, want in zip(points, wanted):
+                np.testing.assert_array_equal(got.numpy, want.numpy)
+                assert got.numpy.dtype == want.numpy.dtype and got.numpy.shape == want.numpy.shape
+
+
+def test_runs_are_read_one_at_a_time(logdir, monkeypatch):
+    read = []
+    real = local_logdir._read_run
+
+    def counting(directory):
+        read.append(pathlib.Path(directory).name)
+        return real(directory)
+
+    monkeypatch.setattr(local_logdir, "_read_run", counting)
+    entries = cli.run_healths(str(logdir))
+    first, _ = next(entries)
+    assert (first["run"], read) == (BROKEN_RUN, [BROKEN_RUN])
+    assert [entry["run"] for entry, _ in entries] == [CORRUPT_RUN, HEALTHY_RUN]
+    assert read == [BROKEN_RUN, CORRUPT_RUN, HEALTHY_RUN]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from support import calibration
 
-from tb_gradhealth import metadata, reader
+from tb_gradhealth import cli, metadata, reader
 from tb_gradhealth.diagnosis import baseline, diagnose
 from tb_gradhealth.series import StatSeries
 
@@ -39,7 +39,7 @@ def runs(tmp_path_factory) -> dict[str, dict[str, StatSeries]]:
     _train(logdir, "hot", learning_rate=3 * LEARNING_RATE)
     _train(logdir, "wider", hidden=(64, 32, 16))
     _train(logdir, "good_longer", steps=LONGER_STEPS)
-    provider, ctx, experiment_id = reader.provider_for_logdir(logdir)
+    provider, ctx, experiment_id = cli.provider_for_logdir(logdir)
     names = ("good", "good_other_seed", "hot", "wider", "good_longer")
     return {name: reader.read_run(provider, ctx, experiment_id, name + "/train") for name in names}
 

@@ -7,7 +7,7 @@ import pytest
 from support import calibration
 from support.calibration import CASES
 
-from tb_gradhealth import metadata, reader
+from tb_gradhealth import cli, metadata, reader
 from tb_gradhealth.diagnosis import diagnose, exploding, vanishing
 
 pytestmark = pytest.mark.slow
@@ -37,8 +37,8 @@ def zoo_logdir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def zoo(zoo_logdir):
     """{(case, update_freq): (series, diagnosis)}, read back from the event files through the reader."""
-    provider, ctx, experiment_id = reader.provider_for_logdir(zoo_logdir)
-    listed = {info.run for info in reader.list_runs(provider, ctx, experiment_id)}
+    provider, ctx, experiment_id = cli.provider_for_logdir(zoo_logdir)
+    listed = set(reader.list_run_tags(provider, ctx, experiment_id))
     assert listed == {calibration.run_name(name, freq) for name, freq in RUNS}
     result = {}
     for name, freq in RUNS:

@@ -2,47 +2,33 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import pathlib
 import shutil
-import signal
-import subprocess
-import tempfile
-import threading
 import urllib.request
-from urllib.parse import urlencode
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import numpy as np
 import pytest
-from tb_server import (
-    HOST,
-    STARTUP_TIMEOUT_S,
-    STOP_TIMEOUT_S,
-    TENSORBOARD_BIN,
-    TensorBoardServer,
-    free_port,
-    strict_json,
-    wsgi_client,
+from support.browser import (  # noqa: F401  (fixtures)
+    ENTRY,
+    HEATMAP_TOP_PX,
+    LOAD_TIMEOUT_MS,
+    MIN_DRAWN_PIXELS,
+    NONFINITE_RGB,
+    ROUTES,
+    browser,
+    in_process_tensorboard,
+    page,
+    tensorboard_process,
 )
-from werkzeug import serving
+from tb_server import strict_json
 
 from tb_gradhealth.summary import GradientHealthFileWriter
 
-playwright_sync = pytest.importorskip("playwright.sync_api")
-
 pytestmark = pytest.mark.slow
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 REPO = pathlib.Path(__file__).resolve().parent.parent
 SCREENSHOT = REPO / "docs" / "gradient_health_tab.png"
 SCREENSHOT_IN_TENSORBOARD = REPO / "docs" / "gradient_health_in_tensorboard.png"
@@ -57,12 +43,6 @@ def screenshot_target(path: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Pat
 
 # Serving under a prefix proves every URL of the tab is relative.
 PATH_PREFIX = "/tb"
-ENTRY = "/data/plugin_entry.html?name=gradient_health"
-ROUTES = "/data/plugin/gradient_health"
-VIEWPORT = {"width": 1600, "height": 1000}
-LOAD_TIMEOUT_MS = 60_000
-# TensorBoard's reload reaches the tab after its own requests.
-RELOAD_WAIT_MS = 3000
 HOSTILE_RUN = "<img src=x onerror=alert(1)>"
 HOSTILE_LAYERS = ["<b>bold</b>", "dense_1"]
 USER_STAT = "my_stat"
@@ -70,14 +50,6 @@ HOSTILE_STEPS = 20
 # A run that grows during a test, as while training runs.
 LIVE_RUN = "live"
 LIVE_STEPS = 30
-LIVE_POLLS = 30
-LIVE_POLL_MS = 1000
-# colormap.js: the colour of NaN/Inf cells, bars and marks.
-NONFINITE_RGB = (228, 26, 28)
-# view_heatmap.js: rows start this far below the canvas top.
-HEATMAP_TOP_PX = 9
-# Coloured pixels a chart with data has at least (axes, grid and text are grey: none).
-MIN_DRAWN_PIXELS = 500
 
 
 def user_stat_value(step: int) -> float:
@@ -119,53 +91,6 @@ def logdir(demo_logdir, tmp_path_factory):
     return root
 
 
-@contextlib.contextmanager
-def tensorboard_process(logdir: pathlib.Path, path_prefix: str):
-    """Runs `tensorboard --path_prefix path_prefix` on a free localhost port until the block ends."""
-    port = free_port()
-    log_path = pathlib.Path(tempfile.mkdtemp(prefix="tb_frontend_")) / "tensorboard.log"
-    command = [
-        str(TENSORBOARD_BIN),
-        "--logdir",
-        str(logdir),
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--path_prefix",
-        path_prefix,
-    ]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            command,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    server = TensorBoardServer(process, port, log_path)
-    try:
-        server.wait_until(
-            lambda: server.get(path_prefix + "/data/plugins_listing", timeout=5)[0] == 200,
-            STARTUP_TIMEOUT_S,
-            "tensorboard on port %d" % port,
-        )
-        yield server
-    finally:
-        # Its own session: the process and its data server go together.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=STOP_TIMEOUT_S)
-
-
 @pytest.fixture(scope="module")
 def server(logdir):
     with tensorboard_process(logdir, PATH_PREFIX) as running:
@@ -177,114 +102,6 @@ def demo_server(demo_logdir):
     """TensorBoard over the demo's runs only: what the README's screenshots show."""
     with tensorboard_process(demo_logdir, PATH_PREFIX) as running:
         yield running
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with playwright_sync.sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-        yield chromium
-        chromium.close()
-
-
-class Page:
-    """A browser page that records console errors, page errors and dialogs."""
-
-    def __init__(self, browser):
-        self.page = browser.new_page(viewport=VIEWPORT)
-        self.errors = []
-        self.dialogs = []
-        self.page.on("console", self._console)
-        self.page.on("pageerror", lambda error: self.errors.append("page error: %s" % error))
-        self.page.on("dialog", self._dialog)
-
-    def _console(self, message):
-        if message.type != "error":
-            return
-        url = message.location.get("url", "")
-        # A top-level page (no TensorBoard around it) asks for /favicon.ico, which no
-        # TensorBoard serves under a path prefix: the browser's doing, not the tab's.
-        if url.endswith("/favicon.ico"):
-            return
-        self.errors.append("console: %s (%s)" % (message.text, url))
-
-    def tab_errors(self):
-        """Errors of our tab: TensorBoard's own page has its own (e.g. fonts under a path prefix)."""
-        return [
-            error
-            for error in self.errors
-            if not error.startswith("console:") or ROUTES in error or ENTRY.split("?")[0] in error
-        ]
-
-    def _dialog(self, dialog):
-        self.dialogs.append(dialog.message)
-        dialog.dismiss()
-
-    def open_tab(self, url: str, state: str = "ready"):
-        self.page.goto(url)
-        self.page.wait_for_selector("body[data-state=%s]" % state, timeout=LOAD_TIMEOUT_MS)
-
-    def set_selection(self, runs):
-        """Ticks exactly `runs` in the run list and waits until their charts are drawn."""
-        for _ in range(20):
-            index = self.page.evaluate(
-                """(runs) => [...document.querySelectorAll('.run-item')].findIndex(
-                    (item) => item.querySelector('input').checked !== runs.includes(item.dataset.run))""",
-                list(runs),
-            )
-            if index < 0:
-                break
-            self.page.locator(".run-item").nth(index).locator("input").click()
-        self.page.wait_for_function(
-            """(runs) => {
-                const cells = [...document.querySelectorAll('.heatmap-cell')].map((cell) => cell.dataset.run);
-                return cells.length === runs.length && runs.every((run) => cells.includes(run)) &&
-                    document.querySelectorAll('.heatmap-cell canvas').length === runs.length;
-            }""",
-            arg=list(runs),
-            timeout=LOAD_TIMEOUT_MS,
-        )
-
-    def pixels(self, section: str, run: str, rgb=None) -> int:
-        """Counts the coloured pixels (or those of exactly `rgb`) of a run's canvases in a section.
-
-        Coloured: clearly not grey (axes, grid and text are grey) and not the red of the
-        non-finite marks, so only drawn data counts: lines, cells, bars.
-        """
-        return self.page.evaluate(
-            """([section, run, rgb]) => {
-                const cell = [...document.querySelectorAll(section)].find((c) => c.dataset.run === run);
-                let count = 0;
-                for (const canvas of cell.querySelectorAll('canvas')) {
-                    const data = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-                    for (let i = 0; i < data.length; i += 4) {
-                        const [r, g, b, a] = [data[i], data[i + 1], data[i + 2], data[i + 3]];
-                        if (a === 0) continue;
-                        if (rgb !== null) {
-                            if (r === rgb[0] && g === rgb[1] && b === rgb[2]) count++;
-                            continue;
-                        }
-                        const reddish = r > 150 && g < 130 && b < 130;
-                        if (Math.max(r, g, b) - Math.min(r, g, b) > 60 && !reddish) count++;
-                    }
-                }
-                return count;
-            }""",
-            [section, run, list(rgb) if rgb else None],
-        )
-
-    def cell_text(self, section: str, run: str) -> str:
-        return self.page.evaluate(
-            "([section, run]) => [...document.querySelectorAll(section)].find((c) => c.dataset.run === run).textContent",
-            [section, run],
-        )
-
-
-@pytest.fixture
-def page(browser):
-    tab = Page(browser)
-    yield tab
-    tab.page.close()
 
 
 def verdicts(server):
@@ -299,6 +116,11 @@ def run_with_verdict(server, verdict: str) -> str:
 
 def series_body(server, run: str, stat: str = "grad_norm") -> dict:
     return server.get_json(PATH_PREFIX + ROUTES + "/series?" + urlencode({"run": run, "stat": stat}))
+
+
+def live_max_step(server) -> int | None:
+    runs = server.get_json(PATH_PREFIX + ROUTES + "/runs")["runs"]
+    return next((entry["max_step"] for entry in runs if entry["run"] == LIVE_RUN), None)
 
 
 def first_nonfinite_step(server, run: str) -> int:
@@ -355,12 +177,12 @@ def test_hostile_names_stay_text_and_no_dialog_fires(server, page):
     page.open_tab(server.url + PATH_PREFIX + ENTRY)
     page.set_selection([HOSTILE_RUN])
     texts = page.page.evaluate("[...document.querySelectorAll('.run-name, .cell-run')].map((e) => e.textContent)")
-    assert texts.count(HOSTILE_RUN) == 1 + 4  # the run list, and the caption of each of the four panels
+    assert texts.count(HOSTILE_RUN) == 1 + 5  # the run list, and the caption of each of the five panels
     legend = page.cell_text(".trend-cell", HOSTILE_RUN)
     assert HOSTILE_LAYERS[0] in legend
     # Nothing of the names became markup.
     assert page.page.evaluate("document.querySelectorAll('img, b').length") == 0
-    page.page.wait_for_timeout(300)
+    page.settle()
     assert page.dialogs == []
     assert page.errors == []
 
@@ -373,6 +195,7 @@ def test_user_defined_stat_is_offered_and_plotted(server, page):
         "(stat) => [...document.querySelectorAll('.panel-trends .panel-subtitle')].some((e) => e.textContent === stat)",
         arg=USER_STAT,
     )
+    page.wait_for_state()
     # Away from the chart the read-out shows the selected (latest) step's values.
     last = HOSTILE_STEPS - 1
     legend = page.cell_text(".trend-cell", HOSTILE_RUN)
@@ -420,7 +243,7 @@ def test_new_steps_appear_on_refresh_keeping_zoom_and_selected_step(server, logd
     box = page.page.locator(".heatmap-cell canvas").bounding_box()
     page.page.mouse.click(box["x"] + box["width"] * 0.4, box["y"] + HEATMAP_TOP_PX + 3)
     picked = page.page.evaluate(caption)
-    over = page.page.locator(".trend-cell .u-over").bounding_box()
+    over = page.page.locator(".trend-cell .trend-plot .u-over").bounding_box()
     y = over["y"] + over["height"] / 2
     page.page.mouse.move(over["x"] + over["width"] * 0.2, y)
     page.page.mouse.down()
@@ -430,20 +253,23 @@ def test_new_steps_appear_on_refresh_keeping_zoom_and_selected_step(server, logd
     assert zoomed != full  # the heatmap follows the trend chart's zoom
 
     write_live_steps(logdir, range(LIVE_STEPS, 2 * LIVE_STEPS))
-    last = "step %d" % (2 * LIVE_STEPS - 1)
+    last = 2 * LIVE_STEPS - 1
+    server.wait_until(
+        lambda: live_max_step(server) == last, LOAD_TIMEOUT_MS / 1000, "TensorBoard to load the new steps"
+    )
     meta = "[...document.querySelectorAll('.run-item')].find((item) => item.dataset.run === %r).textContent" % LIVE_RUN
-    for _ in range(LIVE_POLLS):
-        page.page.click(".refresh-button")
-        page.page.wait_for_function("() => !document.querySelector('.refresh-button').disabled")
-        if last in page.page.evaluate(meta):
-            break
-        page.page.wait_for_timeout(LIVE_POLL_MS)
-    assert last in page.page.evaluate(meta)
+    asked = []
+    page.page.on("request", lambda request: "/series?" in request.url and asked.append(request.url))
+    page.page.click(".refresh-button")
+    page.page.wait_for_function("(last) => %s.includes(last)" % meta, arg="step %d" % last)
+    page.wait_for_state()
+    # It asked for the steps after the last one it had (a server that can answers with those alone).
+    assert [parse_qs(urlsplit(url).query).get("after_step") for url in asked] == [[str(LIVE_STEPS - 1)]]
     # Redrawn with the new steps, still zoomed on the same steps and showing the picked one.
     assert page.page.evaluate(heatmap) == zoomed
     assert page.page.evaluate(caption) == picked
-    page.page.dblclick(".trend-cell .u-over")
-    page.page.wait_for_timeout(400)
+    page.page.dblclick(".trend-cell .trend-plot .u-over")
+    page.page.wait_for_function("(zoomed) => %s !== zoomed" % heatmap, arg=zoomed)
     # All steps again, now twice as many: the cells are half as wide as at first.
     assert page.page.evaluate(heatmap) not in (full, zoomed)
     assert page.errors == []
@@ -460,8 +286,8 @@ def test_inside_tensorboard_under_a_path_prefix_and_its_reload_button_refreshes_
     assert frame.evaluate("document.querySelectorAll('.run-item').length") == len(verdicts(demo_server))
     assert runs_requests and all(url.startswith(demo_server.url + PATH_PREFIX + "/") for url in runs_requests)
     seen = len(runs_requests)
-    page.page.click("button.reload-button")
-    page.page.wait_for_timeout(RELOAD_WAIT_MS)
+    with page.page.expect_request(lambda request: request.url.endswith(ROUTES + "/runs"), timeout=LOAD_TIMEOUT_MS):
+        page.page.click("button.reload-button")
     assert len(runs_requests) > seen
     target = screenshot_target(SCREENSHOT_IN_TENSORBOARD, tmp_path)
     target.parent.mkdir(exist_ok=True)
@@ -474,7 +300,8 @@ def test_screenshot_of_the_tab_over_the_demo_runs(demo_server, page, tmp_path):
     page.open_tab(demo_server.url + PATH_PREFIX + ENTRY)
     shown = [run_with_verdict(demo_server, verdict) for verdict in ("healthy", "vanishing", "nonfinite")]
     page.set_selection(shown)
-    page.page.wait_for_timeout(300)
+    page.wait_for_state()
+    page.page.evaluate("document.fonts.ready")
     target = screenshot_target(SCREENSHOT, tmp_path)
     target.parent.mkdir(exist_ok=True)
     page.page.screenshot(path=str(target), full_page=True)
@@ -483,27 +310,6 @@ def test_screenshot_of_the_tab_over_the_demo_runs(demo_server, page, tmp_path):
 
 
 # ---------------------------------------------------------------- empty and error states
-
-
-class QuietHandler(serving.WSGIRequestHandler):
-    """Serves without logging each request."""
-
-    def log_request(self, *args, **kwargs):
-        pass
-
-
-@contextlib.contextmanager
-def in_process_tensorboard(logdir: str):
-    """TensorBoard's own WSGI app with our plugin, over HTTP on a free localhost port, in a thread."""
-    app = wsgi_client(logdir).application
-    http = serving.make_server(HOST, 0, app, threaded=True, request_handler=QuietHandler)
-    thread = threading.Thread(target=http.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield "http://%s:%d" % (HOST, http.server_port), http
-    finally:
-        http.shutdown()
-        thread.join()
 
 
 def test_empty_logdir_shows_the_how_to_and_a_dead_server_shows_an_error(tmp_path, page):
@@ -558,7 +364,7 @@ def test_smoothing_and_heatmap_binning_agree_with_numpy(tmp_path, page):
                 const format = await import('./format.js');
                 const heatmap = await import('./view_heatmap.js');
                 const decoded = values.map(format.decodeNumber);
-                const series = {layers: ['a'], steps: Float64Array.from(steps), columns: [Float64Array.from(decoded)]};
+                const series = {layers: ['a'], steps: Float64Array.from(steps), values: Float64Array.from(decoded), missing: null};
                 const {kinds, values: binned} = heatmap.aggregateColumns(series, steps[0] - 1.5, steps[steps.length - 1] + 1.5, pixels);
                 return [format.smooth(decoded, weight, true), [...kinds], [...binned]];
             }""",
@@ -661,3 +467,39 @@ def test_a_late_diagnosis_fills_in_without_redrawing_the_charts(tmp_path, page):
         assert page.page.evaluate("window.drawnTrend.isConnected")
         assert page.pixels(".trend-cell", "only") > MIN_DRAWN_PIXELS
         assert page.errors == []
+
+
+def test_a_partial_series_is_appended_to_the_series_the_tab_has(tmp_path, page):
+    with GradientHealthFileWriter(str(tmp_path / "only")) as writer:
+        writer.write(0, {"grad_norm": [1.0]}, ["dense"])
+    whole = {
+        "run": "r",
+        "stat": "s",
+        "layers": ["x", "y"],
+        "steps": [0, 2, 4, 6, 8],
+        "wall_times": [0, 1, 2, 3, 4],
+        "values": [[0.5, 2.0], [0.25, None], ["NaN", 1.0], [0.125, "Infinity"], [0.0625, 3.0]],
+        "total_steps": 5,
+    }
+    first = dict(
+        whole, steps=whole["steps"][:3], wall_times=whole["wall_times"][:3], values=whole["values"][:3], total_steps=3
+    )
+    # What a server answers to after_step=4: the later rows alone.
+    rows = dict(
+        whole, steps=whole["steps"][3:], wall_times=whole["wall_times"][3:], values=whole["values"][3:], partial=True
+    )
+    with in_process_tensorboard(str(tmp_path)) as (url, _):
+        page.open_tab(url + ENTRY)
+        appended, decoded = page.page.evaluate(
+            """async ([first, rows, whole]) => {
+                const model = await import('./model.js');
+                const plain = (series) => ({...series, steps: [...series.steps], wallTimes: [...series.wallTimes],
+                    values: [...series.values].map(String), missing: series.missing && [...series.missing]});
+                const grown = model.appendSeries(model.decodeSeries(first), model.decodeSeries(rows));
+                return [plain(grown), plain(model.decodeSeries(whole))];
+            }""",
+            [first, rows, whole],
+        )
+    # The same series as the whole answer, and marked as grown from the first part.
+    assert appended.pop("grownFrom") == "3:4:2"
+    assert appended == decoded

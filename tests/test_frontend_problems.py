@@ -7,9 +7,7 @@ import pathlib
 import time
 
 import pytest
-
-# The browser and page fixtures and the in-process server come from the main browser tests.
-from test_frontend_browser import ENTRY, MIN_DRAWN_PIXELS, browser, in_process_tensorboard, page  # noqa: F401
+from support.browser import ENTRY, MIN_DRAWN_PIXELS, browser, in_process_tensorboard, page  # noqa: F401  (fixtures)
 
 from tb_gradhealth import event_files
 from tb_gradhealth.summary import GradientHealthFileWriter
@@ -76,14 +74,14 @@ def test_skipped_files_are_listed_per_run_as_text_and_every_run_still_draws(brok
         page.open_tab(url + ENTRY)
         notices = page.page.evaluate(
             """[...document.querySelectorAll('.notice-banner .notice')].map((item) => [
-                item.dataset.run, item.querySelector('.notice-run').textContent, item.dataset.tag, item.textContent])"""
+                item.dataset.run, item.querySelector('.notice-run').textContent, item.dataset.file || item.dataset.tag, item.textContent])"""
         )
         assert sorted((run, shown, tag) for run, shown, tag, _ in notices) == sorted(
             (run, run, tag) for run, (tag, _) in expected.items()
         )
         for run, _, tag, text in notices:
-            # "run: skipped file: why", with the exact bytes lost computed here from the record boundaries.
-            assert text.startswith("%s: skipped %s: %s" % (run, tag, expected[run][1])), text
+            # "run: file: what is wrong", with the exact bytes lost computed here from the record boundaries.
+            assert text.startswith("%s: %s: %s" % (run, tag, expected[run][1])), text
         assert page.page.is_visible(".notice-banner")
         # Skipped data is a notice, not a failure of the tab.
         assert page.page.is_hidden(".error-banner")
@@ -108,7 +106,7 @@ def test_skipped_files_are_listed_per_run_as_text_and_every_run_still_draws(brok
 
         # The markup in the run name stayed text everywhere.
         assert page.page.evaluate("document.querySelectorAll('img, b').length") == 0
-        page.page.wait_for_timeout(200)
+        page.settle()
         assert page.dialogs == []
         assert page.errors == []
 
@@ -142,4 +140,7 @@ def test_a_run_with_no_readable_statistic_is_marked_unreadable_not_healthy(tmp_p
         )
         assert [run for run, _ in notices] == ["unreadable"]
         assert "unknown gradient health content version 9" in notices[0][1]
+        # Its diagnosis card (both runs are shown: the first three are) says it was not diagnosed, not that no problem was found.
+        card = page.cell(".panel-diagnosis .cell", "unreadable").text_content()
+        assert "Not diagnosed: none of this run’s statistics could be read" in card and "No problem found" not in card
         assert page.pixels(".trend-cell", GOOD_RUN) > MIN_DRAWN_PIXELS

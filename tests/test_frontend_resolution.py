@@ -8,10 +8,8 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 
 import numpy as np
 import pytest
+from support.browser import ENTRY, MIN_DRAWN_PIXELS, NONFINITE_RGB, ROUTES, browser, in_process_tensorboard, page  # noqa: F401  (fixtures)
 from tb_server import strict_json
-
-# The browser and page fixtures and the in-process server come from the main browser tests.
-from test_frontend_browser import ENTRY, MIN_DRAWN_PIXELS, NONFINITE_RGB, ROUTES, browser, in_process_tensorboard, page  # noqa: F401
 
 from tb_gradhealth.summary import GradientHealthFileWriter
 
@@ -99,9 +97,9 @@ def test_series_come_at_plot_resolution_the_reduction_is_told_and_nonfinite_step
         )
 
         # The trend's red marker sits on the step: the plot area (.u-over) spans the first to the last step.
-        trend_canvas = ".trend-cell .uplot canvas"
+        trend_canvas = ".trend-cell .trend-plot canvas"
         box = page.page.locator(trend_canvas).bounding_box()
-        over = page.page.locator(".trend-cell .u-over").bounding_box()
+        over = page.page.locator(".trend-cell .trend-plot .u-over").bounding_box()
         fraction = (NAN_STEP - steps[0]) / (steps[-1] - steps[0])
         expected_x = (over["x"] - box["x"] + fraction * over["width"]) * ratio
         xs = exact_pixel_xs(page, trend_canvas, NONFINITE_RGB)

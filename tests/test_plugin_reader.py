@@ -6,60 +6,28 @@ import json
 
 import numpy as np
 import pytest
+from support import raw_events
 from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 from tensorboard import errors
-from tensorboard.compat.proto import event_pb2, summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
+from tensorboard.compat.proto import summary_pb2, tensor_pb2, tensor_shape_pb2, types_pb2
 from tensorboard.data import provider as tb_provider
-from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
-from tb_gradhealth import metadata, reader
+from tb_gradhealth import cli, metadata, reader
 from tb_gradhealth.summary import GradientHealthFileWriter
 
-LAYERS = ("in", "hidden", "out")
+LAYERS = raw_events.LAYERS
 # More than the multiplexer's default of 500 tensors per tag.
 LONG_RUN_STEPS = 1_500
 GOOD_RUN = "good"
 BAD_RUN = "bad"
 BROKEN_ONLY_RUN = "broken_only"
-WALL_TIME_0 = 1_600_000_000.0  # seconds since the epoch
-
-
-def _vector_tensor(values, dtype=types_pb2.DT_FLOAT, content=None):
-    values = np.asarray(values, dtype=np.float32)
-    return tensor_pb2.TensorProto(
-        dtype=dtype,
-        tensor_shape=tensor_shape_pb2.TensorShapeProto(
-            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=size) for size in values.shape]
-        ),
-        tensor_content=values.tobytes() if content is None else content,
-    )
+WALL_TIME_0 = raw_events.WALL_TIME_0
 
 
 def _metadata_with_content(content: bytes) -> summary_pb2.SummaryMetadata:
     result = metadata.create_summary_metadata("x", LAYERS)
     result.plugin_data.content = content
     return result
-
-
-class RawWriter:
-    """Writes hand-made Gradient Health events, including malformed ones."""
-
-    def __init__(self, run_dir: str):
-        self._writer = EventFileWriter(run_dir, filename_suffix=".raw")
-        self._tags_with_metadata = set()
-
-    def write(self, step, tag, tensor, summary_metadata=None):
-        value = summary_pb2.Summary.Value(tag=tag, tensor=tensor)
-        if tag not in self._tags_with_metadata:
-            self._tags_with_metadata.add(tag)
-            value.metadata.CopyFrom(
-                summary_metadata or metadata.create_summary_metadata(metadata.stat_for_tag(tag), LAYERS)
-            )
-        event = event_pb2.Event(step=step, wall_time=WALL_TIME_0 + step, summary=summary_pb2.Summary(value=[value]))
-        self._writer.add_event(event)
-
-    def close(self):
-        self._writer.close()
 
 
 def _good_values(num_steps):
@@ -80,20 +48,24 @@ def corrupt_logdir(tmp_path_factory):
         stream.write(b"\x00garbage that is no record")
     (root / GOOD_RUN / "events.out.tfevents.0.empty").write_bytes(b"")
 
-    raw = RawWriter(str(root / BAD_RUN))
+    raw = raw_events.RawWriter(str(root / BAD_RUN))
     for step in range(4):
-        raw.write(step, "gradient_health/grad_norm", _vector_tensor(good[step]))
+        raw.write(step, "gradient_health/grad_norm", raw_events.vector_tensor(good[step]))
         # Steps 1 and 3 have the wrong number of layers.
-        raw.write(step, "gradient_health/weight_norm", _vector_tensor(good[step][: 2 if step % 2 else 3]))
+        raw.write(step, "gradient_health/weight_norm", raw_events.vector_tensor(good[step][: 2 if step % 2 else 3]))
         # Step 2 cannot be decoded at all (5 bytes for 3 floats).
         raw.write(
-            step, "gradient_health/update_ratio", _vector_tensor(good[step], content=b"12345" if step == 2 else None)
+            step,
+            "gradient_health/update_ratio",
+            raw_events.vector_tensor(good[step], content=b"12345" if step == 2 else None),
         )
-        raw.write(step, "gradient_health/bad_json", _vector_tensor(good[step]), _metadata_with_content(b"{not json"))
+        raw.write(
+            step, "gradient_health/bad_json", raw_events.vector_tensor(good[step]), _metadata_with_content(b"{not json")
+        )
         raw.write(
             step,
             "gradient_health/future",
-            _vector_tensor(good[step]),
+            raw_events.vector_tensor(good[step]),
             _metadata_with_content(json.dumps({"version": 99, "stat": "future", "layers": list(LAYERS)}).encode()),
         )
         raw.write(
@@ -107,15 +79,15 @@ def corrupt_logdir(tmp_path_factory):
         )
     raw.close()
 
-    only = RawWriter(str(root / BROKEN_ONLY_RUN))
-    only.write(0, "gradient_health/grad_norm", _vector_tensor([1.0]), _metadata_with_content(b"[]"))
+    only = raw_events.RawWriter(str(root / BROKEN_ONLY_RUN))
+    only.write(0, "gradient_health/grad_norm", raw_events.vector_tensor([1.0]), _metadata_with_content(b"[]"))
     only.close()
     return root
 
 
 @pytest.fixture(scope="module")
 def corrupt_provider(corrupt_logdir):
-    return reader.provider_for_logdir(str(corrupt_logdir))
+    return cli.provider_for_logdir(str(corrupt_logdir))
 
 
 BAD_METADATA_PROBLEMS = [
@@ -133,12 +105,15 @@ WRONG_SHAPE_MESSAGE = "skipped 2 step(s), first at step 1: tensor of shape (2,),
 
 
 def test_list_runs_reports_undecodable_metadata_and_keeps_the_rest(corrupt_provider):
-    runs = {info.run: info.to_json() for info in reader.list_runs(*corrupt_provider)}
+    runs = {run: reader.run_info(tags) for run, tags in reader.list_run_tags(*corrupt_provider).items()}
     assert sorted(runs) == [BAD_RUN, BROKEN_ONLY_RUN, GOOD_RUN]
     assert runs[GOOD_RUN] == {
         "run": GOOD_RUN,
         "stats": ["grad_norm"],
+        "scalars": [],
         "layers": list(LAYERS),
+        "kinds": None,
+        "params": None,
         "max_step": 4,
         "last_wall_time": WALL_TIME_0 + 4,
         "problems": [],
@@ -148,7 +123,10 @@ def test_list_runs_reports_undecodable_metadata_and_keeps_the_rest(corrupt_provi
     assert runs[BROKEN_ONLY_RUN] == {
         "run": BROKEN_ONLY_RUN,
         "stats": [],
+        "scalars": [],
         "layers": [],
+        "kinds": None,
+        "params": None,
         "max_step": 0,
         "last_wall_time": WALL_TIME_0,
         "problems": [
@@ -218,7 +196,7 @@ def test_routes_keep_serving_and_report_corrupt_data(corrupt_logdir):
     # The good run's trailing garbage is reported as a problem of its file
     # (see test_reliability_corrupt.py); its data is all served.
     (event_file,) = [path.name for path in (corrupt_logdir / GOOD_RUN).iterdir() if path.stat().st_size]
-    assert [(p["tag"], p["message"].split(":")[0]) for p in health[GOOD_RUN]["problems"]] == [
+    assert [(p["file"], p["message"].split(":")[0]) for p in health[GOOD_RUN]["problems"]] == [
         (event_file, "event file corrupt")
     ]
     assert health[BROKEN_ONLY_RUN]["problems"][0]["tag"] == "gradient_health/grad_norm"
@@ -229,12 +207,12 @@ def test_provider_for_logdir_keeps_every_step(tmp_path):
     with GradientHealthFileWriter(str(tmp_path / "long")) as writer:
         for step, row in enumerate(values):
             writer.write(step * 3, {"grad_norm": row, "my_stat": -row}, LAYERS, wall_time=WALL_TIME_0 + step)
-    provider = reader.provider_for_logdir(str(tmp_path))
-    (info,) = reader.list_runs(*provider)
-    assert (info.run, info.stats, info.layers, info.max_step) == (
+    provider = cli.provider_for_logdir(str(tmp_path))
+    (info,) = [reader.run_info(tags) for tags in reader.list_run_tags(*provider).values()]
+    assert (info["run"], info["stats"], info["layers"], info["max_step"]) == (
         "long",
-        ("grad_norm", "my_stat"),
-        LAYERS,
+        ["grad_norm", "my_stat"],
+        list(LAYERS),
         3 * (LONG_RUN_STEPS - 1),
     )
     series = reader.read_run(*provider, "long")

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 
-from tb_gradhealth import diagnosis, metadata, reader
+from tb_gradhealth import cli, diagnosis, metadata, plugin, reader
 from tb_gradhealth.summary import GradientHealthFileWriter
 
 RUN = "mlp"
@@ -88,17 +88,35 @@ def get_json(client, path, expected_status=200):
     return strict_json(response.get_data())
 
 
-def expected_series(stat, rows=None):
+def expected_problems(stat):
+    """A statistic that cannot be negative, with a negative value (here the planted -Inf), is reported."""
+    negative = [
+        (step, layer) for step in range(NUM_STEPS) for layer in range(len(LAYERS)) if VALUES[stat][step, layer] < 0
+    ]
+    if stat not in metadata.NON_NEGATIVE_STATS or not negative:
+        return []
+    step, layer = negative[0]
+    message = "%d value(s) below 0, first at step %d in layer %r: %s is never negative, so the writer is wrong (the values are kept and shown)"
+    return [{"tag": metadata.tag_for_stat(stat), "message": message % (len(negative), step, LAYERS[layer], stat)}]
+
+
+def expected_series(stat, rows=None, max_points=plugin.DEFAULT_MAX_POINTS):
     rows = np.arange(NUM_STEPS) if rows is None else np.asarray(rows)
     return {
         "run": RUN,
         "stat": stat,
+        "scope": "layer",
         "layers": list(LAYERS),
+        "kinds": None,
+        "params": None,
         "steps": rows.tolist(),
         "wall_times": [_wall_time(int(step)) for step in rows],
         "values": [[json_float(float(v)) for v in VALUES[stat][row]] for row in rows],
         "total_steps": NUM_STEPS,
-        "problems": [],
+        "max_points": max_points,
+        "partial": False,
+        "notices": [],
+        "problems": expected_problems(stat),
     }
 
 
@@ -108,7 +126,10 @@ def test_runs_lists_our_run_with_every_stat_and_excludes_foreign_data(client):
             {
                 "run": RUN,
                 "stats": list(metadata.BUILTIN_STATS) + [CUSTOM_STAT],
+                "scalars": [],
                 "layers": list(LAYERS),
+                "kinds": None,
+                "params": None,
                 "max_step": NUM_STEPS - 1,
                 "last_wall_time": _wall_time(NUM_STEPS - 1),
                 "problems": [],
@@ -129,6 +150,16 @@ def test_series_keeps_nan_and_both_infinities_apart(client):
     assert {body["values"][7][1], body["values"][12][2], body["values"][13][0]} == {"NaN", "Infinity", "-Infinity"}
 
 
+def test_a_body_encoded_a_row_at_a_time_is_the_same_text(client, monkeypatch):
+    # One value per part: every join between parts is exercised.
+    monkeypatch.setattr(plugin, "_VALUES_ENCODED_AT_ONCE", 1)
+    response = client.get(
+        PLUGIN_ROUTE + "/series?run=%s&stat=grad_norm&after_step=-1" % RUN, headers={"Accept-Encoding": "gzip"}
+    )
+    expected = dict(expected_series(metadata.GRAD_NORM), partial=True)
+    assert gzip.decompress(response.get_data()).decode("ascii") == json.dumps(json_util.Cleanse(expected))
+
+
 @pytest.mark.parametrize("accept_gzip", [True, False])
 def test_series_body_is_the_json_tensorboard_itself_writes(client, accept_gzip):
     # Byte for byte what http_util.Respond makes of the same numbers
@@ -142,22 +173,32 @@ def test_series_body_is_the_json_tensorboard_itself_writes(client, accept_gzip):
     assert body.decode("ascii") == json.dumps(json_util.Cleanse(expected_series(metadata.GRAD_NORM)))
 
 
-def test_series_downsampling_keeps_non_finite_steps_and_layer_extremes(client):
-    max_points = 6
-    body = get_json(client, "/series?run=%s&stat=grad_norm&max_points=%d" % (RUN, max_points))
-    values = VALUES[metadata.GRAD_NORM].astype(np.float64)
-    finite = np.isfinite(values)
-    required = {0, NUM_STEPS - 1} | {step for step, _ in NON_FINITE}
-    required |= set(np.where(finite, values, np.inf).argmin(axis=0).tolist())
-    required |= set(np.where(finite, values, -np.inf).argmax(axis=0).tolist())
-    assert required <= set(body["steps"])
-    assert len(body["steps"]) == max(max_points, len(required))
-    assert body == expected_series(metadata.GRAD_NORM, rows=body["steps"])
-
-
 def test_series_with_max_points_above_the_step_count_is_whole(client):
     body = get_json(client, "/series?run=%s&stat=grad_norm&max_points=%d" % (RUN, NUM_STEPS))
-    assert body == expected_series(metadata.GRAD_NORM)
+    assert body == expected_series(metadata.GRAD_NORM, max_points=plugin.MAX_POINTS_SIZES[0])
+
+
+@pytest.mark.parametrize(
+    "requested, served",
+    [
+        ("2", plugin.MAX_POINTS_SIZES[0]),
+        (str(plugin.MAX_POINTS_SIZES[0]), plugin.MAX_POINTS_SIZES[0]),
+        (str(plugin.MAX_POINTS_SIZES[0] + 1), plugin.MAX_POINTS_SIZES[1]),
+        (str(plugin.MAX_POINTS_SIZES[-1] + 1), plugin.MAX_POINTS_SIZES[-1]),
+        ("9" * 18, plugin.MAX_POINTS_SIZES[-1]),
+    ],
+)
+def test_max_points_is_normalised_to_a_few_sizes(client, requested, served):
+    body = get_json(client, "/series?run=%s&stat=grad_norm&max_points=%s" % (RUN, requested))
+    assert body["max_points"] == served
+    assert body == expected_series(metadata.GRAD_NORM, max_points=served)
+
+
+@pytest.mark.parametrize("after_step", [-1, 0, 12, NUM_STEPS - 2, NUM_STEPS - 1, 10**6])
+def test_after_step_serves_only_the_later_rows_of_a_whole_series(client, after_step):
+    body = get_json(client, "/series?run=%s&stat=grad_norm&after_step=%d" % (RUN, after_step))
+    rows = [step for step in range(NUM_STEPS) if step > after_step]
+    assert body == dict(expected_series(metadata.GRAD_NORM, rows=rows), partial=True)
 
 
 @pytest.mark.parametrize(
@@ -173,6 +214,10 @@ def test_series_with_max_points_above_the_step_count_is_whole(client):
         ("run=%s&stat=grad_norm&max_points=1e3" % RUN, "max_points must be an integer"),
         ("run=%s&stat=grad_norm&max_points=%%D9%%A1%%D9%%A2" % RUN, "max_points must be an integer"),
         ("run=%s&stat=grad_norm&max_points=%s" % (RUN, "9" * 40), "max_points must be an integer"),
+        ("run=%s&stat=grad_norm&after_step=x" % RUN, "after_step must be a step"),
+        ("run=%s&stat=grad_norm&after_step=1.5" % RUN, "after_step must be a step"),
+        ("run=%s&stat=grad_norm&after_step=%d" % (RUN, 2**63), "after_step must be a step"),
+        ("run=%s&stat=grad_norm&after_step=0&after_step=1" % RUN, "parameter 'after_step' given 2 times"),
     ],
 )
 def test_series_bad_request_is_400_with_json_message(client, query, message):
@@ -234,11 +279,20 @@ def _as_served(value):
 
 def _expected_health(logdir, runs):
     """The /health body computed by calling the diagnosis on an independent in-process read."""
-    provider = reader.provider_for_logdir(str(logdir))
+    provider = cli.provider_for_logdir(str(logdir))
     results = []
     for run in runs:
-        verdict = diagnosis.diagnose(reader.read_run(*provider, run)).to_json()
-        results.append({"run": run, "verdict": verdict["verdict"], "findings": verdict["findings"], "problems": []})
+        diagnosed = diagnosis.diagnose(reader.read_run(*provider, run))
+        verdict = diagnosed.to_json()
+        results.append(
+            {
+                "run": run,
+                "verdict": verdict["verdict"],
+                "findings": verdict["findings"],
+                "problems": [p for stat in STATS for p in expected_problems(stat)] if run == RUN else [],
+                "notes": list(diagnosed.notes),
+            }
+        )
     return _as_served({"runs": results})
 
 
@@ -301,8 +355,8 @@ def keras_logdir(tmp_path_factory):
 
 
 def _raw_gradient_health(run_dir: pathlib.Path):
-    """Reads our tags straight from the event files: {stat: (steps, wall_times, values)}."""
-    rows = {}
+    """Reads our tags straight from the event files: {stat: (steps, wall_times, values, content JSON)}."""
+    rows, contents = {}, {}
     for path in sorted(run_dir.iterdir()):
         for record in event_file_loader.RawEventFileLoader(str(path)).Load():
             event = event_pb2.Event.FromString(record)
@@ -311,10 +365,17 @@ def _raw_gradient_health(run_dir: pathlib.Path):
                 if stat is not None:
                     array = tensor_util.make_ndarray(value.tensor).astype(np.float64)
                     rows.setdefault(stat, {})[event.step] = (event.wall_time, array)
+                    if value.metadata.plugin_data.content:
+                        contents.setdefault(stat, json.loads(value.metadata.plugin_data.content))
     result = {}
     for stat, by_step in rows.items():
         steps = sorted(by_step)
-        result[stat] = (steps, [by_step[step][0] for step in steps], [by_step[step][1] for step in steps])
+        result[stat] = (
+            steps,
+            [by_step[step][0] for step in steps],
+            [by_step[step][1] for step in steps],
+            contents[stat],
+        )
     return result
 
 
@@ -322,31 +383,42 @@ def _raw_gradient_health(run_dir: pathlib.Path):
 def test_keras_callback_run_is_served_whole_and_exact(keras_logdir):
     client = wsgi_client(str(keras_logdir))
     raw = _raw_gradient_health(keras_logdir / KERAS_RUN)
-    assert sorted(raw) == sorted(metadata.BUILTIN_STATS)
-    all_steps = sorted({step for steps, _, _ in raw.values() for step in steps})
+    layer_stats = [stat for stat in raw if raw[stat][3].get("scope", "layer") == "layer"]
+    assert sorted(layer_stats) == sorted(metadata.BUILTIN_STATS)
+    all_steps = sorted({step for steps, _, _, _ in raw.values() for step in steps})
     assert len(all_steps) == KERAS_EPOCHS * KERAS_BATCHES_PER_EPOCH
+    grad_norm_content = raw[metadata.GRAD_NORM][3]
     assert get_json(client, "/runs") == {
         "runs": [
             {
                 "run": KERAS_RUN,
                 "stats": list(metadata.BUILTIN_STATS),
+                "scalars": sorted(set(raw) - set(layer_stats)),
                 "layers": KERAS_LAYERS,
+                "kinds": grad_norm_content.get("kinds"),
+                "params": grad_norm_content.get("params"),
                 "max_step": all_steps[-1],
-                "last_wall_time": max(max(wall_times) for _, wall_times, _ in raw.values()),
+                "last_wall_time": max(max(wall_times) for _, wall_times, _, _ in raw.values()),
                 "problems": [],
             }
         ]
     }
-    for stat, (steps, wall_times, values) in raw.items():
+    for stat, (steps, wall_times, values, content) in raw.items():
         assert get_json(client, "/series?run=%s&stat=%s" % (KERAS_RUN, stat)) == _as_served(
             {
                 "run": KERAS_RUN,
                 "stat": stat,
-                "layers": KERAS_LAYERS,
+                "scope": content.get("scope", "layer"),
+                "layers": content["layers"],
+                "kinds": content.get("kinds"),
+                "params": content.get("params"),
                 "steps": steps,
                 "wall_times": wall_times,
                 "values": [row.tolist() for row in values],
                 "total_steps": len(steps),
+                "max_points": plugin.DEFAULT_MAX_POINTS,
+                "partial": False,
+                "notices": [],
                 "problems": [],
             }
         )

@@ -16,7 +16,7 @@ from tensorboard.backend.event_processing import plugin_event_multiplexer, tag_t
 from tensorboard.plugins import base_plugin
 from werkzeug import test as werkzeug_test
 
-from tb_gradhealth import diagnosis, metadata, plugin, reader
+from tb_gradhealth import cache, diagnosis, metadata, plugin, reader
 from tb_gradhealth.cache import BackgroundWorker, ResponseCache
 from tb_gradhealth.summary import GradientHealthFileWriter
 
@@ -238,8 +238,8 @@ class Served:
         )
         self.client = werkzeug_test.Client(application.TensorBoardWSGI([self.plugin], data_provider=self.provider))
 
-    def tag_versions(self, run: str) -> dict:
-        return reader.tag_versions(self.provider, tb_context.RequestContext(), "", run)
+    def run_version(self, run: str) -> tuple:
+        return reader.list_run_tags(self.provider, tb_context.RequestContext(), "", run)[run].version
 
     def get_json(self, path: str):
         response = self.client.get(PLUGIN_ROUTE + path)
@@ -257,10 +257,10 @@ def reads(monkeypatch):
     lock = threading.Lock()
     real_load_run = reader.load_run
 
-    def counting_load_run(provider, ctx, experiment_id, run, stats=None):
+    def counting_load_run(provider, ctx, experiment_id, run, stats=None, **kwargs):
         with lock:
             counted[(run, None if stats is None else tuple(stats))] += 1
-        return real_load_run(provider, ctx, experiment_id, run, stats)
+        return real_load_run(provider, ctx, experiment_id, run, stats, **kwargs)
 
     monkeypatch.setattr(reader, "load_run", counting_load_run)
     return counted
@@ -350,8 +350,209 @@ def test_a_change_the_key_cannot_see_shows_after_the_revalidation_bound(logdir, 
     last = NUM_STEPS - 1
     with GradientHealthFileWriter(str(logdir / RUNS[2])) as writer:
         writer.write(last, _nonfinite_values(last, 2), LAYERS, wall_time=_wall_time(last))
-    versions = served.tag_versions(RUNS[2])
+    version = served.run_version(RUNS[2])
     served.multiplexer.Reload()
-    assert served.tag_versions(RUNS[2]) == versions
+    assert served.run_version(RUNS[2]) == version
     wait_for(lambda: served.verdicts()[RUNS[2]] == diagnosis.NONFINITE, "the revalidated diagnosis")
     assert served.verdicts() == {RUNS[0]: diagnosis.HEALTHY, RUNS[1]: diagnosis.HEALTHY, RUNS[2]: diagnosis.NONFINITE}
+
+
+# Bounded work per request: identical requests share one computation
+# whatever its size, sizes are normalised, wide runs are capped, and heavy
+# computations run a few at a time.
+
+WIDE_LAYERS = tuple("layer_%d" % index for index in range(3))
+WIDE_STEPS = 100
+
+
+class Calls:
+    """Wraps a function of a module: counts its calls and the most that ran at once."""
+
+    def __init__(self, monkeypatch, module, name: str, delay_s: float = 0.0):
+        self.calls = 0
+        self.running = 0
+        self.most_at_once = 0
+        self._lock = threading.Lock()
+        real = getattr(module, name)
+
+        def counted(*args, **kwargs):
+            with self._lock:
+                self.calls += 1
+                self.running += 1
+                self.most_at_once = max(self.most_at_once, self.running)
+            try:
+                time.sleep(delay_s)
+                return real(*args, **kwargs)
+            finally:
+                with self._lock:
+                    self.running -= 1
+
+        monkeypatch.setattr(module, name, counted)
+
+
+def _burst(served: Served, paths: list[str]) -> list:
+    """GETs every path from its own thread, all released at once; returns the decoded bodies."""
+    start = threading.Barrier(len(paths))
+    answers = [None] * len(paths)
+
+    def request(index):
+        client = werkzeug_test.Client(served.client.application)
+        start.wait()
+        response = client.get(PLUGIN_ROUTE + paths[index])
+        assert response.status_code == 200, response.get_data(as_text=True)
+        answers[index] = strict_json(response.get_data())
+
+    threads = [threading.Thread(target=request, args=(index,)) for index in range(len(paths))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return answers
+
+
+def test_identical_concurrent_series_requests_compute_once_even_when_too_big_to_keep(logdir, monkeypatch):
+    # Nothing fits the stores: each body and each statistic read is too big to keep.
+    monkeypatch.setattr(plugin, "SERIES_CACHE_MAX_BYTES", 4)
+    monkeypatch.setattr(plugin, "STAT_CACHE_MAX_VALUE_BYTES", 1)
+    served = Served(logdir)
+    # The read goes on only once every request has reached the store (a
+    # busy machine can start threads far apart).
+    arrived = []
+    series_cache = served.plugin._series_cache
+    real_get = series_cache.get_or_compute
+
+    def counting_get(*args, **kwargs):
+        arrived.append(1)
+        return real_get(*args, **kwargs)
+
+    monkeypatch.setattr(series_cache, "get_or_compute", counting_get)
+    real_read = reader.read_stat
+
+    def read_when_all_arrived(*args, **kwargs):
+        wait_for(lambda: len(arrived) >= THREADS, "every request to arrive")
+        time.sleep(SLOW_COMPUTE_S)  # for the last to start waiting
+        return real_read(*args, **kwargs)
+
+    monkeypatch.setattr(reader, "read_stat", read_when_all_arrived)
+    reads = Calls(monkeypatch, reader, "read_stat")
+    encodes = Calls(monkeypatch, plugin, "gzipped_series")
+    answers = _burst(served, ["/series?run=%s&stat=grad_norm" % RUNS[0]] * THREADS)
+    assert all(answer == answers[0] for answer in answers) and answers[0]["total_steps"] == NUM_STEPS
+    assert (reads.calls, encodes.calls) == (1, 1)
+    # Not kept: the next request computes again.
+    arrived.clear()
+    arrived.extend([1] * THREADS)
+    served.get_json("/series?run=%s&stat=grad_norm" % RUNS[0])
+    assert (reads.calls, encodes.calls) == (2, 2)
+
+
+def test_any_max_points_falls_on_a_few_cached_bodies_from_one_read(logdir, monkeypatch):
+    reads = Calls(monkeypatch, reader, "read_stat")
+    encodes = Calls(monkeypatch, plugin, "gzipped_series")
+    served = Served(logdir)
+    requested = list(range(2, 12_000, 600))
+    served_sizes = set()
+    for max_points in requested:
+        body = served.get_json("/series?run=%s&stat=grad_norm&max_points=%d" % (RUNS[0], max_points))
+        assert body["max_points"] in plugin.MAX_POINTS_SIZES and body["max_points"] >= min(
+            max_points, plugin.MAX_POINTS_SIZES[-1]
+        )
+        served_sizes.add(body["max_points"])
+    assert encodes.calls == len(served_sizes) <= len(plugin.MAX_POINTS_SIZES) < len(requested)
+    assert reads.calls == 1
+
+
+def _wide_logdir(root, nonfinite_rows=(), steps=WIDE_STEPS):
+    values = np.random.default_rng(5).uniform(1.0, 2.0, size=(steps, len(WIDE_LAYERS))).astype(np.float32)
+    values[list(nonfinite_rows), 0] = np.nan
+    with GradientHealthFileWriter(str(root / "wide")) as writer:
+        for step in range(steps):
+            writer.write(step, {metadata.GRAD_NORM: values[step]}, WIDE_LAYERS, wall_time=_wall_time(step))
+    return values
+
+
+def test_a_wide_run_is_capped_in_values_and_says_so(tmp_path, monkeypatch):
+    # 1,700 values of 3 layers: 566 rows fit, so the largest size that fits, 512, is served.
+    monkeypatch.setattr(plugin, "MAX_VALUES_PER_RESPONSE", 1_700)
+    encodes = Calls(monkeypatch, plugin, "gzipped_series")
+    values = _wide_logdir(tmp_path, steps=2_000)
+    served = Served(tmp_path)
+    body = served.get_json("/series?run=wide&stat=grad_norm")
+    rows = len(body["steps"])
+    assert (body["max_points"], body["total_steps"]) == (512, 2_000)
+    assert 512 <= rows and rows * len(WIDE_LAYERS) <= 1_700
+    assert body["notices"] == [
+        "3 layers: at most 1700 values are served per response, so no more than 512 of the 2000 steps are "
+        "shown, each layer's extremes and the non-finite steps first"
+    ]
+    # The promise still holds within the cap: each layer's extremes are there.
+    kept = set(body["steps"])
+    assert set(values.argmin(axis=0).tolist()) | set(values.argmax(axis=0).tolist()) <= kept
+    assert body["values"] == values[body["steps"]].tolist()
+    # Every size over the cap is the same body, computed once.
+    for size in plugin.MAX_POINTS_SIZES[1:]:
+        assert served.get_json("/series?run=wide&stat=grad_norm&max_points=%d" % size) == body
+    assert encodes.calls == 1
+
+
+def test_a_cap_too_small_for_every_nonfinite_step_says_which_it_kept(tmp_path, monkeypatch):
+    monkeypatch.setattr(plugin, "MAX_VALUES_PER_RESPONSE", 60)
+    nonfinite_rows = list(range(30, 60))
+    _wide_logdir(tmp_path, nonfinite_rows)
+    body = Served(tmp_path).get_json("/series?run=wide&stat=grad_norm")
+    assert len(body["steps"]) == 20
+    assert {0, WIDE_STEPS - 1, nonfinite_rows[0]} <= set(body["steps"])
+    assert body["notices"][1].startswith("not every step that matters fits: 20 of the ")
+
+
+def test_reads_of_the_data_provider_run_one_at_a_time(logdir, monkeypatch):
+    reads = Calls(monkeypatch, reader, "read_stat", delay_s=SLOW_COMPUTE_S / 3)
+    served = Served(logdir)
+    paths = ["/series?run=%s&stat=%s" % (run, stat) for run in RUNS for stat in metadata.BUILTIN_STATS[:4]]
+    _burst(served, paths)
+    assert reads.calls == len(paths)
+    assert reads.most_at_once == plugin.MAX_CONCURRENT_READS
+
+
+def test_concurrent_runs_requests_parse_each_content_once(logdir):
+    served = Served(logdir)
+    before = metadata._parsed.parses
+    answers = _burst(served, ["/runs"] * THREADS)
+    assert all(answer == answers[0] for answer in answers)
+    # One content per statistic, the same in every run (the same layers).
+    assert metadata._parsed.parses - before <= len(metadata.BUILTIN_STATS)
+
+
+def test_urgent_jobs_go_first_and_run_on_the_workers_own_threads():
+    workers = cache.Workers(1, "test")
+    order, threads = [], set()
+    holding, release = threading.Event(), threading.Event()
+
+    def job(name, block=False):
+        def run():
+            threads.add(threading.current_thread().name)
+            order.append(name)
+            if block:
+                holding.set()
+                release.wait()
+            return name
+
+        return run
+
+    callers = [threading.Thread(target=workers.run, args=(job("first", block=True),))]
+    callers[0].start()
+    holding.wait()
+    for index in range(3):
+        callers.append(threading.Thread(target=workers.run, args=(job("diagnosis %d" % index),)))
+        callers[-1].start()
+    wait_for(lambda: workers._jobs.qsize() == 3, "the diagnoses to queue")
+    callers.append(threading.Thread(target=workers.run, args=(job("chart"),), kwargs={"urgent": True}))
+    callers[-1].start()
+    wait_for(lambda: workers._jobs.qsize() == 4, "the chart to queue")
+    release.set()
+    for thread in callers:
+        thread.join()
+    assert order == ["first", "chart", "diagnosis 0", "diagnosis 1", "diagnosis 2"]
+    assert threads == {"tb_gradhealth-test-0"}
+    with pytest.raises(LookupError, match="raised on the worker"):
+        workers.run(lambda: (_ for _ in ()).throw(LookupError("raised on the worker")))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import pathlib
 import time
 
 import numpy as np
 import pytest
+from support import raw_events
 from tb_server import PLUGIN_ROUTE, strict_json, wsgi_client
 
 from tb_gradhealth import cli, event_files
@@ -16,9 +15,6 @@ from tb_gradhealth.summary import GradientHealthFileWriter
 LAYERS = ("in", "hidden", "out")
 NUM_STEPS = 6
 WALL_TIME_0 = 1_650_000_000.0  # seconds since the epoch
-GARBAGE = b"\x00\x01 not a record, e.g. a disk block of another file \xff" * 2
-# Older than any grace period: the writer of such a file is gone.
-SETTLED_AGE_S = event_files.UNFINISHED_WRITE_GRACE_S + 60.0
 
 GOOD_RUN = "good"
 TRUNCATED_RUN = "truncated"
@@ -26,36 +22,8 @@ GARBAGE_RUN = "garbage"
 EMPTY_FILE_RUN = "with_empty_file"
 
 
-def _values(step: int) -> list[float]:
-    return [step + 0.5, -step * 2.0, 1.0 / (step + 1)]
-
-
-def write_run(run_dir: pathlib.Path, num_steps: int = NUM_STEPS) -> tuple[pathlib.Path, list[int]]:
-    """Writes a run with our writer, flushing each step; returns (event file, file size after each flush).
-
-    The sizes after each flush are the record boundaries, known without
-    parsing the file.
-    """
-    writer = GradientHealthFileWriter(str(run_dir))
-    writer.flush()
-    (event_file,) = run_dir.iterdir()
-    boundaries = [0, event_file.stat().st_size]  # then the file_version record
-    for step in range(num_steps):
-        writer.write(step, {"grad_norm": _values(step)}, LAYERS, wall_time=WALL_TIME_0 + step)
-        writer.flush()
-        boundaries.append(event_file.stat().st_size)
-    writer.close()
-    return event_file, boundaries
-
-
-def age(path: pathlib.Path, seconds: float = SETTLED_AGE_S) -> None:
-    """Sets the file's modification time `seconds` into the past."""
-    then = time.time() - seconds
-    os.utime(path, (then, then))
-
-
 def _later() -> float:
-    return time.time() + SETTLED_AGE_S
+    return time.time() + raw_events.SETTLED_AGE_S
 
 
 # --- the checker on its own ---------------------------------------------
@@ -67,7 +35,7 @@ def _later() -> float:
 @pytest.mark.parametrize("read_block_bytes", [event_files._READ_BLOCK_BYTES, event_files._HEADER_BYTES, 29])
 def test_every_cut_is_reported_exactly_and_record_boundaries_are_clean(tmp_path, monkeypatch, read_block_bytes):
     monkeypatch.setattr(event_files, "_READ_BLOCK_BYTES", read_block_bytes)
-    event_file, boundaries = write_run(tmp_path / "source", num_steps=3)
+    event_file, boundaries = raw_events.write_run(tmp_path / "source", num_steps=3)
     data = event_file.read_bytes()
     assert boundaries[-1] == len(data)
     run_dir = tmp_path / "cut"
@@ -95,7 +63,7 @@ def test_every_cut_is_reported_exactly_and_record_boundaries_are_clean(tmp_path,
 
 
 def test_an_incomplete_or_empty_file_still_being_written_is_not_reported(tmp_path):
-    event_file, boundaries = write_run(tmp_path / "run")
+    event_file, boundaries = raw_events.write_run(tmp_path / "run", NUM_STEPS, WALL_TIME_0)
     data = event_file.read_bytes()
     event_file.write_bytes(data[: boundaries[-1] - 3])
     (tmp_path / "run" / "events.out.tfevents.2.empty").write_bytes(b"")
@@ -109,38 +77,38 @@ def test_an_incomplete_or_empty_file_still_being_written_is_not_reported(tmp_pat
 
 
 def test_trailing_or_inner_garbage_is_reported_at_once(tmp_path):
-    event_file, boundaries = write_run(tmp_path / "trailing")
+    event_file, boundaries = raw_events.write_run(tmp_path / "trailing", NUM_STEPS, WALL_TIME_0)
     with open(event_file, "ab") as stream:
-        stream.write(GARBAGE)
-    inner_file, inner_boundaries = write_run(tmp_path / "inner")
+        stream.write(raw_events.GARBAGE)
+    inner_file, inner_boundaries = raw_events.write_run(tmp_path / "inner", NUM_STEPS, WALL_TIME_0)
     data = inner_file.read_bytes()
     # Bytes inserted into the data of a record: the next header is misplaced.
     inserted_at = inner_boundaries[2] + 20
-    inner_file.write_bytes(data[:inserted_at] + GARBAGE + data[inserted_at:])
+    inner_file.write_bytes(data[:inserted_at] + raw_events.GARBAGE + data[inserted_at:])
     checker = event_files.RunFileChecker(str(tmp_path))
     (trailing,) = checker.problems("trailing")
-    size = boundaries[-1] + len(GARBAGE)
+    size = boundaries[-1] + len(raw_events.GARBAGE)
     assert trailing.message.startswith(
         "event file corrupt: no valid record at byte %d of %d (bad length checksum)" % (boundaries[-1], size)
     )
-    assert "at least the last %d bytes are not read" % len(GARBAGE) in trailing.message
+    assert "at least the last %d bytes are not read" % len(raw_events.GARBAGE) in trailing.message
     (inner,) = checker.problems("inner")
     corrupt_at = int(inner.message.split("no valid record at byte ")[1].split()[0])
     # Found at the next record boundary after the damage, never before it.
-    assert inserted_at < corrupt_at <= inner_boundaries[3] + len(GARBAGE)
+    assert inserted_at < corrupt_at <= inner_boundaries[3] + len(raw_events.GARBAGE)
 
 
 def test_a_growing_file_is_checked_incrementally_and_recovers(tmp_path):
     run_dir = tmp_path / "live"
     writer = GradientHealthFileWriter(str(run_dir))
-    writer.write(0, {"grad_norm": _values(0)}, LAYERS)
+    writer.write(0, {"grad_norm": raw_events.step_values(0)}, LAYERS)
     writer.flush()
     (event_file,) = run_dir.iterdir()
     checker = event_files.RunFileChecker(str(tmp_path))
     assert checker.problems("live", now=_later()) == []
     # A half-written record (a buffered write in progress) ...
     complete = event_file.read_bytes()
-    writer.write(1, {"grad_norm": _values(1)}, LAYERS)
+    writer.write(1, {"grad_norm": raw_events.step_values(1)}, LAYERS)
     writer.flush()
     full = event_file.read_bytes()
     event_file.write_bytes(full[: len(complete) + 7])
@@ -149,7 +117,7 @@ def test_a_growing_file_is_checked_incrementally_and_recovers(tmp_path):
     event_file.write_bytes(full)
     assert checker.problems("live", now=_later()) == []
     # A file replaced by a shorter one is checked from the start again.
-    damaged = complete + GARBAGE[: len(full) - len(complete) - 1]
+    damaged = complete + raw_events.GARBAGE[: len(full) - len(complete) - 1]
     event_file.write_bytes(damaged)
     (corrupt,) = checker.problems("live", now=_later())
     assert "no valid record at byte %d of %d" % (len(complete), len(damaged)) in corrupt.message
@@ -165,10 +133,10 @@ def test_a_growing_file_is_checked_incrementally_and_recovers(tmp_path):
 
 
 def test_checker_stays_inside_a_local_logdir(tmp_path):
-    write_run(tmp_path / "logdir" / "run")
-    (tmp_path / "logdir" / "events.out.tfevents.0.root").write_bytes(GARBAGE)
+    raw_events.write_run(tmp_path / "logdir" / "run", NUM_STEPS, WALL_TIME_0)
+    (tmp_path / "logdir" / "events.out.tfevents.0.root").write_bytes(raw_events.GARBAGE)
     (tmp_path / "outside").mkdir()
-    (tmp_path / "outside" / "events.out.tfevents.0.x").write_bytes(GARBAGE)
+    (tmp_path / "outside" / "events.out.tfevents.0.x").write_bytes(raw_events.GARBAGE)
     checker = event_files.RunFileChecker(str(tmp_path / "logdir"))
     assert [p.file for p in checker.problems(".")] == ["events.out.tfevents.0.root"]
     assert checker.problems("run") == []
@@ -185,22 +153,22 @@ def test_checker_stays_inside_a_local_logdir(tmp_path):
 def corrupt_logdir(tmp_path_factory):
     """A good run next to a run cut mid-record, one with trailing garbage, and one with an empty file."""
     root = tmp_path_factory.mktemp("corrupt_files")
-    write_run(root / GOOD_RUN)
-    truncated, boundaries = write_run(root / TRUNCATED_RUN)
+    raw_events.write_run(root / GOOD_RUN, NUM_STEPS, WALL_TIME_0)
+    truncated, boundaries = raw_events.write_run(root / TRUNCATED_RUN, NUM_STEPS, WALL_TIME_0)
     truncated.write_bytes(truncated.read_bytes()[: boundaries[-1] - 5])
-    age(truncated)
-    garbage, _ = write_run(root / GARBAGE_RUN)
+    raw_events.age(truncated)
+    garbage, _ = raw_events.write_run(root / GARBAGE_RUN, NUM_STEPS, WALL_TIME_0)
     with open(garbage, "ab") as stream:
-        stream.write(GARBAGE)
-    write_run(root / EMPTY_FILE_RUN)
+        stream.write(raw_events.GARBAGE)
+    raw_events.write_run(root / EMPTY_FILE_RUN, NUM_STEPS, WALL_TIME_0)
     empty = root / EMPTY_FILE_RUN / "events.out.tfevents.1.crashed"
     empty.write_bytes(b"")
-    age(empty)
+    raw_events.age(empty)
     return root
 
 
 def _problem_kinds(problems):
-    return [(problem["tag"].split(".")[-1], problem["message"].split(":")[0]) for problem in problems]
+    return [(problem["file"].split(".")[-1], problem["message"].split(":")[0]) for problem in problems]
 
 
 EXPECTED_FILE_PROBLEMS = {
@@ -227,7 +195,8 @@ def test_routes_serve_every_readable_step_and_report_the_broken_files(corrupt_lo
         body = strict_json(client.get(PLUGIN_ROUTE + "/series?run=%s&stat=grad_norm" % run).get_data())
         assert body["steps"] == list(range(max_step + 1))
         np.testing.assert_array_equal(
-            np.asarray(body["values"]), np.asarray([_values(step) for step in range(max_step + 1)], dtype=np.float32)
+            np.asarray(body["values"]),
+            np.asarray([raw_events.step_values(step) for step in range(max_step + 1)], dtype=np.float32),
         )
     health = strict_json(client.get(PLUGIN_ROUTE + "/health").get_data())["runs"]
     assert {run["run"]: _problem_kinds(run["problems"]) for run in health} == EXPECTED_FILE_PROBLEMS

@@ -68,16 +68,34 @@ def write_live_run(logdir: str, go_file: str) -> None:
 
 
 def _expected_series(stat: str, num_steps: int) -> dict:
+    from tb_gradhealth import metadata, plugin
+
     index = STATS.index(stat)
+    problems = []
+    negative = [(step, layer) for step in range(num_steps) for layer, v in enumerate(values(step, index)) if v < 0]
+    if stat in metadata.NON_NEGATIVE_STATS and negative:
+        # The planted -Inf: a norm is never negative, which is reported.
+        step, layer = negative[0]
+        message = (
+            "%d value(s) below 0, first at step %d in layer %r: %s is never negative, so the writer is wrong "
+            "(the values are kept and shown)" % (len(negative), step, LAYERS[layer], stat)
+        )
+        problems.append({"tag": metadata.tag_for_stat(stat), "message": message})
     return {
         "run": RUN,
         "stat": stat,
+        "scope": "layer",
         "layers": list(LAYERS),
+        "kinds": None,
+        "params": None,
         "steps": list(range(num_steps)),
         "wall_times": [WALL_TIME_0 + step for step in range(num_steps)],
         "values": [[json_float(float(v)) for v in values(step, index)] for step in range(num_steps)],
         "total_steps": num_steps,
-        "problems": [],
+        "max_points": plugin.DEFAULT_MAX_POINTS,
+        "partial": False,
+        "notices": [],
+        "problems": problems,
     }
 
 

@@ -86,7 +86,7 @@ def read_event_files(run_dir: pathlib.Path) -> dict:
     for event in tf.compat.v1.train.summary_iterator(str(paths[0])):
         for value in event.summary.value:
             stat = metadata.stat_for_tag(value.tag)
-            if stat is None:
+            if stat is None or stat == metadata.LOSS:
                 continue
             tensor = value.tensor
             assert tensor.dtype == types_pb2.DT_FLOAT

@@ -225,14 +225,14 @@ def cluster_logdir(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("api", APIS)
 def test_only_the_chief_writes_one_run_with_the_applied_gradient_norm(cluster_logdir, api):
-    from tb_gradhealth import reader
+    from tb_gradhealth import cli, reader
 
     logdir = cluster_logdir / api
     # One run, holding the norm of the gradient actually applied (the sum
     # over both workers' replicas), each step.
-    provider = reader.provider_for_logdir(str(logdir))
-    (run,) = reader.list_runs(*provider)
-    assert (run.run, run.layers, run.problems) == (RUN, LAYERS, ())
+    provider = cli.provider_for_logdir(str(logdir))
+    (run,) = [reader.run_info(tags) for tags in reader.list_run_tags(*provider).values()]
+    assert (run["run"], tuple(run["layers"]), run["problems"]) == (RUN, tuple(LAYERS), [])
     series = reader.read_run(*provider, RUN)["grad_norm"]
     np.testing.assert_array_equal(series.steps, np.arange(NUM_STEPS))
     np.testing.assert_allclose(series.values, _expected_grad_norms(), rtol=1e-5)

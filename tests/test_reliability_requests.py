@@ -35,6 +35,7 @@ EXAMPLES = settings(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 _MAX_POINTS = re.compile(r"[0-9]{1,18}")
+_STEP = re.compile(r"-?[0-9]{1,19}")
 
 
 @pytest.fixture(scope="module")
@@ -54,11 +55,13 @@ def client(tmp_path_factory):
 # over 64 KiB (http.server answers 414) before the plugin sees them.
 _huge_text = st.builds(lambda char, count: char * count, st.characters(codec="utf-8"), st.integers(1_000, 5_000))
 _param_values = st.one_of(
-    st.sampled_from(RUNS + STATS + ("", "2", "3", "10000", "0", "1", "-3", "0x10", "1e3", "٢", "9" * 30, "..", "NaN")),
+    st.sampled_from(
+        RUNS + STATS + ("", "2", "3", "10000", "0", "1", "-3", "0x10", "1e3", "٢", "9" * 30, "..", "NaN", str(2**63))
+    ),
     st.text(max_size=40),
     _huge_text,
 )
-_param_names = st.one_of(st.sampled_from(("run", "stat", "max_points")), st.text(max_size=12))
+_param_names = st.one_of(st.sampled_from(("run", "stat", "max_points", "after_step")), st.text(max_size=12))
 # Pieces of a query string that no well-behaved client sends.
 _raw_fragments = st.sampled_from(
     (
@@ -142,6 +145,9 @@ def _expected_series_status(args) -> int:
         return 400
     if not points_ok or (points is not None and (not _MAX_POINTS.fullmatch(points) or int(points) < 2)):
         return 400
+    after_ok, after = _single(args, "after_step")
+    if not after_ok or (after is not None and (not _STEP.fullmatch(after) or not -(2**63) <= int(after) < 2**63)):
+        return 400
     return 200 if run in RUNS and stat in STATS else 404
 
 
@@ -168,8 +174,10 @@ def test_series_answers_any_query_by_the_documented_rules(client, parts, method,
         assert len(body["steps"]) == len(body["wall_times"]) == len(body["values"])
         assert all(len(row) == len(LAYERS) for row in body["values"])
         assert body["steps"] == sorted(set(body["steps"]))
-        assert body["steps"][0] == 0 and body["steps"][-1] == NUM_STEPS - 1
         assert body["total_steps"] == NUM_STEPS
+        after = args.get("after_step")
+        expected_steps = [step for step in range(NUM_STEPS) if after is None or step > int(after)]
+        assert body["steps"] == expected_steps and body["partial"] is (after is not None)
 
 
 @settings(EXAMPLES, max_examples=40)

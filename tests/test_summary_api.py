@@ -165,6 +165,34 @@ def test_works_without_tensorflow(tmp_path):
     assert completed.stdout.strip() == "ok"
 
 
+_INSTALLED_TF_SCRIPT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from tb_gradhealth import GradientHealthFileWriter
+    logdir = sys.argv[1]
+    with GradientHealthFileWriter(logdir + "/numpy") as writer:
+        writer.write(7, {"grad_norm": np.array([1.0, 2.0])}, ["a", "b"])
+    print("tensorflow imported:", "tensorflow" in sys.modules)
+    # TensorBoard's I/O is left as it was: TensorFlow's own summaries still work.
+    import tensorflow as tf
+    with tf.summary.create_file_writer(logdir + "/tf").as_default():
+        tf.summary.scalar("loss", 1.0, step=0)
+    print("tf.summary works")
+    """
+)
+
+
+def test_writing_imports_no_tensorflow_even_when_installed(tmp_path):
+    pytest.importorskip("tensorflow")
+    completed = subprocess.run(
+        [sys.executable, "-c", _INSTALLED_TF_SCRIPT, str(tmp_path)], capture_output=True, text=True, timeout=300
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.splitlines() == ["tensorflow imported: False", "tf.summary works"]
+    assert len(os.listdir(tmp_path / "numpy")) == 1 and len(os.listdir(tmp_path / "tf")) == 1
+
+
 @pytest.mark.slow
 def test_same_contract_as_the_keras_callback(tmp_path):
     keras = pytest.importorskip("keras")

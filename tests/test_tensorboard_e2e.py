@@ -8,17 +8,19 @@ import math
 
 import numpy as np
 import pytest
+from support import raw_events
 from tb_server import HOST, PLUGIN_ROUTE, json_float, running_tensorboard, strict_json, wsgi_client
 from tensorboard.compat.proto import tensor_pb2, tensor_shape_pb2, types_pb2
-from test_plugin_reader import RawWriter
-from test_reliability_corrupt import GARBAGE, age, write_run
 
-from tb_gradhealth import metadata
+from tb_gradhealth import metadata, plugin
 from tb_gradhealth.summary import GradientHealthFileWriter
 
 RUN = "train"
+LAYER_SETS_RUN = "transfer"
+HOSTILE_RUN = "hostile"
 CORRUPT_RUN = "corrupt"
 GARBAGE_RUN = "garbage"
+GARBAGE_RUN_STEPS = 6
 BAD_TENSORS_RUN = "bad_tensors"
 BAD_LAYERS = ("in", "hidden", "out")
 LAYERS = ("conv", "dense", "dense_1", "logits")
@@ -60,12 +62,41 @@ def logdir(tmp_path_factory):
     (event_file,) = (root / CORRUPT_RUN).iterdir()
     data = event_file.read_bytes()
     event_file.write_bytes(data + data[: len(data) // 2])
-    age(event_file)
-    garbage_file, _ = write_run(root / GARBAGE_RUN)
+    raw_events.age(event_file)
+    garbage_file, _ = raw_events.write_run(root / GARBAGE_RUN, GARBAGE_RUN_STEPS)
     with open(garbage_file, "ab") as stream:
-        stream.write(GARBAGE)
+        stream.write(raw_events.GARBAGE)
     _write_bad_tensors(root / BAD_TENSORS_RUN)
+    _write_hostile_metadata(root / HOSTILE_RUN)
+    with GradientHealthFileWriter(str(root / LAYER_SETS_RUN)) as writer:
+        for step in range(6):
+            layers, kinds = (("base", "head"), ("conv", "dense")) if step % 3 else (("head", "head_2"), None)
+            writer.write(
+                step,
+                {"grad_norm": [step + 1.0, 2.0]},
+                layers,
+                wall_time=WALL_TIME_0 + step,
+                loss=1.0 / (step + 1),
+                kinds=kinds,
+            )
     return root
+
+
+def _write_hostile_metadata(run_dir):
+    """Metadata nested deeper than Python's decoder recurses, duplicate layers, a boolean version."""
+
+    def with_content(content: bytes):
+        result = metadata.create_summary_metadata("x", BAD_LAYERS)
+        result.plugin_data.content = content
+        return result
+
+    duplicates = {"version": 1, "stat": "weight_norm", "layers": ["a", "a"]}
+    boolean = {"version": True, "stat": "update_ratio", "layers": ["a"]}
+    raw = raw_events.RawWriter(str(run_dir))
+    raw.write(0, "gradient_health/grad_norm", _float_tensor([1.0]), with_content(raw_events.DEEP_CONTENT))
+    raw.write(0, "gradient_health/weight_norm", _float_tensor([1, 2]), with_content(json.dumps(duplicates).encode()))
+    raw.write(0, "gradient_health/update_ratio", _float_tensor([1]), with_content(json.dumps(boolean).encode()))
+    raw.close()
 
 
 def _float_tensor(values, content=None):
@@ -85,7 +116,7 @@ def _write_bad_tensors(run_dir):
         result.plugin_data.content = content
         return result
 
-    raw = RawWriter(str(run_dir))
+    raw = raw_events.RawWriter(str(run_dir))
     for step in range(3):
         raw.write(step, "gradient_health/grad_norm", _float_tensor([step, 1, 2]))
         raw.write(step, "gradient_health/weight_norm", _float_tensor([1, 2] if step == 1 else [1, 2, 3]))
@@ -109,15 +140,33 @@ def _expected_problems(logdir):
 
 
 def _expected_series(stat):
+    negative = [
+        (step, layer) for step in range(NUM_STEPS) for layer in range(len(LAYERS)) if VALUES[stat][step, layer] < 0
+    ]
+    problems = []
+    if stat in metadata.NON_NEGATIVE_STATS and negative:
+        # The planted -Inf: a norm is never negative.
+        step, layer = negative[0]
+        message = (
+            "%d value(s) below 0, first at step %d in layer %r: %s is never negative, so the writer is wrong "
+            "(the values are kept and shown)" % (len(negative), step, LAYERS[layer], stat)
+        )
+        problems.append({"tag": metadata.tag_for_stat(stat), "message": message})
     return {
         "run": RUN,
         "stat": stat,
+        "scope": "layer",
         "layers": list(LAYERS),
+        "kinds": None,
+        "params": None,
         "steps": list(range(NUM_STEPS)),
         "wall_times": [WALL_TIME_0 + step for step in range(NUM_STEPS)],
         "values": [[json_float(float(value)) for value in row] for row in VALUES[stat]],
         "total_steps": NUM_STEPS,
-        "problems": [],
+        "max_points": plugin.DEFAULT_MAX_POINTS,
+        "partial": False,
+        "notices": [],
+        "problems": problems,
     }
 
 
@@ -171,11 +220,21 @@ def test_real_tensorboard_serves_the_tab_and_every_step(logdir, load_fast):
         assert listing["tab_name"] == "Gradient Health"
 
         runs = server.get_json(PLUGIN_ROUTE + "/runs")["runs"]
-        assert [run["run"] for run in runs] == [BAD_TENSORS_RUN, CORRUPT_RUN, GARBAGE_RUN, RUN]
-        assert runs[-1] == {
+        assert [run["run"] for run in runs] == [
+            BAD_TENSORS_RUN,
+            CORRUPT_RUN,
+            GARBAGE_RUN,
+            HOSTILE_RUN,
+            RUN,
+            LAYER_SETS_RUN,
+        ]
+        assert runs[-2] == {
             "run": RUN,
             "stats": [metadata.GRAD_NORM, CUSTOM_STAT],
+            "scalars": [],
             "layers": list(LAYERS),
+            "kinds": None,
+            "params": None,
             "max_step": NUM_STEPS - 1,
             "last_wall_time": WALL_TIME_0 + NUM_STEPS - 1,
             "problems": [],
@@ -192,11 +251,31 @@ def test_real_tensorboard_serves_the_tab_and_every_step(logdir, load_fast):
         assert _problems_by_run(server.get_json(PLUGIN_ROUTE + "/runs")) == runs_problems
         kinds = {run: [p["message"].split(":")[0] for p in problems] for run, problems in health_problems.items()}
         assert kinds == {
-            BAD_TENSORS_RUN: ["skipped", "skipped", "skipped", "skipped 1 step(s), first at step 1"],
+            # Metadata first, then each statistic's reading, in statistic order.
+            BAD_TENSORS_RUN: ["skipped", "skipped", "skipped 1 step(s), first at step 1", "skipped"],
             CORRUPT_RUN: ["event file ends in an incomplete record"],
             GARBAGE_RUN: ["event file corrupt"],
-            RUN: [],
+            HOSTILE_RUN: ["skipped", "skipped", "skipped"],
+            RUN: ["1 value(s) below 0, first at step 1999 in layer 'logits'"],
+            LAYER_SETS_RUN: [],
         }
+        # Layer sets and the loss read as the in-process reading reads them.
+        in_process = wsgi_client(str(logdir))
+        for stat in ("grad_norm", "loss"):
+            path = "%s/series?run=%s&stat=%s" % (PLUGIN_ROUTE, LAYER_SETS_RUN, stat)
+            expected = strict_json(in_process.get(path).get_data())
+            assert server.get_json(path) == expected
+        assert expected["scope"] == "run" and len(expected["steps"]) == 6
+        transfer = strict_json(in_process.get(PLUGIN_ROUTE + "/runs").get_data())["runs"][-1]
+        assert (transfer["layers"], transfer["scalars"]) == (["base", "head", "head_2"], ["loss"])
+        assert runs[-1] == transfer
+        hostile = next(run for run in server.get_json(PLUGIN_ROUTE + "/health")["runs"] if run["run"] == HOSTILE_RUN)
+        assert hostile["verdict"] == "unreadable"
+        assert [problem["message"] for problem in hostile["problems"]] == [
+            "skipped: gradient health metadata is nested 2001 levels deep; the limit is 4",
+            "skipped: unknown gradient health content version true (this reader knows 1)",
+            "skipped: gradient health metadata: layer names must be distinct; 'a' is given twice",
+        ]
         bad = server.get_json("%s/series?run=%s&stat=weight_norm" % (PLUGIN_ROUTE, BAD_TENSORS_RUN))
         assert bad["steps"] == [0, 2] and "tensor of shape (2,)" in bad["problems"][0]["message"]
         garbage = server.get_json("%s/series?run=%s&stat=grad_norm" % (PLUGIN_ROUTE, GARBAGE_RUN))

@@ -7,7 +7,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from support import torch_runs
-from test_torch_monitor import ZOO_ROWS, make_zoo, rows_of, zoo_batches
+from support.torch_zoo import ZOO_ROWS, make_zoo, rows_of, zoo_batches
 from torch import nn
 
 from tb_gradhealth import metadata

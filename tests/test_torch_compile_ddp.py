@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 from support import torch_runs
-from test_torch_monitor import ZOO_ROWS, Zoo, make_zoo, rows_of, zoo_batches
+from support.torch_zoo import ZOO_ROWS, Zoo, make_zoo, rows_of, zoo_batches
 from torch import nn
 
 from tb_gradhealth import metadata
@@ -80,6 +80,10 @@ def _ddp_worker(rank: int, logdir: str, port: int) -> None:
                 except NonFiniteGradientError as error:
                     (pathlib.Path(logdir).parent / ("stopped-%d" % rank)).write_text(str(error.step))
             assert monitor.layer_names == tuple(ZOO_ROWS)
+        # Neither rank tears gloo down while the other still talks to it: a
+        # rank leaving early aborts the other ("terminate called without an
+        # active exception"), seen on a loaded 2-core machine.
+        torch.distributed.barrier()
     finally:
         torch.distributed.destroy_process_group()
 

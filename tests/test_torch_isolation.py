@@ -48,10 +48,6 @@ def test_importing_the_monitor_imports_torch_and_not_tensorflow():
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="tb_gradhealth.summary writes through TensorBoard's EventFileWriter, which loads TensorFlow when it is installed",
-)
 def test_recording_steps_does_not_import_tensorflow(tmp_path):
     modules = _modules_after(textwrap.dedent(_RECORD_A_FEW_STEPS.format(logdir=str(tmp_path))))
     assert any(name.startswith("events.out.tfevents.") for name in os.listdir(tmp_path))

@@ -117,3 +117,41 @@ def test_unpacked_wheel_serves_its_own_frontend(wheel_path, tmp_path):
     assert frontend_dir.decode() == str(unpacked / "tb_gradhealth" / "frontend")
     assert status == b"200 text/javascript; charset=utf-8"
     assert body == (REPO_ROOT / "frontend" / "index.js").read_bytes()
+
+
+def test_no_deep_learning_framework_is_required_and_each_capture_is_an_extra(wheel_path):
+    with zipfile.ZipFile(wheel_path) as wheel:
+        (name,) = [name for name in wheel.namelist() if name.endswith(".dist-info/METADATA")]
+        requires = [
+            line.split(":", 1)[1].strip()
+            for line in wheel.read(name).decode().splitlines()
+            if line.startswith("Requires-Dist:")
+        ]
+    plain = sorted(req.split(">")[0].split("=")[0] for req in requires if "extra ==" not in req)
+    assert plain == ["numpy", "tensorboard", "werkzeug"]
+    by_extra = {}
+    for req in requires:
+        if "extra ==" in req:
+            package, extra = req.split(";")[0].strip(), req.split("extra ==")[1].strip().strip("'\"")
+            by_extra.setdefault(extra, []).append(package.split(">")[0].split("=")[0])
+    assert sorted(by_extra["keras"]) == ["keras", "tensorflow"] and by_extra["torch"] == ["torch"]
+
+
+_WITHOUT_TENSORFLOW = """
+import sys
+sys.modules["tensorflow"] = None  # as if not installed: any import of it fails
+import tb_gradhealth
+from tb_gradhealth import GradientHealthFileWriter  # the numpy writer needs no TensorFlow
+try:
+    from tb_gradhealth import GradientHealthCallback
+except ModuleNotFoundError as error:
+    print(error)
+"""
+
+
+def test_without_tensorflow_the_keras_capture_says_which_extra_to_install():
+    done = subprocess.run([sys.executable, "-c", _WITHOUT_TENSORFLOW], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == (
+        "tb_gradhealth.GradientHealthCallback needs TensorFlow and Keras 3: pip install 'tb-gradhealth[keras]'"
+    )

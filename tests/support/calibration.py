@@ -594,12 +594,12 @@ def main() -> None:
     """Trains every case at update_freq=1 and prints the calibration table's rows."""
     import tempfile
 
-    from tb_gradhealth import reader
+    from tb_gradhealth import cli, reader
     from tb_gradhealth.diagnosis import diagnose
 
     with tempfile.TemporaryDirectory() as logdir:
         runs = {name: train_case(name, logdir, 1) for name in CASES}
-        provider, ctx, experiment_id = reader.provider_for_logdir(logdir)
+        provider, ctx, experiment_id = cli.provider_for_logdir(logdir)
         for name, run in runs.items():
             series = reader.read_run(provider, ctx, experiment_id, run)
             print(table_row(name, series, diagnose(series)))
