@@ -26,7 +26,7 @@ def _train(logdir: str, run: str, seed: int = 0, learning_rate: float = LEARNING
     layers = [calibration.dense(units, "relu") for units in hidden]
     model = calibration.mlp(calibration.IMAGE_SHAPE, *layers, calibration.dense(calibration.N_CLASSES, "softmax"))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="categorical_crossentropy")
-    callback = GradientHealthCallback("%s/%s" % (logdir, run))
+    callback = GradientHealthCallback("%s/%s" % (logdir, run), update_freq=1)
     model.fit(x, y, batch_size=calibration.BATCH, verbose=0, callbacks=[callback])
 
 

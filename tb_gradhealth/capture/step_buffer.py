@@ -17,6 +17,11 @@ STATS = metadata.BUILTIN_STATS
 # update_freq=1 the host writes every this many steps; 128 rows of 100 layers
 # take 300 KiB.
 DEFAULT_BUFFER_STEPS = 128
+# Steps between two written steps by default: an unwritten step costs a
+# fraction of a written one, and `grad_norm_max` and `nonfinite` still cover
+# every step, so a spike or a NaN between written steps is caught
+# (docs/capture.md, "What it costs", has the measurements behind it).
+DEFAULT_UPDATE_FREQ = 20
 # Computed at every step; the others only at logged steps.
 PER_STEP_COLUMNS = tuple(STATS.index(stat) for stat in (metadata.GRAD_NORM, metadata.GRAD_NORM_MAX, metadata.NONFINITE))
 # Index of the loss among the tags written (after the per-layer statistics).
