@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import glob
 import os
 import pathlib
@@ -40,10 +41,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-from benchmarks import common, overhead
+from benchmarks import common, workloads
 from tb_gradhealth import GradientHealthCallback
 from tb_gradhealth.capture.keras_hooks import ModelHooks
-from tb_gradhealth.capture.recorder import GRAPH_SCOPE
+from tb_gradhealth.capture.recorder import GRAPH_SCOPE, LayerSetRecorder
 
 PLAIN = "plain"
 PLAIN_AGAIN = "plain_again"
@@ -52,7 +53,7 @@ LOGGED = "logged"
 FUNCTIONS = (PLAIN, PLAIN_AGAIN, UNLOGGED, LOGGED)
 # Any update_freq > 1 gives the callback its two train functions.
 UPDATE_FREQ = 100
-DATA_STEPS = 400  # distinct batches the pipeline repeats
+DATA_STEPS = 100  # distinct batches the pipeline repeats
 WARMUP_CALLS = 20
 BOOTSTRAP_SAMPLES = 2000
 TOP_OPS = 8
@@ -61,13 +62,66 @@ DISPATCH_EVENT = "ExecutorState::Process"
 _PS_PER_US = 1e6
 
 
-def train_functions(model_name: str, log_dir: str):
-    """Returns (iterator, {function name: train function}) of one compiled model."""
-    build, _ = overhead.MODELS[model_name]
-    x, y = overhead.random_data(DATA_STEPS)
-    iterator = iter(tf.data.Dataset.from_tensor_slices((x, y)).batch(overhead.BATCH_SIZE).repeat().prefetch(4))
-    model = overhead._compiled(build, "auto")
-    model.fit(x[: 2 * overhead.BATCH_SIZE], y[: 2 * overhead.BATCH_SIZE], batch_size=overhead.BATCH_SIZE, verbose=0)
+def _branch_graphs(op):
+    """The graphs of a `tf.cond`'s two branches (op `If` / `StatelessIf`), or none."""
+    return [graph for graph in (getattr(op, "_true_graph", None), getattr(op, "_false_graph", None)) if graph]
+
+
+def _op_types(ops) -> collections.Counter:
+    """Op types of `ops` and of the ops inside their `tf.cond` branches (prefixed `cond/`)."""
+    types = collections.Counter()
+    for op in ops:
+        types[op.type] += 1
+        for graph in _branch_graphs(op):
+            types.update("cond/" + t for t in _op_types(graph.get_operations()).elements())
+    return types
+
+
+@contextlib.contextmanager
+def counting_recording_ops(counts: list):
+    """While tracing: appends to `counts` the op types each recorded step adds to the traced graph.
+
+    Counted are the ops `LayerSetRecorder.apply` creates around the
+    optimizer's own update (not those of the update), and the ops inside the
+    branches of its `tf.cond`s; unlike times, they do not depend on the
+    machine's load.
+    """
+    original = LayerSetRecorder.apply
+
+    def apply(self, optimizer, apply_fn, *args, **kwargs):
+        graph = tf.compat.v1.get_default_graph()
+        update_ops = []
+
+        def counted_update(*update_args):
+            start = len(graph.get_operations())
+            result = apply_fn(*update_args)
+            update_ops.extend(graph.get_operations()[start:])
+            return result
+
+        start = len(graph.get_operations())
+        result = original(self, optimizer, counted_update, *args, **kwargs)
+        update = set(update_ops)
+        counts.append(_op_types(op for op in graph.get_operations()[start:] if op not in update))
+        return result
+
+    LayerSetRecorder.apply = apply
+    try:
+        yield
+    finally:
+        LayerSetRecorder.apply = original
+
+
+def train_functions(model_name: str, log_dir: str, op_counts: dict | None = None):
+    """Returns (iterator, {function name: train function}) of one compiled model.
+
+    Args:
+      op_counts: filled with {function name: op types the recording adds to one step} (see `counting_recording_ops`).
+    """
+    batch_size = workloads.WORKLOADS[model_name].batch_size
+    x, y = workloads.data(model_name, DATA_STEPS)
+    iterator = iter(tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).repeat().prefetch(4))
+    model = workloads.compiled(model_name)
+    model.fit(x[: 2 * batch_size], y[: 2 * batch_size], batch_size=batch_size, verbose=0)
     functions = {PLAIN: model.train_function}
     model.make_train_function(force=True)
     functions[PLAIN_AGAIN] = model.train_function
@@ -79,7 +133,11 @@ def train_functions(model_name: str, log_dir: str):
     hooks = ModelHooks.of(model)
     for name, logged in ((UNLOGGED, False), (LOGGED, True)):
         functions[name] = hooks.recording_function(logged)
-        functions[name](iterator)
+        counts = []
+        with counting_recording_ops(counts):
+            functions[name](iterator)
+        if op_counts is not None:
+            op_counts[name] = dict(sorted(sum(counts, collections.Counter()).items()))
     callback.on_train_end()
     for function in functions.values():
         for _ in range(WARMUP_CALLS):
@@ -165,7 +223,7 @@ def profile_ops(iterator, function, steps: int) -> dict:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="baseline_mlp", choices=list(overhead.MODELS))
+    parser.add_argument("--model", default="baseline_mlp", choices=list(workloads.WORKLOADS))
     parser.add_argument("--rounds", type=int, default=40, help="rounds of alternating blocks")
     parser.add_argument("--block", type=int, default=25, help="steps per function per round")
     parser.add_argument("--profile-steps", type=int, default=40, help="profiled steps per function")
@@ -173,7 +231,11 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     results = {"machine": common.machine("benchmarks.profile_step", argv), "args": vars(args)}
     with tempfile.TemporaryDirectory(prefix="gh_profile_step_") as log_dir:
-        iterator, functions = train_functions(args.model, log_dir)
+        op_counts = {}
+        iterator, functions = train_functions(args.model, log_dir, op_counts)
+        results["graph_ops"] = {
+            name: {"total": sum(types.values()), "types": types} for name, types in op_counts.items()
+        }
         print("model %s: %d rounds of %d steps per function" % (args.model, args.rounds, args.block), flush=True)
         results["steps"] = paired_step_times(iterator, functions, args.rounds, args.block)
         results["profile"] = {name: profile_ops(iterator, functions[name], args.profile_steps) for name in FUNCTIONS}
@@ -202,6 +264,10 @@ def _print_report(results: dict) -> None:
         )
     print("\n## %s: step time and profile per step\n" % results["args"]["model"])
     common.print_table(rows, list(rows[0]))
+    print("\nOps the recording adds to one traced step (load-free; `cond/`: inside a tf.cond's branches):")
+    for name, counted in results["graph_ops"].items():
+        types = ", ".join("%s %d" % item for item in counted["types"].items())
+        print("* %s: %d: %s" % (name, counted["total"], types))
     print("\nCostliest capture ops (us per step):")
     for name in (UNLOGGED, LOGGED):
         ops = ", ".join("%s %.0f" % (op, us) for op, us in results["profile"][name]["top_capture_ops"])

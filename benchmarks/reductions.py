@@ -32,7 +32,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
-from benchmarks import common, overhead, profile_step
+from benchmarks import common, profile_step, workloads
 
 NORM = "norm"
 NORM_AGAIN = "norm_again"
@@ -42,9 +42,9 @@ FUNCTIONS = (NORM, NORM_AGAIN, NORM_MAX_MIN, NORM_MAX_MIN_XLA)
 WARMUP_CALLS = 5
 
 
-def gradient_like_variables(model_name: str, seed: int = overhead.SEED) -> list[tf.Variable]:
-    """Random float32 variables shaped like the trainable variables of one of `overhead.MODELS`."""
-    build, _ = overhead.MODELS[model_name]
+def gradient_like_variables(model_name: str, seed: int = workloads.SEED) -> list[tf.Variable]:
+    """Random float32 variables shaped like the trainable variables of one of `workloads.WORKLOADS`."""
+    build = workloads.WORKLOADS[model_name].build
     rng = np.random.default_rng(seed)
     return [tf.Variable(rng.standard_normal(v.shape).astype(np.float32)) for v in build().trainable_variables]
 
@@ -98,7 +98,7 @@ def check_same_numbers(functions: dict, variables) -> None:
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="big_mlp", choices=list(overhead.MODELS))
+    parser.add_argument("--model", default="big_mlp", choices=list(workloads.WORKLOADS))
     parser.add_argument("--rounds", type=int, default=40, help="rounds of alternating blocks")
     parser.add_argument("--block", type=int, default=25, help="calls per function per round")
     parser.add_argument("--out-dir", default=str(common.OUT_DIR))

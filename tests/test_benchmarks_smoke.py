@@ -149,24 +149,63 @@ def test_serve_smoke(tmp_path):
 def test_overhead_smoke(tmp_path):
     from benchmarks import overhead
 
+    configs = [*overhead.IN_PROCESS_CONFIGS, overhead.DEBUGGER_NO_TENSOR]
     results = overhead.main(
-        ["--models", "baseline_mlp", "--reps", "2", "--baseline-steps", "3", "--out-dir", str(tmp_path)]
+        [
+            "--models",
+            "baseline_mlp",
+            "--reps",
+            "2",
+            "--steps",
+            "2",
+            "--warmup-steps",
+            "1",
+            "--configs",
+            ",".join(configs),
+        ]
+        + ["--out-dir", str(tmp_path)]
     )
     (measured,) = results["models"]
-    assert measured["model"] == "baseline_mlp" and measured["steps_per_fit"] == 3
-    assert set(measured["summary"]) == set(overhead.CONFIGS)
-    for config, entry in measured["summary"].items():
-        assert len(measured["times"][config]["wall_s"]) == len(measured["times"][config]["cpu_s"]) == 2
-        assert entry["wall_s_median"] > 0 and entry["wall_ratio"] > 0 and entry["cpu_ratio"] > 0
+    assert measured["model"] == "baseline_mlp" and measured["steps_per_fit"] == 2
+    assert set(measured["summary"]) == set(configs)
+    others = len(overhead.IN_PROCESS_CONFIGS) - 1
+    for config in overhead.IN_PROCESS_CONFIGS:
+        times = measured["times"][config]
+        # Per repetition the baseline trains before the first configuration and after each.
+        fits = 2 * (others + 1) if config == overhead.NONE else 2
+        assert len(times["wall_s"]) == len(times["cpu_s"]) == len(times["baseline_train_s"]) == fits
         # Training ends (every on_train_end done) before fit returns.
-        assert all(
-            0 < t <= w for t, w in zip(measured["times"][config]["train_s"], measured["times"][config]["wall_s"])
-        )
-        assert entry["train_ratio"] > 0
-    assert measured["summary"][overhead.NONE]["wall_ratio"] == 1.0
+        assert all(0 < t <= w for t, w in zip(times["train_s"], times["wall_s"]))
+    # Each configuration is compared with the mean of the baseline fits just before and after it.
+    none = measured["times"][overhead.NONE]["train_s"]
+    first = measured["times"][overhead.IN_PROCESS_CONFIGS[1]]["baseline_train_s"][0]
+    assert first == pytest.approx((none[0] + none[1]) / 2)
+    for entry in measured["summary"].values():
+        assert entry["train_ratio"] > 0 and entry["cpu_ratio"] > 0
+        low, high = entry["train_ratio_min_max"]
+        assert low <= entry["train_ratio"] <= high
+    assert measured["summary"][overhead.NONE]["train_ratio"] == 1.0
+    # What each writes: nothing without a callback, events with ours, a dump with the debugger.
+    assert measured["summary"][overhead.NONE]["bytes_per_step"] == 0
+    assert measured["summary"][overhead.GH_FREQ_1]["bytes_per_step"] > 0
+    assert measured["summary"][overhead.DEBUGGER_NO_TENSOR]["bytes_per_step"] > 0
+    assert measured["debugger_runs"][overhead.DEBUGGER_NO_TENSOR]["times"][overhead.NONE]["bytes"] == 0
+    assert measured["default_update_freq"] == overhead.default_update_freq() >= 1
     assert list(tmp_path.glob("overhead-*.json"))
-    # The bigger model is built, not trained: it is slow to trace.
-    assert overhead.big_model().count_params() > overhead.BIG_DEPTH * 1000 * 1000 > measured["params"]
+
+
+def test_overhead_memory_smoke(tmp_path):
+    from benchmarks import overhead
+
+    configs = [overhead.NONE, overhead.GH_DEFAULT]
+    results = overhead.main(
+        ["--memory", "--models", "baseline_mlp", "--reps", "1", "--steps", "2", "--configs", ",".join(configs)]
+        + ["--out-dir", str(tmp_path)]
+    )
+    (measured,) = results["models"]
+    assert set(measured["summary"]) == set(configs)
+    assert measured["summary"][overhead.NONE]["ratio"] == 1.0
+    assert all(entry["peak_rss_mib_median"] > 100 for entry in measured["summary"].values())
 
 
 def test_profile_step_smoke(tmp_path):
@@ -194,19 +233,25 @@ def test_profile_step_smoke(tmp_path):
     assert all(len(entry) == 2 and entry[1] >= 0 for entry in profile[ps.UNLOGGED]["top_capture_ops"])
     assert ps._is_capture_op("StatefulPartitionedCall/gradient_health/L2Loss:L2Loss")
     assert not ps._is_capture_op("StatefulPartitionedCall/sgd/Mul:Mul")
+    # The ops the recording adds to one traced step, counted in the graph.
+    graph_ops = results["graph_ops"]
+    assert set(graph_ops) == {ps.UNLOGGED, ps.LOGGED}
+    assert 0 < graph_ops[ps.UNLOGGED]["total"] < graph_ops[ps.LOGGED]["total"]
+    assert sum(graph_ops[ps.LOGGED]["types"].values()) == graph_ops[ps.LOGGED]["total"]
+    # The non-finite count is a branch, counted with its ops.
+    assert any(name.startswith("cond/") for name in graph_ops[ps.UNLOGGED]["types"])
     assert list(tmp_path.glob("profile_step-*.json"))
 
 
 def test_gradient_tape_callback_writes_a_norm_per_variable_and_step(tmp_path):
-    from benchmarks import overhead
+    from benchmarks import overhead, workloads
 
-    x, y = overhead.random_data(steps=3)
-    model = overhead.baseline_model()
-    model.compile(loss="categorical_crossentropy", optimizer="sgd")
+    x, y = workloads.data("baseline_mlp", steps=3)
+    model = workloads.compiled("baseline_mlp")
     model.fit(
         x,
         y,
-        batch_size=overhead.BATCH_SIZE,
+        batch_size=32,
         epochs=1,
         verbose=0,
         callbacks=[overhead.GradientTapeCallback(str(tmp_path), x[:32], y[:32])],
@@ -217,6 +262,18 @@ def test_gradient_tape_callback_writes_a_norm_per_variable_and_step(tmp_path):
             tags.setdefault(value.tag, []).append(event.step)
     assert sorted(tags) == sorted("grad_norm/" + v.path for v in model.trainable_variables)
     assert all(steps == [1, 2, 3] for steps in tags.values())
+
+
+def test_workloads_build_with_their_sizes():
+    from benchmarks import workloads
+
+    # Step times are measured by the benchmark; the tests check the shapes only.
+    for name in ("residual_cnn", "transformer", "lstm"):
+        model = workloads.compiled(name)
+        x, y = workloads.data(name, steps=1)
+        assert len(x) == len(y) == workloads.WORKLOADS[name].batch_size
+        assert model.predict(x[:2], verbose=0).shape == (2, workloads.NUM_CLASSES)
+    assert workloads.big_mlp().count_params() > workloads.BIG_DEPTH * 1000 * 1000
 
 
 def test_frontend_draw_smoke(tmp_path):

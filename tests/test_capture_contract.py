@@ -25,7 +25,13 @@ def callback_run(tmp_path_factory):
     model.compile(optimizer=keras.optimizers.SGD(sgd.LEARNING_RATE), loss="mse")
     x, y = sgd.make_data(N_STEPS * sgd.BATCH)
     model.fit(
-        x, y, batch_size=sgd.BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[GradientHealthCallback(logdir)]
+        x,
+        y,
+        batch_size=sgd.BATCH,
+        epochs=1,
+        shuffle=False,
+        verbose=0,
+        callbacks=[GradientHealthCallback(logdir, update_freq=1)],
     )
     return logdir
 

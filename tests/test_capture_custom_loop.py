@@ -18,12 +18,12 @@ def _batches():
     return [(x[i : i + sgd.BATCH], y[i : i + sgd.BATCH]) for i in range(0, len(x), sgd.BATCH)]
 
 
-def _train(logdir, wrap=lambda fn: fn, after_step=None, **recorder_args):
+def _train(logdir, wrap=lambda fn: fn, after_step=None, update_freq=1, **recorder_args):
     """Trains the support MLP with plain SGD; returns (model, weight snapshots before each step and at the end)."""
     model = sgd.make_mlp()
     optimizer = keras.optimizers.SGD(sgd.LEARNING_RATE)
     loss_fn = keras.losses.MeanSquaredError()
-    writer = GradientHealthRecorder(logdir, model, **recorder_args)
+    writer = GradientHealthRecorder(logdir, model, update_freq=update_freq, **recorder_args)
 
     def train_step(x, y):
         with tf.GradientTape() as tape:
@@ -95,7 +95,7 @@ def test_xla_step_without_flushes_warns_about_dropped_rows(tmp_path):
 def test_explicit_layer_groups(tmp_path):
     model = sgd.make_mlp()
     variables = model.trainable_variables
-    writer = GradientHealthRecorder(str(tmp_path), layers=[("all", variables)])
+    writer = GradientHealthRecorder(str(tmp_path), layers=[("all", variables)], update_freq=1)
     optimizer = keras.optimizers.SGD(sgd.LEARNING_RATE)
     x, y = _batches()[0]
     with tf.GradientTape() as tape:

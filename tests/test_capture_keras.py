@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 
@@ -56,7 +57,7 @@ def _check_run(tmp_path, model, recorder, steps_offset=0):
 def test_plain_sgd_matches_numpy_every_step(tmp_path):
     model = sgd.make_mlp()
     recorder = sgd.weight_recorder()
-    callback = GradientHealthCallback(str(tmp_path))
+    callback = GradientHealthCallback(str(tmp_path), update_freq=1)
     x, y = sgd.make_data(N_SAMPLES)
     _fit(model, [callback, recorder], x=x, y=y)
     run = _check_run(tmp_path, model, recorder)
@@ -75,7 +76,7 @@ def test_plain_sgd_matches_numpy_every_step(tmp_path):
 def test_jit_compile_matches_numpy(tmp_path):
     model = sgd.make_mlp()
     recorder = sgd.weight_recorder()
-    _fit(model, [GradientHealthCallback(str(tmp_path)), recorder], jit_compile=True)
+    _fit(model, [GradientHealthCallback(str(tmp_path), update_freq=1), recorder], jit_compile=True)
     _check_run(tmp_path, model, recorder)
 
 
@@ -87,7 +88,7 @@ def test_steps_per_execution_matches_a_step_by_step_reference(tmp_path):
     recorder = sgd.weight_recorder()
     _fit(reference_model, [recorder])
     model = sgd.make_mlp()
-    callback = GradientHealthCallback(str(tmp_path))
+    callback = GradientHealthCallback(str(tmp_path), update_freq=1)
     _fit(model, [callback], steps_per_execution=4)
     run = events.read_run(os.path.join(str(tmp_path), "train"))
     reference = sgd.reference_stats(recorder.snapshots, sgd.group_sizes(model))
@@ -104,7 +105,7 @@ def test_mixed_float16_records_unscaled_gradients(tmp_path):
     try:
         model = sgd.make_mlp()
         recorder = sgd.weight_recorder()
-        _fit(model, [GradientHealthCallback(str(tmp_path)), recorder], x=x, y=y)
+        _fit(model, [GradientHealthCallback(str(tmp_path), update_freq=1), recorder], x=x, y=y)
         assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -130,7 +131,7 @@ def test_loss_scale_overflows_are_no_step_until_the_scale_reaches_one(tmp_path):
     x, y = sgd.make_data(30 * sgd.BATCH)
     persistent_nan_from = 8
     x[persistent_nan_from * sgd.BATCH :, 0] = np.nan
-    model, recorder = _fit_overflowing_loss_scale(GradientHealthCallback(str(tmp_path)), x, y)
+    model, recorder = _fit_overflowing_loss_scale(GradientHealthCallback(str(tmp_path), update_freq=1), x, y)
     run = events.read_run(os.path.join(str(tmp_path), "train"))
     reference = sgd.reference_stats(recorder.snapshots, sgd.group_sizes(model))
     applied = np.flatnonzero(reference["update_ratio"].max(axis=1) > 0)
@@ -188,6 +189,31 @@ def test_update_freq_keeps_spikes_and_nans_between_logged_steps(tmp_path):
     expected_loss = sgd.mlp_losses(recorder.snapshots, x, y)
     np.testing.assert_allclose(run.values[metadata.LOSS][:2, 0], expected_loss[[0, 10]], rtol=sgd.REL_TOL)
     assert np.isnan(run.values[metadata.LOSS][2, 0])
+
+
+def test_the_defaults_skip_steps_and_still_catch_a_spike_and_a_nan_between_them(tmp_path):
+    update_freq = inspect.signature(GradientHealthCallback).parameters["update_freq"].default
+    assert update_freq > 1  # the defaults write some steps only; the point is what the others leave
+    n_steps = 2 * update_freq + 5
+    spike_step, nan_step = update_freq // 2, update_freq + update_freq // 2
+    x, y = sgd.make_data(n_steps * sgd.BATCH)
+    y[spike_step * sgd.BATCH : (spike_step + 1) * sgd.BATCH] *= 100.0
+    x[nan_step * sgd.BATCH, 0] = np.nan
+    model = sgd.make_mlp()
+    recorder = sgd.weight_recorder()
+    lr = 0.01  # small enough that the spike does not saturate the network
+    _fit(model, [GradientHealthCallback(str(tmp_path)), recorder], epochs=1, x=x, y=y, lr=lr)
+    run = events.read_run(os.path.join(str(tmp_path), "train"))
+    np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], [0, update_freq, 2 * update_freq, n_steps - 1])
+    norms = sgd.reference_stats(recorder.snapshots, sgd.group_sizes(model), lr=lr)["grad_norm"]
+    grad_norm_max = run.values[metadata.GRAD_NORM_MAX]
+    nonfinite = run.values[metadata.NONFINITE]
+    # The spike is at an unwritten step; the next written row carries it.
+    np.testing.assert_allclose(grad_norm_max[1], norms[1 : update_freq + 1].max(axis=0), rtol=sgd.REL_TOL)
+    assert (grad_norm_max[1] > 10 * run.values[metadata.GRAD_NORM][1]).all()
+    # So is the NaN: counted at the next written step, not lost between.
+    np.testing.assert_array_equal(nonfinite[:2], 0)
+    assert (nonfinite[2] > 0).all() and np.isnan(grad_norm_max[2]).all()
 
 
 def _rows_of(weights, model):
@@ -261,7 +287,7 @@ def test_frozen_layers_are_left_out_and_missing_gradients_count_as_zero(tmp_path
     model.dead = dead  # tracked: its variables are trainable but get no gradient
     recorder = sgd.weight_recorder()
     with pytest.warns(UserWarning, match="Gradients do not exist"):
-        _fit(model, [GradientHealthCallback(str(tmp_path)), recorder], epochs=1)
+        _fit(model, [GradientHealthCallback(str(tmp_path), update_freq=1), recorder], epochs=1)
     run = events.read_run(os.path.join(str(tmp_path), "train"))
     assert "frozen" not in run.layers
     dead_row = run.layers.index("dead")
@@ -277,7 +303,10 @@ def test_shares_log_dir_with_keras_tensorboard(tmp_path):
     model = sgd.make_mlp()
     _fit(
         model,
-        [GradientHealthCallback(str(tmp_path)), keras.callbacks.TensorBoard(str(tmp_path), update_freq=1)],
+        [
+            GradientHealthCallback(str(tmp_path), update_freq=1),
+            keras.callbacks.TensorBoard(str(tmp_path), update_freq=1),
+        ],
         epochs=1,
     )
     run_dir = os.path.join(str(tmp_path), "train")
@@ -296,7 +325,7 @@ class _Interrupt(Exception):
 def test_a_fit_that_raised_leaves_nothing_recorded_twice(tmp_path):
     model = sgd.make_mlp()
     recorder = sgd.weight_recorder()
-    callback = GradientHealthCallback(str(tmp_path))
+    callback = GradientHealthCallback(str(tmp_path), update_freq=1)
 
     class StopAtThirdBatch(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
@@ -327,7 +356,7 @@ def test_small_buffer_is_flushed_in_time(tmp_path):
     model = sgd.make_mlp()
     recorder = sgd.weight_recorder()
     # Two logged steps fit in the buffer: the host must flush every 2 steps.
-    _fit(model, [GradientHealthCallback(str(tmp_path), buffer_steps=2), recorder])
+    _fit(model, [GradientHealthCallback(str(tmp_path), buffer_steps=2, update_freq=1), recorder])
     run = _check_run(tmp_path, model, recorder)
     np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(12))
 
@@ -379,7 +408,7 @@ def test_a_sweep_of_callbacks_does_not_trip_tensorflows_retracing_warning(tmp_pa
     tf.get_logger().addHandler(collect)
     try:
         for trial in range(4):
-            _fit(sgd.make_mlp(), [GradientHealthCallback(str(tmp_path / str(trial)))], epochs=1)
+            _fit(sgd.make_mlp(), [GradientHealthCallback(str(tmp_path / str(trial)), update_freq=1)], epochs=1)
     finally:
         tf.get_logger().removeHandler(collect)
     assert not [message for message in collect.messages if "retracing" in message]
@@ -415,7 +444,7 @@ def test_custom_train_step_loss_comes_from_compute_loss_or_is_absent(tmp_path, m
     model = model_class(template.inputs, template.outputs, name="custom_step")
     recorder = sgd.weight_recorder()
     x, y = sgd.make_data(N_SAMPLES)
-    _fit(model, [GradientHealthCallback(str(tmp_path)), recorder], epochs=1, x=x, y=y)
+    _fit(model, [GradientHealthCallback(str(tmp_path), update_freq=1), recorder], epochs=1, x=x, y=y)
     run = _check_run(tmp_path, model, recorder)
     if model_class is _OwnLossTrainStep:
         assert metadata.LOSS not in run.values

@@ -52,7 +52,7 @@ def test_a_model_built_by_its_first_step_is_recorded(tmp_path, kind):
     assert not model.built
     after = sgd.weight_recorder(after_each_batch_only=True)
     x, y = sgd.make_data(N_SAMPLES)
-    callback = GradientHealthCallback(str(tmp_path))
+    callback = GradientHealthCallback(str(tmp_path), update_freq=1)
     _fit(model, [callback, after], x, y)
     assert callback.layer_names == ("hidden", "out")
     run = events.read_run(os.path.join(str(tmp_path), "train"))
@@ -83,7 +83,7 @@ def _base_and_head():
 def test_transfer_learning_records_the_layers_trainable_at_each_fit_under_their_own_tags(tmp_path):
     model, base, head = _base_and_head()
     x, y = sgd.make_data(N_SAMPLES)
-    callback = GradientHealthCallback(str(tmp_path))
+    callback = GradientHealthCallback(str(tmp_path), update_freq=1)
     recorder = sgd.weight_recorder()
     base.trainable = False
     _fit(model, [callback, recorder], x, y)
@@ -136,7 +136,7 @@ def test_a_fit_that_raised_leaves_no_later_fit_instrumented(tmp_path):
     model.compile(optimizer=keras.optimizers.SGD(LR), loss="mse")
     model.fit(x[: sgd.BATCH], y[: sgd.BATCH], batch_size=sgd.BATCH, verbose=0)  # Keras's own function
     keras_function = model.train_function
-    first = GradientHealthCallback(str(tmp_path / "first"))
+    first = GradientHealthCallback(str(tmp_path / "first"), update_freq=1)
     with pytest.raises(_Interrupt):
         _fit(model, [first, _StopAtBatch(2)], x, y, compile=False)
     # A plain fit: Keras's own step, nothing recorded or counted.
@@ -147,7 +147,7 @@ def test_a_fit_that_raised_leaves_no_later_fit_instrumented(tmp_path):
     # The 3 steps of the interrupted fit (after the one of the first plain fit) are on disk.
     np.testing.assert_array_equal(first_run.steps[metadata.GRAD_NORM], [1, 2, 3])
     # A new callback records from the optimizer's count, and leaves Keras's function.
-    second = GradientHealthCallback(str(tmp_path / "second"))
+    second = GradientHealthCallback(str(tmp_path / "second"), update_freq=1)
     _fit(model, [second], x, y, compile=False)
     assert model.train_function is keras_function
     second_run = events.read_run(os.path.join(str(tmp_path / "second"), "train"))
@@ -165,9 +165,15 @@ def test_steps_are_optimizer_updates_under_gradient_accumulation_across_fits_and
     model = sgd.make_mlp()
     x, y = sgd.make_data(8 * sgd.BATCH)
     recorder = sgd.weight_recorder()
-    _fit(model, [GradientHealthCallback(str(tmp_path)), recorder], x[:32], y[:32], gradient_accumulation_steps=2)
+    _fit(
+        model,
+        [GradientHealthCallback(str(tmp_path), update_freq=1), recorder],
+        x[:32],
+        y[:32],
+        gradient_accumulation_steps=2,
+    )
     # A second callback in the same log_dir, another fit: no step reused.
-    _fit(model, [GradientHealthCallback(str(tmp_path)), recorder], x[32:], y[32:], compile=False)
+    _fit(model, [GradientHealthCallback(str(tmp_path), update_freq=1), recorder], x[32:], y[32:], compile=False)
     run = events.read_run(os.path.join(str(tmp_path), "train"))
     # 8 micro-batches, 4 updates.
     np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], [0, 1, 2, 3])
@@ -187,7 +193,7 @@ def test_steps_are_optimizer_updates_under_gradient_accumulation_across_fits_and
 def test_steps_follow_the_optimizer_across_a_plain_fit(tmp_path):
     model = sgd.make_mlp()
     x, y = sgd.make_data(N_SAMPLES)
-    callback = GradientHealthCallback(str(tmp_path))
+    callback = GradientHealthCallback(str(tmp_path), update_freq=1)
     _fit(model, [callback], x, y)
     _fit(model, [], x, y, compile=False)
     _fit(model, [callback], x, y, compile=False)
@@ -198,7 +204,7 @@ def test_steps_follow_the_optimizer_across_a_plain_fit(tmp_path):
 def test_a_new_model_in_a_used_run_directory_continues_its_step_numbers(tmp_path):
     x, y = sgd.make_data(N_SAMPLES)
     for _ in range(2):
-        _fit(sgd.make_mlp(), [GradientHealthCallback(str(tmp_path))], x, y)
+        _fit(sgd.make_mlp(), [GradientHealthCallback(str(tmp_path), update_freq=1)], x, y)
     run = events.read_run(os.path.join(str(tmp_path), "train"))
     np.testing.assert_array_equal(run.steps[metadata.GRAD_NORM], np.arange(12))
 
@@ -225,7 +231,7 @@ def test_subclassed_model_rows_follow_the_forward_pass(tmp_path):
     model(np.zeros((1, sgd.N_FEATURES), np.float32))
     recorder = sgd.weight_recorder()
     x, y = sgd.make_data(N_SAMPLES)
-    callback = GradientHealthCallback(str(tmp_path))
+    callback = GradientHealthCallback(str(tmp_path), update_freq=1)
     _fit(model, [callback, recorder], x, y)
     run = events.read_run(os.path.join(str(tmp_path), "train"))
     assert run.layers == ("entry", "middle", "head")
@@ -244,7 +250,7 @@ def test_loss_scale_factor_is_unscaled(tmp_path):
     model = sgd.make_mlp()
     recorder = sgd.weight_recorder()
     x, y = sgd.make_data(N_SAMPLES)
-    _fit(model, [GradientHealthCallback(str(tmp_path)), recorder], x, y, loss_scale_factor=128.0)
+    _fit(model, [GradientHealthCallback(str(tmp_path), update_freq=1), recorder], x, y, loss_scale_factor=128.0)
     run = events.read_run(os.path.join(str(tmp_path), "train"))
     reference = sgd.reference_stats(recorder.snapshots, sgd.group_sizes(model))
     sgd.assert_matches_reference(run, reference)
@@ -259,7 +265,7 @@ def test_two_callbacks_in_one_fit_both_record(tmp_path):
     recorder = sgd.weight_recorder()
     x, y = sgd.make_data(N_SAMPLES)
     callbacks = [
-        GradientHealthCallback(str(tmp_path / "every_step")),
+        GradientHealthCallback(str(tmp_path / "every_step"), update_freq=1),
         GradientHealthCallback(str(tmp_path / "every_2nd"), update_freq=2),
     ]
     _fit(model, callbacks + [recorder], x, y)
@@ -302,7 +308,7 @@ def test_stop_on_nonfinite_stops_after_the_step_and_names_the_layers(tmp_path, c
     model = sgd.make_mlp()
     x, y = sgd.make_data(N_SAMPLES)
     x[3 * sgd.BATCH, 0] = np.nan
-    callback = GradientHealthCallback(str(tmp_path), stop_on_nonfinite=True)
+    callback = GradientHealthCallback(str(tmp_path), stop_on_nonfinite=True, update_freq=1)
     _fit(model, [callback], x, y, epochs=2, steps_per_execution=steps_per_execution)
     # Stopped after step 3 (with 2 steps per execution: after the execution of 2 and 3).
     assert int(model.optimizer.iterations.numpy()) == 4
@@ -330,7 +336,7 @@ def test_stop_on_nonfinite_ignores_loss_scale_overflows_above_scale_one(tmp_path
         model = sgd.make_mlp()
         optimizer = keras.optimizers.LossScaleOptimizer(keras.optimizers.SGD(LR), initial_scale=2.0**20)
         model.compile(optimizer=optimizer, loss="mse")
-        callback = GradientHealthCallback(str(tmp_path), stop_on_nonfinite=True)
+        callback = GradientHealthCallback(str(tmp_path), stop_on_nonfinite=True, update_freq=1)
         model.fit(x, y, batch_size=sgd.BATCH, shuffle=False, verbose=0, callbacks=[callback])
     finally:
         keras.mixed_precision.set_global_policy("float32")
@@ -350,7 +356,7 @@ def test_custom_loop_keeps_the_first_nonfinite_step_for_the_loop(tmp_path):
     x, y = sgd.make_data(6 * sgd.BATCH)
     x[2 * sgd.BATCH, 0] = np.nan
     stopped_after = None
-    with GradientHealthRecorder(str(tmp_path), model, stop_on_nonfinite=True) as writer:
+    with GradientHealthRecorder(str(tmp_path), model, stop_on_nonfinite=True, update_freq=1) as writer:
 
         @tf.function
         def step(xb, yb):
@@ -375,7 +381,7 @@ def test_models_trained_with_the_callback_are_freed(tmp_path):
     models = []
     for trial in range(3):
         model = sgd.make_mlp()
-        _fit(model, [GradientHealthCallback(str(tmp_path / str(trial)))], x, y)
+        _fit(model, [GradientHealthCallback(str(tmp_path / str(trial)), update_freq=1)], x, y)
         models.append(weakref.ref(model))
         del model
     gc.collect()

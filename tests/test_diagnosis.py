@@ -189,6 +189,15 @@ def test_explosion_at_the_second_step_is_still_measured_from_the_start():
     assert finding.first_step == STEPS[1]
 
 
+def test_a_norm_falling_between_the_first_logged_steps_is_no_growth():
+    # With update_freq > 1 the first logged steps are far apart: a model that
+    # leaves its initialisation may fall 140x from the first to the third.
+    grad = _healthy(noise=0.0)[metadata.GRAD_NORM].values.copy()
+    grad[0] *= 140.0
+    grad[1] *= 12.0
+    assert diagnose(_exploding_only(grad)).findings == []
+
+
 def test_exploding_then_nonfinite_is_critical_and_says_so():
     grad = _growing(from_row=5, factor_per_step=10.0)
     grad[12:] = np.nan

@@ -100,7 +100,7 @@ def transfer_run(tmp_path_factory):
     head = keras.layers.Dense(sgd.N_OUTPUTS, name="head")
     model = keras.Model(inputs, head(base(inputs)))
     x, y = sgd.make_data(TRANSFER_FIT_STEPS * sgd.BATCH)
-    callback = GradientHealthCallback(str(root / "transfer"))
+    callback = GradientHealthCallback(str(root / "transfer"), update_freq=1)
     for frozen in (base, head):
         base.trainable = head.trainable = True
         frozen.trainable = False

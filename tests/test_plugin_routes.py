@@ -338,7 +338,7 @@ def keras_logdir(tmp_path_factory):
         batch_size=batch_size,
         epochs=KERAS_EPOCHS,
         verbose=0,
-        callbacks=[GradientHealthCallback(log_dir), keras.callbacks.TensorBoard(log_dir)],
+        callbacks=[GradientHealthCallback(log_dir, update_freq=1), keras.callbacks.TensorBoard(log_dir)],
     )
     return root
 

@@ -61,7 +61,7 @@ def train_live(logdir: str, go_file: str, weights_path: str) -> None:
     # As users write it: Keras's callback first, ours next to it.
     callbacks = [
         keras.callbacks.TensorBoard(logdir),
-        GradientHealthCallback(logdir, buffer_steps=BUFFER_STEPS),
+        GradientHealthCallback(logdir, buffer_steps=BUFFER_STEPS, update_freq=1),
         recorder,
         Pace(),
     ]

@@ -118,12 +118,12 @@ def run_worker(logdir: str, weights_path: str, index: str, *ports: str) -> None:
             with strategy.scope():
                 model.compile(optimizer=optimizer, loss="mse")
             _keras_multi_worker_workaround(model, (tf.constant(x[:1]), tf.constant(y[:1])))
-            callback = GradientHealthCallback(api_logdir)
+            callback = GradientHealthCallback(api_logdir, update_freq=1)
             model.fit(x, y, batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[callback])
         else:
             with strategy.scope():
                 optimizer.build(model.trainable_variables)
-            writer = GradientHealthWriter(os.path.join(api_logdir, RUN), model)
+            writer = GradientHealthWriter(os.path.join(api_logdir, RUN), model, update_freq=1)
             dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(GLOBAL_BATCH)
 
             @tf.function

@@ -210,7 +210,7 @@ def test_same_contract_as_the_keras_callback(tmp_path):
         epochs=1,
         shuffle=False,
         verbose=0,
-        callbacks=[GradientHealthCallback(str(tmp_path / "keras"))],
+        callbacks=[GradientHealthCallback(str(tmp_path / "keras"), update_freq=1)],
     )
     callback_values = _values(str(tmp_path / "keras" / "train"))
     numpy_dir = str(tmp_path / "numpy")

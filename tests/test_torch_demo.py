@@ -129,7 +129,7 @@ def test_from_the_same_weights_and_batches_both_frameworks_record_the_same_explo
         batch_size=train.BATCH_SIZE,
         shuffle=False,
         verbose=0,
-        callbacks=[GradientHealthCallback(tmp_path / "keras")],
+        callbacks=[GradientHealthCallback(tmp_path / "keras", update_freq=1)],
     )
     optimizer = torch.optim.SGD(torch_model.parameters(), lr=train_torch.LEARNING_RATE)
     with GradientHealthMonitor(torch_model, optimizer, tmp_path / "torch" / "train") as monitor:

@@ -14,7 +14,7 @@ from tb_gradhealth.capture.event_file import open_event_file
 from tb_gradhealth.capture.layers import group_by_layer, groups_from_pairs, in_forward_order, variable_key
 from tb_gradhealth.capture.recorder import LayerSetRecorder, NonFiniteStep, StepNumbers, read_iterations
 from tb_gradhealth.capture.reductions import in_xla_context
-from tb_gradhealth.capture.step_buffer import DEFAULT_BUFFER_STEPS, DroppedSteps, check_steps
+from tb_gradhealth.capture.step_buffer import DEFAULT_BUFFER_STEPS, DEFAULT_UPDATE_FREQ, DroppedSteps, check_steps
 from tb_gradhealth.layer_sets import LayerSetTags
 
 
@@ -61,7 +61,7 @@ class GradientHealthRecorder:
         model=None,
         *,
         layers: Iterable[tuple[str, Sequence]] | None = None,
-        update_freq: int = 1,
+        update_freq: int = DEFAULT_UPDATE_FREQ,
         buffer_steps: int = DEFAULT_BUFFER_STEPS,
         stop_on_nonfinite: bool = False,
     ):

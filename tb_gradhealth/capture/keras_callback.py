@@ -14,7 +14,7 @@ from tb_gradhealth.capture.event_file import open_event_file
 from tb_gradhealth.capture.keras_hooks import ModelHooks
 from tb_gradhealth.capture.layers import group_by_layer, in_forward_order, variable_key
 from tb_gradhealth.capture.recorder import LayerSetRecorder, NonFiniteStep, StepNumbers, read_iterations
-from tb_gradhealth.capture.step_buffer import DEFAULT_BUFFER_STEPS, DroppedSteps, check_steps
+from tb_gradhealth.capture.step_buffer import DEFAULT_BUFFER_STEPS, DEFAULT_UPDATE_FREQ, DroppedSteps, check_steps
 from tb_gradhealth.layer_sets import LayerSetTags
 
 # Same subdirectory as keras.callbacks.TensorBoard, so both share a log_dir.
@@ -70,7 +70,7 @@ class GradientHealthCallback(keras.callbacks.Callback):
     def __init__(
         self,
         log_dir: str = "logs",
-        update_freq: int = 1,
+        update_freq: int = DEFAULT_UPDATE_FREQ,
         buffer_steps: int = DEFAULT_BUFFER_STEPS,
         stop_on_nonfinite: bool = False,
     ):

@@ -325,7 +325,7 @@ class LayerSetRecorder:
         if unscale is not None:
             # The gradients were reduced as the optimizer got them (scaled);
             # unscaling the per-layer results spares a pass over each one.
-            sums = GradientSums(grad_norm=sums.grad_norm / unscale, nonfinite=sums.nonfinite)
+            sums = GradientSums(grad_half_sq=sums.grad_half_sq / (unscale * unscale), nonfinite=sums.nonfinite)
             if details is not None:
                 details = details._replace(grad_max_abs=details.grad_max_abs / unscale)
         visible = state["update"]

@@ -10,13 +10,18 @@ import tensorflow as tf
 
 from tb_gradhealth import metadata
 from tb_gradhealth.capture.plain_context import run_plain
-from tb_gradhealth.capture.reductions import GradientSums, StepDetails, in_xla_context
+from tb_gradhealth.capture.reductions import GradientSums, StepDetails, in_xla_context, norm_from_half_squares
 
 STATS = metadata.BUILTIN_STATS
 # Logged steps kept in the graph between two writes by the host. At
 # update_freq=1 the host writes every this many steps; 128 rows of 100 layers
 # take 300 KiB.
 DEFAULT_BUFFER_STEPS = 128
+# Steps between two written steps by default: an unwritten step costs a
+# fraction of a written one, and `grad_norm_max` and `nonfinite` still cover
+# every step, so a spike or a NaN between written steps is caught
+# (docs/capture.md, "What it costs", has the measurements behind it).
+DEFAULT_UPDATE_FREQ = 20
 # Computed at every step; the others only at logged steps.
 PER_STEP_COLUMNS = tuple(STATS.index(stat) for stat in (metadata.GRAD_NORM, metadata.GRAD_NORM_MAX, metadata.NONFINITE))
 # Index of the loss among the tags written (after the per-layer statistics).
@@ -70,7 +75,7 @@ def _visible_only(sums: GradientSums, visible) -> GradientSums:
     if visible is True:
         return sums
     return GradientSums(
-        grad_norm=tf.where(visible, sums.grad_norm, 0.0), nonfinite=tf.where(visible, sums.nonfinite, 0.0)
+        grad_half_sq=tf.where(visible, sums.grad_half_sq, 0.0), nonfinite=tf.where(visible, sums.nonfinite, 0.0)
     )
 
 
@@ -83,8 +88,9 @@ class StepBuffer:
     into slot `min(count, capacity)` and advances `count` (slot `capacity`
     takes the rows that find the buffer full, counted as dropped, and, when
     whether a step is logged is only known in the graph, the rows of the
-    other steps). An unlogged step keeps its number and `grad_norm` as the
-    pending step, the one written at the end of training if no logged step
+    other steps). The running maximum holds half sums of squares (see
+    `GradientSums`), turned into norms when a row is written. An unlogged
+    step keeps its number and half sum of squares as the pending step, the one written at the end of training if no logged step
     followed. `flush` (a `tf.function` run by the host, or from the graph in
     custom loops) writes the stored rows through TensorFlow's C++ summary
     writer and empties the buffer.
@@ -141,10 +147,10 @@ class StepBuffer:
                 "count": variable(tf.constant(0, tf.int64), "count"),
                 "first_nonfinite_step": variable(tf.constant(-1, tf.int64), "first_nonfinite_step"),
                 "first_nonfinite": variable(tf.zeros([n_layers]), "first_nonfinite"),
-                "acc_max": variable(tf.zeros([n_layers]), "grad_norm_max"),
+                "acc_max": variable(tf.zeros([n_layers]), "grad_half_sq_max"),
                 "acc_nonfinite": variable(tf.zeros([n_layers]), "nonfinite"),
                 "pending_step": variable(tf.constant(-1, tf.int64), "pending_step"),
-                "pending_norm": variable(tf.zeros([n_layers]), "pending_grad_norm"),
+                "pending_half_sq": variable(tf.zeros([n_layers]), "pending_grad_half_sq"),
                 "last_written_step": variable(tf.constant(-1, tf.int64), "last_written_step"),
                 "dropped": variable(tf.constant(0, tf.int64), "dropped"),
                 "metadata_written": variable(tf.zeros([len(STATS) + 1], tf.bool), "metadata_written"),
@@ -160,7 +166,7 @@ class StepBuffer:
         self._acc_max = created["acc_max"]
         self._acc_nonfinite = created["acc_nonfinite"]
         self._pending_step = created["pending_step"]
-        self._pending_norm = created["pending_norm"]
+        self._pending_half_sq = created["pending_half_sq"]
         self._last_written_step = created["last_written_step"]
         self._dropped = created["dropped"]
         self._metadata_written = created["metadata_written"]
@@ -233,9 +239,11 @@ class StepBuffer:
         self._first_nonfinite_step.assign(tf.where(first, step, self._first_nonfinite_step.value()))
         self._first_nonfinite.assign(tf.where(first, sums.nonfinite, self._first_nonfinite.value()))
 
-    def _write_row(self, step, grad_norm_max, nonfinite, details: StepDetails, slot, loss, grad_norm=None) -> None:
+    def _write_row(self, step, half_sq_max, nonfinite, details: StepDetails, slot, loss, half_sq=None) -> None:
+        """Writes a logged row into `slot`, from the half sums of squares of its largest and own gradient."""
+        grad_norm_max = norm_from_half_squares(half_sq_max)
         columns = {
-            metadata.GRAD_NORM: grad_norm_max if grad_norm is None else grad_norm,
+            metadata.GRAD_NORM: grad_norm_max if half_sq is None else norm_from_half_squares(half_sq),
             metadata.GRAD_NORM_MAX: grad_norm_max,
             metadata.GRAD_MAX_ABS: details.grad_max_abs,
             metadata.NONFINITE: nonfinite,
@@ -253,12 +261,12 @@ class StepBuffer:
         slot = tf.minimum(self._count.value(), self.capacity)
         if self.update_freq == 1:
             # Every step is logged: nothing accumulates between them.
-            self._write_row(step, sums.grad_norm, sums.nonfinite, details, slot, loss)
+            self._write_row(step, sums.grad_half_sq, sums.nonfinite, details, slot, loss)
         else:
-            grad_norm_max = _max_keeping_nan(self._acc_max.value(), sums.grad_norm)
+            half_sq_max = _max_keeping_nan(self._acc_max.value(), sums.grad_half_sq)
             nonfinite = self._acc_nonfinite.value() + sums.nonfinite
-            self._write_row(step, grad_norm_max, nonfinite, details, slot, loss, grad_norm=sums.grad_norm)
-            self._acc_max.assign(tf.zeros_like(grad_norm_max))
+            self._write_row(step, half_sq_max, nonfinite, details, slot, loss, half_sq=sums.grad_half_sq)
+            self._acc_max.assign(tf.zeros_like(half_sq_max))
             self._acc_nonfinite.assign(tf.zeros_like(nonfinite))
         self._count.assign_add(1)
 
@@ -266,28 +274,28 @@ class StepBuffer:
         sums = _visible_only(sums, visible)
         if visible is not True:
             step = tf.where(visible, step, self._pending_step.value())
-            pending_norm = tf.where(visible, sums.grad_norm, self._pending_norm.value())
+            pending_half_sq = tf.where(visible, sums.grad_half_sq, self._pending_half_sq.value())
         else:
-            pending_norm = sums.grad_norm
-        self._acc_max.assign(_max_keeping_nan(self._acc_max.value(), sums.grad_norm))
+            pending_half_sq = sums.grad_half_sq
+        self._acc_max.assign(_max_keeping_nan(self._acc_max.value(), sums.grad_half_sq))
         self._acc_nonfinite.assign_add(sums.nonfinite)
         self._pending_step.assign(step)
-        self._pending_norm.assign(pending_norm)
+        self._pending_half_sq.assign(pending_half_sq)
 
     def _record_either(self, step, logged, sums: GradientSums, details: StepDetails, visible, loss) -> None:
         """Whether the step is logged (and visible) is only known in the graph: no branches, for XLA."""
         keep = logged if visible is True else visible if logged is True else tf.logical_and(logged, visible)
         new = _visible_only(sums, visible)
-        grad_norm_max = _max_keeping_nan(self._acc_max.value(), new.grad_norm)
+        half_sq_max = _max_keeping_nan(self._acc_max.value(), new.grad_half_sq)
         nonfinite = self._acc_nonfinite.value() + new.nonfinite
         slot = tf.where(keep, tf.minimum(self._count.value(), self.capacity), tf.constant(self.capacity, tf.int64))
-        self._write_row(step, grad_norm_max, nonfinite, details, slot, loss, grad_norm=sums.grad_norm)
+        self._write_row(step, half_sq_max, nonfinite, details, slot, loss, half_sq=sums.grad_half_sq)
         self._count.assign_add(tf.cast(keep, tf.int64))
-        self._acc_max.assign(tf.where(keep, tf.zeros_like(grad_norm_max), grad_norm_max))
+        self._acc_max.assign(tf.where(keep, tf.zeros_like(half_sq_max), half_sq_max))
         self._acc_nonfinite.assign(tf.where(keep, tf.zeros_like(nonfinite), nonfinite))
         pending = tf.logical_and(tf.logical_not(logged), visible) if visible is not True else tf.logical_not(logged)
         self._pending_step.assign(tf.where(pending, step, self._pending_step.value()))
-        self._pending_norm.assign(tf.where(pending, sums.grad_norm, self._pending_norm.value()))
+        self._pending_half_sq.assign(tf.where(pending, sums.grad_half_sq, self._pending_half_sq.value()))
 
     def attach_writer(self, writer) -> None:
         """Sends later flushes to `writer`; its file gets the metadata again on each tag's first value.
@@ -363,8 +371,8 @@ class StepBuffer:
                 )
                 pending_row = tf.stack(
                     [
-                        self._pending_norm.read_value(),
-                        self._acc_max.read_value(),
+                        norm_from_half_squares(self._pending_half_sq.read_value()),
+                        norm_from_half_squares(self._acc_max.read_value()),
                         self._acc_nonfinite.read_value(),
                     ],
                     axis=1,

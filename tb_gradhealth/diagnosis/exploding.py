@@ -18,7 +18,10 @@ EXPLODING_GROWTH = 100.0  # x the starting norm
 
 # The starting level is the smallest norm of the first logged steps: one step
 # is noisy (minibatch), and an explosion can start at the second step, so a
-# median or mean of a longer window would already include it.
+# median or mean of a longer window would already include it. A step is
+# compared only with the steps up to it: with update_freq > 1 the first
+# logged steps are far apart, and a norm that falls steeply between them
+# (a model leaving its initialisation) is no growth at the first one.
 BASELINE_STEPS = 3  # logged steps
 
 ADVICE = (
@@ -35,11 +38,12 @@ def _model_norm(stat: str, values: np.ndarray) -> np.ndarray:
         return np.sqrt(np.nansum(np.square(values), axis=1))
 
 
-def _baseline(values: np.ndarray) -> np.ndarray:
-    """Smallest finite, positive value of the first `BASELINE_STEPS` rows, per column (NaN if none)."""
+def _baselines(values: np.ndarray) -> np.ndarray:
+    """Per row and column, the starting level: the smallest finite, positive value of the first `BASELINE_STEPS`
+    rows up to that row (NaN if none)."""
     head = values[:BASELINE_STEPS]
-    head = np.where(np.isfinite(head) & (head > 0), head, np.inf)
-    low = head.min(axis=0)
+    head = np.minimum.accumulate(np.where(np.isfinite(head) & (head > 0), head, np.inf), axis=0)
+    low = np.concatenate([head, np.repeat(head[-1:], len(values) - len(head), axis=0)])
     return np.where(np.isinf(low), np.nan, low)
 
 
@@ -70,8 +74,8 @@ def _growth(stat: str, table: Table) -> tuple[np.ndarray, np.ndarray, np.ndarray
     baselines = np.full(len(rows), np.nan)
     layer_baselines = np.full(values.shape, np.nan)
     for segment in _segments(recorded):
-        baselines[segment] = _baseline(norms[segment][:, None])[0]
-        layer_baselines[segment] = _baseline(values[segment])
+        baselines[segment] = _baselines(norms[segment][:, None])[:, 0]
+        layer_baselines[segment] = _baselines(values[segment])
     return rows, norms, baselines, values, layer_baselines
 
 

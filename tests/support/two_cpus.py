@@ -64,7 +64,7 @@ def _fit(strategy, out: pathlib.Path) -> dict:
             epochs=EPOCHS,
             shuffle=False,
             verbose=0,
-            callbacks=[GradientHealthCallback(str(logdir)), recorder],
+            callbacks=[GradientHealthCallback(str(logdir), update_freq=1), recorder],
         )
     return {"run_dir": str(logdir / "train"), "weights": _save(out, "fit", recorder.snapshots, model)}
 
@@ -80,7 +80,7 @@ def _custom_loop(strategy, out: pathlib.Path) -> dict:
         model = sgd.make_mlp()
         optimizer = keras.optimizers.SGD(sgd.LEARNING_RATE)
     run_dir = out / "custom_loop"
-    with GradientHealthRecorder(str(run_dir), model) as recorder:
+    with GradientHealthRecorder(str(run_dir), model, update_freq=1) as recorder:
         snapshots = sgd.train_custom_loop(recorder, model, optimizer, x, y, N_SAMPLES // sgd.BATCH, strategy=strategy)
     return {"run_dir": str(run_dir), "weights": _save(out, "custom_loop", snapshots, model)}
 

@@ -269,7 +269,7 @@ def train(case: ZooCase, log_dir, *, jit_compile=False, steps_per_execution=1, m
             batch_size=case.batch,
             shuffle=False,
             verbose=0,
-            callbacks=[GradientHealthCallback(str(log_dir)), trajectory],
+            callbacks=[GradientHealthCallback(str(log_dir), update_freq=1), trajectory],
         )
     finally:
         keras.mixed_precision.set_global_policy("float32")
