@@ -44,18 +44,9 @@ from benchmarks import common, eventgen, frontend_interact
 # tests/tb_server.py starts and stops a real `tensorboard`, as in the end-to-end tests.
 sys.path.insert(0, str(common.REPO / "tests"))
 import tb_server
+from support import chromium
+from support.chromium import ENTRY, VIEWPORT
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ENTRY = "/data/plugin_entry.html?name=gradient_health"
-VIEWPORT = {"width": 1600, "height": 1000}
 LOAD_TIMEOUT_MS = 300_000
 BASELINE_LAYERS = 3
 BASELINE_STEPS = 10
@@ -218,7 +209,7 @@ def main(argv=None) -> dict:
             package = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gh_ref_")))
             servers[ref] = _start_servers(stack, logdirs, str(frontend_interact.export_ref(ref, package)))
         playwright = stack.enter_context(sync_api.sync_playwright())
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = chromium.launch(playwright)
         stack.callback(browser.close)
         # One untimed visit each: TensorBoard's first requests warm its caches.
         for ref, server, full in visits.values():

@@ -44,18 +44,9 @@ from benchmarks import common, eventgen
 # tests/tb_server.py starts and stops a real `tensorboard`, as in the end-to-end tests.
 sys.path.insert(0, str(common.REPO / "tests"))
 import tb_server
+from support import chromium
+from support.chromium import ENTRY, VIEWPORT
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ENTRY = "/data/plugin_entry.html?name=gradient_health"
-VIEWPORT = {"width": 1600, "height": 1000}
 BASELINE_LAYERS = 10
 
 # Runs before the tab's scripts: every input's latency, and every long task.
@@ -265,7 +256,7 @@ def main(argv=None) -> dict:
             exported = pathlib.Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="gh_ref_")))
             versions[ref] = str(export_ref(ref, exported))
         playwright = stack.enter_context(sync_api.sync_playwright())
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        browser = chromium.launch(playwright)
         stack.callback(browser.close)
         measured = [(BASELINE_LAYERS, steps) for steps in sorted({steps for _, steps in sizes})] + sizes
         for layers, steps in measured:

@@ -35,18 +35,22 @@ import argparse
 import contextlib
 import json
 import pathlib
+import sys
 import tempfile
 import urllib.parse
 
 import numpy as np
 
-from benchmarks import common, frontend_draw
+from benchmarks import common
 from tb_gradhealth.summary import GradientHealthFileWriter
 
+# The browser as the tests launch it (tests/support/chromium.py).
+sys.path.insert(0, str(common.REPO / "tests"))
+from support import chromium
+from support.chromium import ENTRY, VIEWPORT
+
 RUN = "growing"
-ENTRY = frontend_draw.ENTRY
 ROUTES = "/data/plugin/gradient_health"
-VIEWPORT = frontend_draw.VIEWPORT
 TIMEOUT_MS = 300_000
 MAX_POINTS = 2048
 WAYS = ("after_step", "whole", "reopen", "unchanged")
@@ -211,9 +215,7 @@ def main(argv=None) -> dict:
         server.wait_until(lambda: _max_step(server) == args.steps - 1, TIMEOUT_MS / 1000, "the run to load")
         url = server.url + ENTRY + "#runs=" + urllib.parse.quote(json.dumps([RUN]))
         playwright = stack.enter_context(sync_api.sync_playwright())
-        browser = playwright.chromium.launch(
-            executable_path=frontend_draw.CHROMIUM, headless=True, args=frontend_draw.CHROMIUM_ARGS
-        )
+        browser = chromium.launch(playwright)
         stack.callback(browser.close)
         # One untimed visit: TensorBoard's and the tab's first requests warm their caches.
         measure_once(browser, server, url, "after_step", grow)

@@ -199,14 +199,19 @@ def _stop(process: subprocess.Popen) -> None:
 
 @contextlib.contextmanager
 def running_tensorboard(
-    logdir: str, *extra_args: str, timeout_s: float = STARTUP_TIMEOUT_S, python_path: str | None = None
+    logdir: str,
+    *extra_args: str,
+    timeout_s: float = STARTUP_TIMEOUT_S,
+    python_path: str | None = None,
+    path_prefix: str = "",
 ):
     """Runs `tensorboard --logdir logdir --host 127.0.0.1 --port <free> extra_args...` until the block ends.
 
     Yields a `TensorBoardServer` once `/data/plugins_listing` answers 200.
     The process runs in its own session so it and its data server are
     stopped together, by process group id. `python_path`, when given, is the
-    process's PYTHONPATH (e.g. another version of the plugin).
+    process's PYTHONPATH (e.g. another version of the plugin); `path_prefix`
+    its `--path_prefix` (the URLs of `server` do not include it).
     """
     port = free_port()
     log_dir = pathlib.Path(tempfile.mkdtemp(prefix="tb_server_log_"))
@@ -214,7 +219,10 @@ def running_tensorboard(
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
     if python_path is not None:
         env["PYTHONPATH"] = python_path
-    command = [str(TENSORBOARD_BIN), "--logdir", str(logdir), "--host", HOST, "--port", str(port), *extra_args]
+    command = [str(TENSORBOARD_BIN), "--logdir", str(logdir), "--host", HOST, "--port", str(port)]
+    if path_prefix:
+        command += ["--path_prefix", path_prefix]
+    command += extra_args
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             command,
@@ -227,7 +235,7 @@ def running_tensorboard(
     server = TensorBoardServer(process, port, log_path)
     try:
         server.wait_until(
-            lambda: server.get("/data/plugins_listing", timeout=5)[0] == 200,
+            lambda: server.get(path_prefix + "/data/plugins_listing", timeout=5)[0] == 200,
             timeout_s,
             "tensorboard to answer on port %d" % port,
         )

@@ -278,10 +278,12 @@ def test_workloads_build_with_their_sizes():
 
 def test_frontend_draw_smoke(tmp_path):
     pytest.importorskip("playwright.sync_api")
+    from support import chromium
+
     from benchmarks import frontend_draw
 
-    if not pathlib.Path(frontend_draw.CHROMIUM).exists():
-        pytest.skip("no Chromium at %s (make chromium)" % frontend_draw.CHROMIUM)
+    if not pathlib.Path(chromium.CHROMIUM).exists():
+        pytest.skip("no Chromium at %s (make chromium)" % chromium.CHROMIUM)
     results = frontend_draw.main(["--layers", "4", "--steps", "30", "--reps", "1", "--out-dir", str(tmp_path)])
     measured = results["times"]["measured"]
     assert len(measured) == len(results["times"]["baseline"]) == 1

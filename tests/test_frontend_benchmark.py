@@ -23,23 +23,33 @@ PICKS = 2
 TIMEOUT_S = 600
 
 
-def test_frontend_interact_smoke(tmp_path):
-    pytest.importorskip("playwright.sync_api")
-    from benchmarks import frontend_interact
+def _run_benchmark(module: str, argv: list[str], out_dir: pathlib.Path) -> dict:
+    """Runs `python -m benchmarks.<module> argv` and returns the results it wrote into `out_dir`.
 
-    if not pathlib.Path(frontend_interact.CHROMIUM).exists():
-        pytest.skip("no Chromium at %s (make chromium)" % frontend_interact.CHROMIUM)
-    argv = ["--sizes", "%dx%d" % (LAYERS, STEPS), "--reps", "1", "--moves", str(MOVES), "--picks", str(PICKS)]
-    # Its own process: Playwright's sync API runs one driver per thread, and the browser tests may hold one.
+    Its own process: Playwright's sync API runs one driver per thread, and
+    the browser tests may hold one.
+    """
+    pytest.importorskip("playwright.sync_api")
+    from support import chromium
+
+    if not pathlib.Path(chromium.CHROMIUM).exists():
+        pytest.skip("no Chromium at %s (make chromium)" % chromium.CHROMIUM)
     subprocess.run(
-        [sys.executable, "-m", "benchmarks.frontend_interact", *argv, "--out-dir", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks." + module, *argv, "--out-dir", str(out_dir)],
         cwd=REPO,
         check=True,
         capture_output=True,
         timeout=TIMEOUT_S,
     )
-    (path,) = tmp_path.glob("frontend_interact-*.json")
-    results = json.loads(path.read_text())
+    (path,) = out_dir.glob("%s-*.json" % module)
+    return json.loads(path.read_text())
+
+
+def test_frontend_interact_smoke(tmp_path):
+    argv = ["--sizes", "%dx%d" % (LAYERS, STEPS), "--reps", "1", "--moves", str(MOVES), "--picks", str(PICKS)]
+    results = _run_benchmark("frontend_interact", argv, tmp_path)
+    from benchmarks import frontend_interact
+
     size = "%dx%d ." % (LAYERS, STEPS)
     baseline = "%dx%d ." % (frontend_interact.BASELINE_LAYERS, STEPS)
     assert set(results["summary"]) == {size, baseline}
@@ -54,21 +64,10 @@ def test_frontend_interact_smoke(tmp_path):
 
 
 def test_frontend_refresh_smoke(tmp_path):
-    pytest.importorskip("playwright.sync_api")
+    argv = ["--layers", str(LAYERS), "--steps", str(STEPS), "--new-steps", "5", "--reps", "1"]
+    results = _run_benchmark("frontend_refresh", argv, tmp_path)
     from benchmarks import frontend_refresh
 
-    if not pathlib.Path(frontend_refresh.frontend_draw.CHROMIUM).exists():
-        pytest.skip("no Chromium at %s (make chromium)" % frontend_refresh.frontend_draw.CHROMIUM)
-    argv = ["--layers", str(LAYERS), "--steps", str(STEPS), "--new-steps", "5", "--reps", "1"]
-    subprocess.run(
-        [sys.executable, "-m", "benchmarks.frontend_refresh", *argv, "--out-dir", str(tmp_path)],
-        cwd=REPO,
-        check=True,
-        capture_output=True,
-        timeout=TIMEOUT_S,
-    )
-    (path,) = tmp_path.glob("frontend_refresh-*.json")
-    results = json.loads(path.read_text())
     times = {way: visits[0] for way, visits in results["times"].items()}
     assert set(times) == set(frontend_refresh.WAYS)
     # Each way showed the (grown) run with no error: the grad_norm and the loss, each one /series request.

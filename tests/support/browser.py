@@ -4,39 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import pathlib
-import signal
-import subprocess
-import tempfile
 import threading
 
 import pytest
-from tb_server import (
-    HOST,
-    STARTUP_TIMEOUT_S,
-    STOP_TIMEOUT_S,
-    TENSORBOARD_BIN,
-    TensorBoardServer,
-    free_port,
-    wsgi_client,
-)
+from tb_server import HOST, running_tensorboard, wsgi_client
 from werkzeug import serving
 
 playwright_sync = pytest.importorskip("playwright.sync_api")
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-ENTRY = "/data/plugin_entry.html?name=gradient_health"
+# After the skip: without Playwright these tests are skipped, not broken.
+from support.chromium import ENTRY, VIEWPORT, launch
+
 ROUTES = "/data/plugin/gradient_health"
-VIEWPORT = {"width": 1600, "height": 1000}
 LOAD_TIMEOUT_MS = 60_000
 # colormap.js: the colour of NaN/Inf cells, bars and marks.
 NONFINITE_RGB = (228, 26, 28)
@@ -57,7 +37,7 @@ class _SharedBrowser:
     def acquire(cls):
         if cls.users == 0:
             cls.playwright = playwright_sync.sync_playwright().start()
-            cls.browser = cls.playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            cls.browser = launch(cls.playwright)
         cls.users += 1
         return cls.browser
 
@@ -192,43 +172,9 @@ def page(browser):
     tab.page.close()
 
 
-@contextlib.contextmanager
 def tensorboard_process(logdir: pathlib.Path, path_prefix: str = "", *extra_args: str):
     """Runs `tensorboard --path_prefix path_prefix extra_args...` on a free localhost port until the block ends."""
-    port = free_port()
-    log_path = pathlib.Path(tempfile.mkdtemp(prefix="tb_frontend_")) / "tensorboard.log"
-    command = [str(TENSORBOARD_BIN), "--logdir", str(logdir), "--host", HOST, "--port", str(port)]
-    if path_prefix:
-        command += ["--path_prefix", path_prefix]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", CUDA_VISIBLE_DEVICES="")
-    with open(log_path, "wb") as log_file:
-        process = subprocess.Popen(
-            [*command, *extra_args],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    server = TensorBoardServer(process, port, log_path)
-    try:
-        server.wait_until(
-            lambda: server.get(path_prefix + "/data/plugins_listing", timeout=5)[0] == 200,
-            STARTUP_TIMEOUT_S,
-            "tensorboard on port %d" % port,
-        )
-        yield server
-    finally:
-        # Its own session: the process and its data server go together.
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            pass
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=STOP_TIMEOUT_S)
+    return running_tensorboard(str(logdir), *extra_args, path_prefix=path_prefix)
 
 
 class QuietHandler(serving.WSGIRequestHandler):
