@@ -68,20 +68,9 @@ def test_a_model_built_by_its_first_step_is_recorded(tmp_path, kind):
 # ------------------------------------------------------------ transfer learning
 
 
-def _base_and_head():
-    keras.utils.set_random_seed(4)
-    inputs = keras.Input((sgd.N_FEATURES,))
-    base = keras.Sequential(
-        [keras.layers.Dense(8, activation="tanh", name="b1"), keras.layers.Dense(5, activation="tanh", name="b2")],
-        name="base",
-    )
-    head = keras.layers.Dense(sgd.N_OUTPUTS, name="head")
-    return keras.Model(inputs, head(base(inputs))), base, head
-
-
 @pytest.mark.slow
 def test_transfer_learning_records_the_layers_trainable_at_each_fit_under_their_own_tags(tmp_path):
-    model, base, head = _base_and_head()
+    model, base, head = sgd.base_and_head()
     x, y = sgd.make_data(N_SAMPLES)
     callback = GradientHealthCallback(str(tmp_path), update_freq=1)
     recorder = sgd.weight_recorder()

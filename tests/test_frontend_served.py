@@ -91,14 +91,7 @@ def transfer_run(tmp_path_factory):
     from tb_gradhealth import GradientHealthCallback
 
     root = tmp_path_factory.mktemp("transfer")
-    keras.utils.set_random_seed(4)
-    inputs = keras.Input((sgd.N_FEATURES,))
-    base = keras.Sequential(
-        [keras.layers.Dense(8, activation="tanh", name="b1"), keras.layers.Dense(5, activation="tanh", name="b2")],
-        name="base",
-    )
-    head = keras.layers.Dense(sgd.N_OUTPUTS, name="head")
-    model = keras.Model(inputs, head(base(inputs)))
+    model, base, head = sgd.base_and_head()
     x, y = sgd.make_data(TRANSFER_FIT_STEPS * sgd.BATCH)
     callback = GradientHealthCallback(str(root / "transfer"), update_freq=1)
     for frozen in (base, head):

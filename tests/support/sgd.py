@@ -47,6 +47,20 @@ def make_mlp(name_prefix: str = ""):
     return keras.Model(inputs, outputs)
 
 
+def base_and_head():
+    """A transfer-learning model: a nested `base` (b1, b2, tanh) under a `head`; returns (model, base, head)."""
+    import keras
+
+    keras.utils.set_random_seed(4)
+    inputs = keras.Input((N_FEATURES,))
+    base = keras.Sequential(
+        [keras.layers.Dense(8, activation="tanh", name="b1"), keras.layers.Dense(5, activation="tanh", name="b2")],
+        name="base",
+    )
+    head = keras.layers.Dense(N_OUTPUTS, name="head")
+    return keras.Model(inputs, head(base(inputs))), base, head
+
+
 def mlp_losses(snapshots, x: np.ndarray, y: np.ndarray, batch: int = BATCH) -> np.ndarray:
     """Mean squared error of each batch of `make_mlp` under the weights before its step (float64 numpy).
 
