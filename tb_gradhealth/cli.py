@@ -265,6 +265,19 @@ def _summary(runs: Sequence[dict], unreadable: set[str]) -> str:
     return summary
 
 
+def _table(rows: Sequence[Sequence[str]], right_aligned: Sequence[int] = ()) -> list[str]:
+    """Rows of cells as lines of aligned columns; every column but the last is padded to its widest cell."""
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]) - 1)]
+    lines = []
+    for row in rows:
+        padded = [
+            cell.rjust(width) if column in right_aligned else cell.ljust(width)
+            for column, (cell, width) in enumerate(zip(row, widths))
+        ]
+        lines.append("  ".join([*padded, row[-1]]))
+    return lines
+
+
 def _baseline_lines(comparison: dict) -> list[str]:
     """The baseline block of a run: what it was compared with, the layers that moved, those in one run only, notes."""
     if comparison["run"] is None:
@@ -279,8 +292,7 @@ def _baseline_lines(comparison: dict) -> list[str]:
             (m["layer"], "%.2g" % m["level"], "%.2g" % m["baseline_level"], "%.2gx" % m["ratio"]) for m in moved
         ]
         if moved:
-            widths = [max(len(row[column]) for row in rows) for column in range(3)]
-            lines += [_INDENT + "  ".join([*(c.ljust(w) for c, w in zip(row, widths)), row[3]]) for row in rows]
+            lines += [_INDENT + line for line in _table(rows)]
     for key, where in (("only_in_run", "this run"), ("only_in_baseline", "the baseline")):
         if comparison[key]:
             lines.append("%sonly in %s (not compared): %s" % (_INDENT, where, ", ".join(comparison[key])))
@@ -305,10 +317,7 @@ def format_run(run: dict, unreadable: bool = False) -> str:
         rows = [("KIND", "SEVERITY", "FIRST STEP", "LAYERS")] + [
             (f["kind"], f["severity"], str(f["first_step"]), ", ".join(f["layers"])) for f in run["findings"]
         ]
-        widths = [max(len(row[column]) for row in rows) for column in range(3)]
-        for row in rows:
-            cells = [row[0].ljust(widths[0]), row[1].ljust(widths[1]), row[2].rjust(widths[2]), row[3]]
-            lines.append(_INDENT + "  ".join(cells))
+        lines += [_INDENT + line for line in _table(rows, right_aligned=(2,))]
         for finding in run["findings"]:
             lines.append("%s%s: %s" % (_INDENT, finding["kind"], finding["message"]))
             lines.append("%s%sadvice: %s" % (_INDENT, _INDENT, finding["advice"]))
